@@ -1,0 +1,5 @@
+import sys
+
+from rayeffi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""``rayeffi run | report | bench``: the command line.
+
+User mistakes (:class:`~rayeffi.errors.UserError`) print one ``error: ...`` line and
+exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rayeffi.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors follow the same one-line rule
+        raise UserError(f"{message} (see rayeffi {self.prog.split()[-1]} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rayeffi", description="Efficient deep-network training recipes on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run every stage of a recipe")
+    run.add_argument("recipe", help="YAML recipe (see examples/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe key, e.g. --set optimizer.lr=0.05 or stages.train.epochs=3")
+    run.add_argument("--smoke", action="store_true", help="shrink to a CI-sized run (few epochs, samples, trials)")
+    run.add_argument("--out", help="run directory (default: runs/RECIPE-TIMESTAMP)")
+    run.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a private one")
+
+    report = commands.add_parser("report", help="plot a finished run's curves as PNG files")
+    report.add_argument("run_dir", help="a run directory holding summary.json")
+
+    bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
+    bench.add_argument("name", choices=["ddp"], help="ddp: the train stage against native PyTorch DDP")
+    bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
+    return parser
+
+
+def _run(args) -> int:
+    from rayeffi.recipe import load_recipe
+    from rayeffi.run import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_recipe(recipe, out, address=args.address)
+    print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
+    return 0
+
+
+def _report(args) -> int:
+    from rayeffi.report import write_report
+
+    for path in write_report(args.run_dir):
+        print(path)
+    return 0
+
+
+def _bench(args) -> int:
+    from rayeffi.bench import BENCHMARKS
+
+    BENCHMARKS[args.name](args)
+    return 0
+
+
+COMMANDS = {"run": _run, "report": _report, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

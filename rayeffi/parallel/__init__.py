@@ -1,0 +1,19 @@
+"""Parallel strategies: one per stage, chosen by the recipe's ``parallel.strategy``."""
+
+from __future__ import annotations
+
+import torch
+
+from rayeffi.parallel.base import Strategy
+from rayeffi.parallel.data_parallel import DataParallel
+from rayeffi.recipe.sections import ParallelConfig
+
+STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel}
+"""``parallel.strategy`` -> its class. ``pipeline``, ``param_server`` and ``intra_layer`` join here."""
+
+
+def build_strategy(config: ParallelConfig, world_rank: int, world_size: int, device: torch.device) -> Strategy:
+    return STRATEGIES[config.strategy](world_rank, world_size, device)
+
+
+__all__ = ["STRATEGIES", "DataParallel", "Strategy", "build_strategy"]

@@ -1,0 +1,44 @@
+"""The parallel strategy slot of the step: how a model and its gradients are spread.
+
+Exactly one strategy runs per stage. Every hook has a default that is right for a
+single process, so a strategy overrides only what it changes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Strategy:
+    """Single-process behaviour; subclasses override what their parallelism changes."""
+
+    name = "single"
+
+    def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        self.world_rank = world_rank
+        self.world_size = world_size
+        self.device = device or torch.device("cpu")
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.world_rank == 0
+
+    def setup_model(self, model: nn.Module) -> nn.Module:
+        """Place the model and wrap it for this strategy (called once, before the optimizer)."""
+        return model.to(self.device)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The plain module behind any wrapper, for checkpoints and techniques."""
+        return model
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum across workers (metrics, not gradients)."""
+        return tensor
+
+    def all_gather_object(self, obj):
+        """Every worker's ``obj``, in rank order."""
+        return [obj]
+
+    def teardown(self) -> None:
+        """Undo :meth:`setup_model` side effects."""

@@ -1,0 +1,180 @@
+"""Reading a recipe: YAML -> ``--set`` overrides -> validation -> ``--smoke``.
+
+Every way this can go wrong raises :class:`~rayeffi.errors.UserError` with one line
+that names the file or key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rayeffi.errors import UserError
+from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_KINDS, Recipe, StageConfig, TrainStageConfig
+
+SMOKE_MAX_EPOCHS = 2
+SMOKE_MAX_SAMPLES = 512
+SMOKE_MAX_TRIALS = 2
+SMOKE_MAX_WORKERS = 2
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> Recipe:
+    """Parse ``path``, apply ``--set`` overrides, validate, and optionally shrink it."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for override in overrides:
+        key, value = parse_override(override)
+        set_dotted(raw, key, value)
+    recipe = validate_recipe(raw, source=str(path))
+    return smoke_recipe(recipe) if smoke else recipe
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist: give the path of a YAML recipe (see examples/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"recipe {path}:{where}: {problem}: fix the YAML syntax") from None
+    if raw is None:
+        raise UserError(f"recipe {path} is empty: it needs at least a 'stages' list (see examples/quickstart.yaml)")
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path} must be a mapping of sections, not a {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``dotted.key=value`` with the value parsed as YAML (``[0.5, 0.25]`` is a list)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: write --set dotted.key=value, e.g. --set optimizer.lr=0.05")
+    try:
+        return key, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: value {value!r} is not valid YAML: quote it or fix the brackets") from None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` in the raw recipe. ``stages.NAME.x`` (or ``stages.0.x``) reaches a stage."""
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _stage_by_name_or_index(node, part, key)
+            continue
+        if not isinstance(node, dict):
+            where = ".".join(parts[:depth])
+            raise UserError(f"--set {key}: {where} is a value, not a section; set {where}=... instead")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        node = child
+    if isinstance(node, list):
+        raise UserError(f"--set {key}: address a stage key, e.g. stages.NAME.epochs=3")
+    if not isinstance(node, dict):
+        where = ".".join(parts[:-1])
+        raise UserError(f"--set {key}: {where} is a value, not a section; set {where}=... instead")
+    node[parts[-1]] = value
+
+
+def _stage_by_name_or_index(stages: list[Any], part: str, key: str) -> Any:
+    names = [s.get("name") for s in stages if isinstance(s, dict)]
+    for stage in stages:
+        if isinstance(stage, dict) and stage.get("name") == part:
+            return stage
+    if part.isdigit() and int(part) < len(stages):
+        return stages[int(part)]
+    raise UserError(f"--set {key}: no stage named {part!r}; stages are: {', '.join(map(str, names))}")
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {describe_error(exc.errors()[0], raw)}") from None
+
+
+def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One pydantic error as ``key: what is wrong; how to fix it``."""
+    loc = list(error["loc"])
+    key = _dotted_location(loc, raw)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key '{key}': check its spelling{hint}"
+    if kind == "missing":
+        return f"'{key}' is required: add it to the recipe"
+    if kind == "union_tag_invalid":
+        return f"'{key}.kind' must be one of: {', '.join(STAGE_KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"'{key}' needs a 'kind' (e.g. kind: train)"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and kind not in ("value_error", "model_type", "assertion_error"):
+        message = f"{message} (got {error['input']!r})"
+    if key:
+        return f"'{key}': {message}; fix it in the recipe or with --set {key}=..."
+    return message
+
+
+def _dotted_location(loc: list[Any], raw: dict[str, Any]) -> str:
+    """``('stages', 0, 'train', 'optimizer', 'lr')`` -> ``stages.NAME.optimizer.lr``."""
+    parts: list[str] = []
+    index = 0
+    while index < len(loc):
+        part = loc[index]
+        if part == "stages" and index + 1 < len(loc) and isinstance(loc[index + 1], int):
+            position = loc[index + 1]
+            stage = raw.get("stages", [])[position] if position < len(raw.get("stages", [])) else {}
+            name = stage.get("name") if isinstance(stage, dict) else None
+            parts += ["stages", str(name or position)]
+            index += 2
+            # the tagged union puts the stage kind in the location: skip it
+            if index < len(loc) and isinstance(stage, dict) and loc[index] == stage.get("kind"):
+                index += 1
+            continue
+        parts.append(str(part))
+        index += 1
+    return ".".join(parts)
+
+
+def _allowed_keys(loc: list[Any]) -> list[str]:
+    """The field names of the model found at ``loc`` (walked from :class:`Recipe`)."""
+    model: type[BaseModel] | None = Recipe
+    parts = [p for p in loc if not isinstance(p, int) and p not in STAGE_KINDS]
+    for part in parts:
+        if part == "stages":
+            model = TrainStageConfig  # every stage kind shares these keys
+            continue
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model is None:
+            return []
+    return sorted(model.model_fields) if model else []
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """Shrink a recipe to a CI-sized run: few epochs, few samples, few trials, <= 2 workers."""
+    return recipe.model_copy(update={"stages": tuple(_smoke_stage(s) for s in recipe.stages)})
+
+
+def _smoke_stage(stage: StageConfig) -> StageConfig:
+    raw = stage.model_dump()
+    raw["epochs"] = min(stage.epochs, SMOKE_MAX_EPOCHS)
+    raw["data"]["max_samples"] = min(stage.data.max_samples or SMOKE_MAX_SAMPLES, SMOKE_MAX_SAMPLES)
+    raw["data"]["synthetic"]["num_samples"] = min(stage.data.synthetic.num_samples, SMOKE_MAX_SAMPLES)
+    raw["scaling"]["num_workers"] = min(stage.scaling.num_workers, SMOKE_MAX_WORKERS)
+    if stage.tune is not None:
+        raw["tune"]["num_samples"] = min(stage.tune.num_samples, SMOKE_MAX_TRIALS)
+    return type(stage).model_validate(raw)
+
+
+__all__ = ["GLOBAL_SECTIONS", "load_recipe", "parse_override", "set_dotted", "smoke_recipe", "validate_recipe"]

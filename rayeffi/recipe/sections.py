@@ -1,0 +1,159 @@
+"""The global recipe sections: data, model, optimizer, scaling, parallel.
+
+Every section is a frozen pydantic model that rejects unknown keys, so a typo in a
+recipe fails at load time instead of silently training with a default. A stage may
+override any of these sections; see :mod:`rayeffi.recipe.stages`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class Section(BaseModel):
+    """Base of every recipe model: frozen, typed, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticDataConfig(Section):
+    """A Gaussian-blob classification set of any size, written to Parquet shards."""
+
+    num_samples: PositiveInt = 4096
+    """Training rows; the validation split adds a fifth of that."""
+    num_features: PositiveInt = 64
+    num_classes: int = Field(10, ge=2)
+    num_shards: PositiveInt = 4
+    """Parquet files the training rows are spread over (Ray Data reads them in parallel)."""
+
+
+class DataConfig(Section):
+    """Where the examples come from and how they are batched."""
+
+    dataset: Literal["digits", "parquet", "synthetic"] = "digits"
+    """``digits``: the 8x8 handwritten digits shipped with rayeffi (1,797 samples).
+    ``parquet``: your own Parquet file or directory (``path``). ``synthetic``: generated."""
+    path: str | None = None
+    """Parquet file or directory with the training rows (``dataset: parquet`` only)."""
+    val_path: str | None = None
+    """Parquet held-out rows; without it ``val_fraction`` of ``path`` is held out."""
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    feature_column: str = "features"
+    """A fixed-size list (or list) column of floats."""
+    label_column: str = "label"
+    """An integer class column, values in ``[0, num_classes)``."""
+    num_classes: int | None = Field(None, ge=2)
+    """Parquet data only; inferred from the labels when left out."""
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    """``[channels, height, width]`` of each feature row, for convolutional models on
+    Parquet data (the built-in digits are ``[1, 8, 8]``)."""
+    batch_size: PositiveInt = 64
+    """Global batch size: split evenly across the data-parallel workers."""
+    max_samples: PositiveInt | None = None
+    """Use at most this many training rows (``--smoke`` sets it)."""
+    shuffle: bool = True
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+
+    @model_validator(mode="after")
+    def _paths_match_dataset(self) -> DataConfig:
+        if self.dataset == "parquet" and self.path is None:
+            raise ValueError("data.dataset 'parquet' needs data.path: a Parquet file or directory")
+        if self.dataset != "parquet" and (self.path or self.val_path):
+            raise ValueError(
+                f"data.path and data.val_path are only read for dataset 'parquet', "
+                f"not {self.dataset!r}: remove them or set data.dataset=parquet"
+            )
+        return self
+
+
+BUILTIN_MODELS = ("mlp", "cnn")
+_USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ModelConfig(Section):
+    """Which network to train."""
+
+    name: str = "mlp"
+    """``mlp``, ``cnn``, or ``package.module:function`` returning an ``nn.Module``
+    (called with ``num_features``, ``num_classes``, ``image_shape`` and ``kwargs``)."""
+    hidden_sizes: tuple[PositiveInt, ...] = (128, 64)
+    """MLP hidden layer widths."""
+    channels: tuple[PositiveInt, ...] = (16, 32)
+    """CNN convolution channels, one 3x3 conv layer each."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    kwargs: dict[str, Any] = {}
+    """Extra keyword arguments for a user model function."""
+
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelConfig:
+        if self.name not in BUILTIN_MODELS and not _USER_MODEL.match(self.name):
+            raise ValueError(
+                f"model.name {self.name!r} is neither a built-in model "
+                f"({', '.join(BUILTIN_MODELS)}) nor a 'package.module:function' path"
+            )
+        return self
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    """Linear warm-up from lr/10 over this many epochs (before the schedule)."""
+    step_size: PositiveInt = 10
+    """``step``: multiply the lr by ``gamma`` every ``step_size`` epochs."""
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)
+    """``cosine``: the lr decays to ``lr * min_lr_factor``."""
+
+
+class OptimizerConfig(Section):
+    """Optimizer and its learning-rate schedule."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    """SGD only."""
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _sgd_only_options(self) -> OptimizerConfig:
+        if self.name != "sgd" and (self.momentum or self.nesterov):
+            raise ValueError(f"optimizer.momentum and nesterov are SGD options, not {self.name!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+        return self
+
+
+class ScalingConfig(Section):
+    """How many workers, what each one holds, and how failures are handled."""
+
+    num_workers: int = Field(2, ge=0)
+    """Data-parallel Ray Train workers; 0 runs the loop in the driver process (local mode)."""
+    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    """Ray resources each worker reserves, e.g. ``{CPU: 1}`` or ``{CPU: 4, GPU: 1}``."""
+    max_failures: int = Field(0, ge=-1)
+    """Restarts of the worker group from the last checkpoint before the stage fails
+    (-1: no limit)."""
+
+    @model_validator(mode="after")
+    def _positive_resources(self) -> ScalingConfig:
+        for name, amount in self.resources_per_worker.items():
+            if amount < 0:
+                raise ValueError(f"scaling.resources_per_worker.{name} must be >= 0, got {amount}")
+        return self
+
+
+class ParallelConfig(Section):
+    """The parallel strategy of the step. Data parallelism is the one available so far."""
+
+    strategy: Literal["data_parallel"] = "data_parallel"
+
+
+Precision = Literal["fp32"]
+"""The precision policy of the step. ``fp32`` is the one available so far."""

@@ -1,0 +1,92 @@
+"""The driver: a validated recipe -> its stages, in order -> ``summary.json``.
+
+Everything that can be checked without Ray (data files, checkpoint paths) is checked
+before Ray starts, so a bad input costs no cluster time and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from rayeffi.data.sources import DataSource, resolve_source
+from rayeffi.errors import UserError
+from rayeffi.recipe.models import Recipe, StageConfig
+from rayeffi.stages import STAGE_RUNNERS, StageContext
+from rayeffi.stages.progress import Progress
+from rayeffi.stages.ray_session import start_ray
+
+SUMMARY_FILE = "summary.json"
+
+
+def run_recipe(
+    recipe: Recipe, out_dir: str | Path, address: str | None = None, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every stage of ``recipe``; write and return ``out_dir/summary.json``."""
+    out_dir = Path(out_dir).absolute()
+    sources = [_check_stage(stage, out_dir) for stage in recipe.stages]
+    started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))
+    progress = Progress(echo)
+    summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running", "stages": []}
+    start = time.perf_counter()
+    previous = None
+    try:
+        for stage, source in zip(recipe.stages, sources):
+            echo(f"[{stage.name}] {stage.kind}: {stage.epochs} epochs on {_workers(stage)}")
+            context = StageContext(
+                stage_dir=out_dir / "stages" / stage.name,
+                storage_path=out_dir / "ray",
+                source=source,
+                previous=previous,
+                progress=progress,
+            )
+            result = STAGE_RUNNERS[stage.kind](stage, context)
+            previous = result.artifact
+            summary["stages"].append(result.summary())
+            write_summary(summary, out_dir)
+            echo(f"[{stage.name}] done in {result.wall_s:.1f} s: val_accuracy {previous.metrics['val_accuracy']:.4f}")
+        summary["status"] = "complete"
+        summary["wall_s"] = round(time.perf_counter() - start, 3)
+        write_summary(summary, out_dir)
+    finally:
+        progress.close()
+        if started_ray:
+            ray.shutdown()
+    return summary
+
+
+def _check_stage(stage: StageConfig, out_dir: Path) -> DataSource:
+    if stage.tune is not None:
+        raise UserError(
+            f"stages.{stage.name}.tune: running a '{stage.kind}' stage as Tune trials is not available yet; "
+            "remove the tune block"
+        )
+    if stage.init_from not in (None, "previous") and not Path(stage.init_from).exists():
+        raise UserError(f"stages.{stage.name}.init_from: {stage.init_from} does not exist: give a checkpoint file")
+    return resolve_source(stage.data, stage.seed, out_dir / "data")
+
+
+def _cpus_needed(stage: StageConfig) -> float:
+    return max(stage.scaling.num_workers, 1) * stage.scaling.resources_per_worker.get("CPU", 1.0)
+
+
+def _workers(stage: StageConfig) -> str:
+    num_workers = stage.scaling.num_workers
+    return "the driver (local mode)" if num_workers == 0 else f"{num_workers} worker{'s' * (num_workers > 1)}"
+
+
+def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``summary.json`` atomically: readers see the old or the new file, never half."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SUMMARY_FILE
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".summary.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(summary, handle, indent=2)
+    os.replace(tmp, path)
+    return path

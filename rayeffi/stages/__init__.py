@@ -1,0 +1,16 @@
+"""Stage runners: driver-side code that turns one stage config into a Ray run."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from rayeffi.recipe.models import StageConfig
+from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.train import run_train_stage
+
+StageRunner = Callable[[StageConfig, StageContext], StageResult]
+
+STAGE_RUNNERS: dict[str, StageRunner] = {"train": run_train_stage}
+"""Stage kind -> runner. ``distill`` and ``dsd`` join here."""
+
+__all__ = ["STAGE_RUNNERS", "Artifact", "StageContext", "StageResult", "StageRunner"]

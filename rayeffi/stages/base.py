@@ -1,0 +1,59 @@
+"""What a stage runner gets from the driver and gives back.
+
+Stages run on the driver and never touch tensors: a stage turns its config and the
+previous stage's :class:`Artifact` into a Ray Train run (or a Tune experiment whose
+trials are Train runs) and returns a new artifact. Only artifacts pass between stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayeffi.data.sources import DataSource
+from rayeffi.stages.progress import Progress
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The output of a stage: a checkpoint file and the metrics that go with it."""
+
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+@dataclass
+class StageContext:
+    """Driver-side resources a stage runner may use."""
+
+    stage_dir: Path
+    """``OUT/stages/NAME``: the stage's artifact lands here."""
+    storage_path: Path
+    """Ray Train's storage (per-epoch checkpoints); shared storage on a cluster."""
+    source: DataSource
+    previous: Artifact | None
+    progress: Progress | None = None
+
+
+@dataclass
+class StageResult:
+    """A finished stage, as it appears in ``summary.json``."""
+
+    name: str
+    kind: str
+    artifact: Artifact
+    history: list[dict[str, Any]]
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "metrics": self.artifact.metrics,
+            "checkpoint": self.artifact.checkpoint,
+            "wall_s": round(self.wall_s, 3),
+            "history": self.history,
+            **self.extra,
+        }

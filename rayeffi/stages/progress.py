@@ -1,0 +1,64 @@
+"""One line per epoch per stage on the driver, instead of Ray's log flood.
+
+Rank 0 of each stage puts its epoch metrics on a Ray queue; a driver thread prints
+them as they arrive and keeps the history (one entry per epoch, the last report of
+an epoch winning if a restarted worker group repeats it).
+"""
+
+from __future__ import annotations
+
+import queue as std_queue
+import threading
+from typing import Callable
+
+from ray.util.queue import Empty, Queue
+
+
+class Progress:
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.echo = echo
+        self.history: dict[str, dict[int, dict]] = {}
+        self._lock = threading.Lock()  # no message is ever in flight outside it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                try:
+                    self._record(self.queue.get(timeout=0.2))
+                except (Empty, std_queue.Empty):
+                    continue
+                except Exception:  # the queue actor is gone: the run is shutting down
+                    return
+
+    def _record(self, message: dict) -> None:
+        stage = message.pop("stage")
+        self.history.setdefault(stage, {})[int(message["epoch"])] = message
+        self.echo(format_epoch_line(stage, message))
+
+    def drain(self) -> None:
+        """Print whatever is still queued (call after a stage's ``fit`` returns)."""
+        with self._lock:
+            while True:
+                try:
+                    self._record(self.queue.get_nowait())
+                except (Empty, std_queue.Empty):
+                    return
+
+    def stage_history(self, stage: str) -> list[dict]:
+        return [self.history.get(stage, {})[epoch] for epoch in sorted(self.history.get(stage, {}))]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def format_epoch_line(stage: str, metrics: dict) -> str:
+    return (
+        f"[{stage}] epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}  "
+        f"{metrics['samples_per_s']:.0f} samples/s"
+    )

@@ -1,0 +1,78 @@
+"""``kind: train``: one Ray Train V2 ``TorchTrainer`` run of the worker loop."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rayeffi.data.ray_datasets import build_ray_datasets
+from rayeffi.recipe.models import StageConfig
+from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.worker.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
+from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
+
+ARTIFACT_FILE = "checkpoint.pt"
+
+
+def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
+    if stage.init_from == "previous":
+        return context.previous.checkpoint
+    return stage.init_from
+
+
+def build_trainer(stage: StageConfig, context: StageContext, spec: WorkerSpec, callbacks=()) -> TorchTrainer:
+    """The ``TorchTrainer`` of one stage; Tune trials build theirs here too."""
+    scaling = stage.scaling
+    local_mode = scaling.num_workers == 0
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            resources_per_worker=None if local_mode else dict(scaling.resources_per_worker),
+        ),
+        run_config=RunConfig(
+            # a unique name: re-using one makes Ray resume that run's checkpoints
+            name=f"{stage.name}-{uuid.uuid4().hex[:8]}",
+            storage_path=str(context.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            callbacks=list(callbacks),
+        ),
+        datasets=build_ray_datasets(context.source, stage.data, stage.seed),
+    )
+
+
+def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
+    local_mode = stage.scaling.num_workers == 0
+    spec = WorkerSpec(
+        stage=stage,
+        info=context.source.info,
+        init_checkpoint=init_checkpoint(stage, context),
+        progress=context.progress.queue if context.progress else None,
+        local_mode=local_mode,
+    )
+    start = time.perf_counter()
+    result = build_trainer(stage, context, spec).fit()
+    wall_s = time.perf_counter() - start
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        artifact = publish_checkpoint(Path(checkpoint_dir), context.stage_dir)
+    if local_mode:  # local mode reports the worker's own temporary directory
+        shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+    history = []
+    if context.progress is not None:
+        context.progress.drain()
+        history = context.progress.stage_history(stage.name)
+    return StageResult(stage.name, stage.kind, artifact, history, wall_s, {"num_workers": stage.scaling.num_workers})
+
+
+def publish_checkpoint(checkpoint_dir: Path, stage_dir: Path) -> Artifact:
+    """Copy the run's last checkpoint to ``stage_dir/checkpoint.pt`` (atomically)."""
+    state = load_checkpoint(checkpoint_dir / CHECKPOINT_FILE)
+    path = save_atomic(state, stage_dir / ARTIFACT_FILE)
+    return Artifact(checkpoint=str(path), metrics=dict(state["metrics"]))

@@ -1,0 +1,48 @@
+"""The technique slot of the step: any number, in order (distillation, sparsity masks, ...).
+
+Techniques are entered in list order and torn down in reverse. Each hook has a no-op
+default, so a technique overrides only the points where it acts. A technique's maths
+lives in pure functions beside it; this adapter only plugs them into the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Technique:
+    """A no-op technique: the default for every hook."""
+
+    name = "technique"
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Once, after model, strategy and optimizer exist (e.g. load a teacher)."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Before each epoch (e.g. switch a DSD phase, choose masks)."""
+
+    def loss(self, loss: torch.Tensor, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor):
+        """Return the loss to optimise, given the task loss (e.g. add a KD term)."""
+        return loss
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Gradients are final here (e.g. mask gradients of pruned weights)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """After the optimizer step (e.g. re-apply masks so pruned weights stay zero)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Added to each epoch's metrics."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def teardown(self) -> None:
+        """Undo :meth:`setup` (remove hooks); called in reverse list order."""

@@ -1,0 +1,1 @@
+"""Worker-side code: the per-worker loop and the training step."""

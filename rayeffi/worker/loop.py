@@ -1,0 +1,196 @@
+"""The per-worker loop: build model, data and optimizer, set up the slots, run epochs.
+
+It runs inside every Ray Train worker (or in the driver in local mode) and never
+imports Ray Tune. Everything it needs arrives in one :class:`WorkerSpec`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.parallel import build_strategy
+from rayeffi.recipe.models import StageConfig
+from rayeffi.techniques import build_precision, build_techniques
+from rayeffi.worker.checkpoint import (
+    CHECKPOINT_FILE,
+    FORMAT_VERSION,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from rayeffi.worker.optim import build_optimizer, build_scheduler
+from rayeffi.worker.step import StepParts, eval_step, train_step
+
+SHUFFLE_BUFFER_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the driver hands every worker of one stage."""
+
+    stage: StageConfig
+    info: DatasetInfo
+    init_checkpoint: str | None = None
+    """Model weights to start from (``init_from``); optimizer starts fresh."""
+    resume_checkpoint: str | None = None
+    """A full checkpoint to continue from (model, optimizer, scheduler, epoch, RNG)."""
+    progress: Any = None
+    """A ``ray.util.queue.Queue`` the driver prints epoch lines from, or None."""
+    local_mode: bool = False
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    spec: WorkerSpec = config["spec"]
+    stage = spec.stage
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+
+    torch.manual_seed(stage.seed)  # identical initial weights on every rank
+    strategy = build_strategy(stage.parallel, rank, world_size, ray.train.torch.get_device())
+    model = build_model(stage.model, spec.info)
+    if spec.init_checkpoint:
+        model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
+    model = strategy.setup_model(model)
+    optimizer = build_optimizer(stage.optimizer, model)
+    scheduler = build_scheduler(stage.optimizer, optimizer, stage.epochs)
+    precision = build_precision(stage.precision)
+    precision.setup(model, optimizer)
+    techniques = build_techniques(stage)
+    for technique in techniques:  # entered in list order, torn down in reverse
+        technique.setup(model, optimizer)
+    parts = StepParts(model, optimizer, strategy, precision, techniques)
+
+    start_epoch = _restore(parts, scheduler, spec, rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batch_size = stage.data.batch_size // max(world_size, 1)
+    try:
+        for epoch in range(start_epoch, stage.epochs):
+            for technique in techniques:
+                technique.on_epoch_start(epoch, model, optimizer)
+            lr = optimizer.param_groups[0]["lr"]
+            train_sums, train_s = _train_epoch(parts, train_shard, batch_size, stage, epoch)
+            val_sums = _evaluate(parts, val_shard, batch_size)
+            scheduler.step()
+            totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point
+            metrics = _epoch_metrics(totals, train_s, epoch + 1, lr)
+            for technique in techniques:
+                metrics.update(technique.metrics())
+            metrics.update(precision.metrics())
+            _report(metrics, parts, scheduler, spec, epoch + 1)
+    finally:
+        for technique in reversed(techniques):
+            technique.teardown()
+        strategy.teardown()
+
+
+def _batches(shard, batch_size: int, shuffle_seed: int | None):
+    return shard.iter_torch_batches(
+        batch_size=batch_size,
+        dtypes={"features": torch.float32, "label": torch.int64},
+        local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
+        local_shuffle_seed=shuffle_seed,
+    )
+
+
+def _train_epoch(parts: StepParts, shard, batch_size: int, stage: StageConfig, epoch: int):
+    """Returns ``[loss_sum, num_rows]`` for this worker and the epoch's training seconds."""
+    parts.model.train()
+    device = parts.strategy.device
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    num_rows = 0
+    seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
+    start = time.perf_counter()
+    for batch in _batches(shard, batch_size, seed):
+        inputs, targets = batch["features"].to(device), batch["label"].to(device)
+        loss = train_step(parts, inputs, targets)
+        loss_sum += loss.double().cpu() * len(targets)
+        num_rows += len(targets)
+    return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
+
+
+def _evaluate(parts: StepParts, shard, batch_size: int) -> torch.Tensor:
+    """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard."""
+    parts.model.eval()
+    device = parts.strategy.device
+    sums = torch.zeros(3, dtype=torch.float64)
+    for batch in _batches(shard, batch_size, None):
+        inputs, targets = batch["features"].to(device), batch["label"].to(device)
+        loss_sum, correct = eval_step(parts, inputs, targets)
+        sums += torch.tensor([loss_sum.item(), correct.item(), len(targets)], dtype=torch.float64)
+    return sums
+
+
+def _epoch_metrics(totals: torch.Tensor, train_s: float, epoch: int, lr: float) -> dict[str, float]:
+    train_loss_sum, train_rows, val_loss_sum, val_correct, val_rows = totals.tolist()
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss_sum / max(train_rows, 1),
+        "val_loss": val_loss_sum / max(val_rows, 1),
+        "val_accuracy": val_correct / max(val_rows, 1),
+        "samples_per_s": train_rows / max(train_s, 1e-9),
+        "epoch_s": train_s,
+        "lr": lr,
+    }
+
+
+def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
+    rng_by_rank = parts.strategy.all_gather_object(rng_state())
+    if not parts.strategy.is_rank_zero:
+        ray.train.report(metrics)
+        return
+    state = {
+        "format": FORMAT_VERSION,
+        "epoch": epoch,
+        "model": parts.strategy.unwrap(parts.model).state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_by_rank,
+        "precision": parts.precision.state_dict(),
+        "techniques": {t.name: t.state_dict() for t in parts.techniques},
+        "metrics": metrics,
+    }
+    directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
+    save_atomic(state, Path(directory) / CHECKPOINT_FILE)
+    if spec.progress is not None:
+        spec.progress.put({"stage": spec.stage.name, **metrics})
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    if not spec.local_mode:
+        shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
+
+
+def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
+    """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start epoch."""
+    checkpoint = ray.train.get_checkpoint()
+    path = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+    elif spec.resume_checkpoint:
+        path = spec.resume_checkpoint
+        state = load_checkpoint(path)
+    else:
+        torch.manual_seed(spec.stage.seed + 1 + rank)  # dropout differs per rank
+        return 0
+    parts.strategy.unwrap(parts.model).load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    parts.precision.load_state_dict(state.get("precision", {}))
+    for technique in parts.techniques:
+        technique.load_state_dict(state.get("techniques", {}).get(technique.name, {}))
+    rng = state["rng"]
+    set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+    return int(state["epoch"])
