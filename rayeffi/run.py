@@ -17,6 +17,7 @@ import ray
 
 from rayeffi.data.sources import DataSource, resolve_source
 from rayeffi.errors import UserError
+from rayeffi.models import check_model
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.stages import STAGE_RUNNERS, StageContext
 from rayeffi.stages.progress import Progress
@@ -69,7 +70,9 @@ def _check_stage(stage: StageConfig, out_dir: Path) -> DataSource:
         )
     if stage.init_from not in (None, "previous") and not Path(stage.init_from).exists():
         raise UserError(f"stages.{stage.name}.init_from: {stage.init_from} does not exist: give a checkpoint file")
-    return resolve_source(stage.data, stage.seed, out_dir / "data")
+    source = resolve_source(stage.data, stage.seed, out_dir / "data")
+    check_model(stage.model, source.info)
+    return source
 
 
 def _cpus_needed(stage: StageConfig) -> float:

@@ -40,6 +40,14 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     return model
 
 
+def check_model(config: ModelConfig, info: DatasetInfo) -> None:
+    """Fail on the driver, before any worker starts, if the model cannot be built."""
+    if config.name == "cnn" and info.image_shape is None:
+        raise UserError("model 'cnn' needs images: set data.image_shape=[channels, height, width] for this dataset")
+    if config.name not in BUILTIN_MODELS:
+        resolve_user_model(config.name)
+
+
 def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     module_name, _, function_name = path.partition(":")
     try:
@@ -52,4 +60,4 @@ def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "build_model", "resolve_user_model"]
+__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "build_model", "check_model", "resolve_user_model"]

@@ -117,7 +117,9 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "union_tag_not_found":
         return f"'{key}' needs a 'kind' (e.g. kind: train)"
     message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and kind not in ("value_error", "model_type", "assertion_error"):
+    if kind == "value_error":  # our own validators already name the keys and the fix
+        return f"{key}: {message}" if key else message
+    if "input" in error and kind != "model_type":
         message = f"{message} (got {error['input']!r})"
     if key:
         return f"'{key}': {message}; fix it in the recipe or with --set {key}=..."

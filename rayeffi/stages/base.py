@@ -34,6 +34,8 @@ class StageContext:
     source: DataSource
     previous: Artifact | None
     progress: Progress | None = None
+    resume_checkpoint: str | None = None
+    """A checkpoint of this same stage to continue from (epoch, optimizer, RNG and all)."""
 
 
 @dataclass

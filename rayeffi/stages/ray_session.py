@@ -12,6 +12,13 @@ QUIET_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
+RAY_JOB_ENV = {
+    # The Train V2 controller polls its workers at this interval and every
+    # ray.train.report waits for the next poll: the 2 s default cost 2 s per epoch
+    # (16 of the quickstart's 36 s); 0.25 s keeps the overhead under 10%.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+}
+
 
 def start_ray(address: str | None, num_cpus_needed: float) -> bool:
     """Join ``address`` or start a private local Ray; return True if this call started it.
@@ -23,7 +30,10 @@ def start_ray(address: str | None, num_cpus_needed: float) -> bool:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
-    common = {"log_to_driver": False, "logging_level": logging.ERROR}
+    for key, value in RAY_JOB_ENV.items():
+        os.environ.setdefault(key, value)  # inherited by a private Ray's processes
+    job_env = {key: os.environ[key] for key in RAY_JOB_ENV}
+    common = {"log_to_driver": False, "logging_level": logging.ERROR, "runtime_env": {"env_vars": job_env}}
     if address:
         ray.init(address=address, **common)
     else:

@@ -54,6 +54,7 @@ def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
         stage=stage,
         info=context.source.info,
         init_checkpoint=init_checkpoint(stage, context),
+        resume_checkpoint=context.resume_checkpoint,
         progress=context.progress.queue if context.progress else None,
         local_mode=local_mode,
     )

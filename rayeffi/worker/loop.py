@@ -175,13 +175,11 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
 def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start epoch."""
     checkpoint = ray.train.get_checkpoint()
-    path = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
     elif spec.resume_checkpoint:
-        path = spec.resume_checkpoint
-        state = load_checkpoint(path)
+        state = load_checkpoint(spec.resume_checkpoint)
     else:
         torch.manual_seed(spec.stage.seed + 1 + rank)  # dropout differs per rank
         return 0

@@ -1,0 +1,5 @@
+"""Plots of a finished run, drawn from its ``summary.json``."""
+
+from rayeffi.report.plots import write_report
+
+__all__ = ["write_report"]
