@@ -1,0 +1,94 @@
+"""Every kind of bad input exits with status 2 and exactly one line ``error: ...`` (no Ray).
+
+These all fail before Ray would start, so they are fast and start nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayeffi.cli import main
+
+GOOD = "stages: [{name: train, kind: train, epochs: 1}]\n"
+
+
+def _parquet(path, rows=8, width=4, labels=None, column="features"):
+    features = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * rows * width, pa.float32()), width)
+    labels = labels if labels is not None else [i % 2 for i in range(rows)]
+    pq.write_table(pa.table({column: features, "label": pa.array(labels, pa.int64())}), path)
+    return path
+
+
+def _parquet_recipe(path, extra=""):
+    return f"data: {{dataset: parquet, path: {path}{extra}}}\n" + GOOD
+
+
+CASES = {
+    "yaml syntax": lambda tmp: ("stages: [\n", []),
+    "empty recipe": lambda tmp: ("", []),
+    "unknown key": lambda tmp: ("optimiser: {lr: 1}\n" + GOOD, []),
+    "wrong type": lambda tmp: ("optimizer: {lr: fast}\n" + GOOD, []),
+    "negative count": lambda tmp: ("scaling: {num_workers: -1}\n" + GOOD, []),
+    "bad --set syntax": lambda tmp: (GOOD, ["--set", "optimizer.lr"]),
+    "--set unknown stage": lambda tmp: (GOOD, ["--set", "stages.nope.epochs=2"]),
+    "impossible batch split": lambda tmp: ("data: {batch_size: 7}\nscaling: {num_workers: 2}\n" + GOOD, []),
+    "missing dataset": lambda tmp: (_parquet_recipe(tmp / "missing.parquet"), []),
+    "not parquet": lambda tmp: (_parquet_recipe(_text_file(tmp / "bad.parquet")), []),
+    "missing column": lambda tmp: (_parquet_recipe(_parquet(tmp / "c.parquet", column="x")), []),
+    "negative labels": lambda tmp: (_parquet_recipe(_parquet(tmp / "n.parquet", labels=[-1] * 8)), []),
+    "image shape mismatch": lambda tmp: (_parquet_recipe(_parquet(tmp / "i.parquet"), ", image_shape: [1, 3, 3]"), []),
+    "cnn on flat rows": lambda tmp: (_parquet_recipe(_parquet(tmp / "f.parquet")), ["--set", "model.name=cnn"]),
+    "user model not importable": lambda tmp: (GOOD, ["--set", "model.name=no_such_module:build"]),
+    "init_from missing": lambda tmp: (GOOD, ["--set", f"stages.train.init_from={tmp}/nothing.pt"]),
+    "tune not available for train": lambda tmp: (
+        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.lr: {choice: [0.1]}}}}"), []),
+}
+
+
+def _text_file(path):
+    path.write_text("not parquet at all")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
+    text, extra = CASES[case](tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    code = main(["run", str(recipe), "--out", str(tmp_path / "out"), *extra])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_labels_out_of_range_names_the_fix(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(_parquet_recipe(_parquet(tmp_path / "l.parquet", labels=[0, 1, 2, 5] * 2), ", num_classes: 3"))
+    assert main(["run", str(recipe)]) == 2
+    assert "labels in 'label' range 0..5, outside [0, 3)" in capsys.readouterr().err
+
+
+def test_unknown_command_and_report_without_summary(tmp_path, capsys):
+    assert main(["fly"]) == 2
+    assert main(["report", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+
+
+def test_console_entry_point_exit_status(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optimizer: {lr: -1}\n" + GOOD)
+    done = subprocess.run([sys.executable, "-m", "rayeffi", "run", str(recipe)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {recipe}: 'optimizer.lr': Input should be greater than 0 (got -1); "
+        "fix it in the recipe or with --set optimizer.lr=..."
+    ]

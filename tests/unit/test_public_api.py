@@ -1,0 +1,21 @@
+"""The public API is what ``rayeffi.__all__`` says; changing it is a decision, not an accident."""
+
+import rayeffi
+
+
+def test_public_api_is_pinned():
+    assert sorted(rayeffi.__all__) == [
+        "DataParallel",
+        "Precision",
+        "Recipe",
+        "StageConfig",
+        "StepParts",
+        "Strategy",
+        "Technique",
+        "UserError",
+        "load_checkpoint",
+        "load_recipe",
+        "run_recipe",
+        "train_step",
+    ]
+    assert all(hasattr(rayeffi, name) for name in rayeffi.__all__)

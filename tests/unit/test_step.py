@@ -1,0 +1,150 @@
+"""The step's slot order and the shared contract every strategy/precision/technique meets.
+
+The contract test iterates the package's own registries, so a new strategy or precision
+policy is checked here the moment it is registered; a new technique adds a factory to
+``CONTRACT_TECHNIQUES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from rayeffi.parallel import STRATEGIES
+from rayeffi.techniques import PRECISIONS, Precision, Technique
+from rayeffi.worker.step import StepParts, eval_step, train_step
+
+CONTRACT_TECHNIQUES = {
+    "none": lambda: [],
+    "no-op": lambda: [Technique()],
+}
+
+
+class Recorder(Technique):
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def loss(self, loss, outputs, inputs, targets):
+        self.log.append(f"{self.name}.loss")
+        return loss
+
+    def after_backward(self, model):
+        grads_exist = all(p.grad is not None for p in model.parameters())
+        self.log.append(f"{self.name}.after_backward(grads={grads_exist})")
+
+    def after_step(self, model):
+        self.log.append(f"{self.name}.after_step")
+
+
+class RecordingPrecision(Precision):
+    def __init__(self, log):
+        self.log = log
+
+    @contextlib.contextmanager
+    def autocast(self):
+        self.log.append("autocast.enter")
+        yield
+        self.log.append("autocast.exit")
+
+    def backward(self, loss):
+        self.log.append("backward")
+        super().backward(loss)
+
+    def step(self, optimizer):
+        self.log.append("optimizer.step")
+        return super().step(optimizer)
+
+
+def _problem(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    inputs = torch.randn(48, 6)
+    targets = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0).long()
+    return model, inputs, targets
+
+
+def test_slot_order_is_forward_losses_backward_hooks_step_hooks():
+    log: list[str] = []
+    model, inputs, targets = _problem()
+    parts = StepParts(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), STRATEGIES["data_parallel"](),
+        RecordingPrecision(log), [Recorder("a", log), Recorder("b", log)],
+    )
+    train_step(parts, inputs, targets)
+    assert log == [
+        "autocast.enter", "a.loss", "b.loss", "autocast.exit",
+        "backward",
+        "a.after_backward(grads=True)", "b.after_backward(grads=True)",
+        "optimizer.step",
+        "a.after_step", "b.after_step",
+    ]
+    assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
+
+
+def test_train_step_equals_a_hand_written_sgd_step():
+    model, inputs, targets = _problem()
+    reference = _problem()[0]
+    parts = StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1), STRATEGIES["data_parallel"](), Precision())
+    loss = train_step(parts, inputs, targets)
+    expected = nn.functional.cross_entropy(reference(inputs), targets)
+    expected.backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.1 * p.grad
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-7)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("strategy_name", "precision_name", "techniques_name"),
+    list(itertools.product(STRATEGIES, PRECISIONS, CONTRACT_TECHNIQUES)),
+)
+def test_contract(strategy_name, precision_name, techniques_name):
+    """Learns, stays finite, and a checkpoint round trip continues exactly."""
+
+    def build(seed=0):
+        model, inputs, targets = _problem(seed)
+        strategy = STRATEGIES[strategy_name]()
+        model = strategy.setup_model(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        precision = PRECISIONS[precision_name]()
+        precision.setup(model, optimizer)
+        techniques = CONTRACT_TECHNIQUES[techniques_name]()
+        for technique in techniques:
+            technique.setup(model, optimizer)
+        return StepParts(model, optimizer, strategy, precision, techniques), inputs, targets
+
+    parts, inputs, targets = build()
+    first_loss, _ = eval_step(parts, inputs, targets)
+    for _ in range(20):
+        train_step(parts, inputs, targets)
+    last_loss, _ = eval_step(parts, inputs, targets)
+    assert last_loss < 0.7 * first_loss
+    assert all(torch.isfinite(p).all() for p in parts.model.parameters())
+
+    buffer = io.BytesIO()
+    torch.save({
+        "model": parts.strategy.unwrap(parts.model).state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "precision": parts.precision.state_dict(),
+        "techniques": [t.state_dict() for t in parts.techniques],
+    }, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    restored, _, _ = build(seed=1)  # different initial weights: the checkpoint must overwrite them
+    restored.strategy.unwrap(restored.model).load_state_dict(state["model"])
+    restored.optimizer.load_state_dict(state["optimizer"])
+    restored.precision.load_state_dict(state["precision"])
+    for technique, technique_state in zip(restored.techniques, state["techniques"]):
+        technique.load_state_dict(technique_state)
+    for _ in range(3):
+        train_step(parts, inputs, targets)
+        train_step(restored, inputs, targets)
+    for a, b in zip(parts.model.parameters(), restored.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
