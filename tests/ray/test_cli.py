@@ -1,0 +1,34 @@
+"""The console script end to end: its own private Ray, summary.json, report PNGs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_then_report(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "rayeffi", "run", str(ROOT / "examples/quickstart.yaml"), "--smoke",
+         "--set", "stages.train.epochs=2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    epoch_lines = [line for line in done.stdout.splitlines() if line.startswith("[train] epoch")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["[train] epoch 1", "[train] epoch 2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"]["stages"][0]["data"]["max_samples"] == 512
+    assert summary["stages"][0]["kind"] == "train" and summary["stages"][0]["wall_s"] > 0
+
+    report = subprocess.run([sys.executable, "-m", "rayeffi", "report", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    png = out / "report" / "train.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

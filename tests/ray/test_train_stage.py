@@ -1,0 +1,132 @@
+"""The train stage through real Ray Train runs: DDP parity, local mode, resume, init_from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rayeffi.data import builtin_digits_paths
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.recipe import validate_recipe
+from rayeffi.run import run_recipe
+from rayeffi.stages import StageContext
+from rayeffi.stages.train import run_train_stage
+from rayeffi.data.sources import resolve_source
+from rayeffi.worker.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+
+NUM_ROWS, EPOCHS, LR, MOMENTUM = 256, 4, 0.1, 0.9
+
+
+@pytest.fixture(scope="module")
+def small_digits(tmp_path_factory):
+    """The first 256 training digits and 64 validation digits as a user Parquet set."""
+    root = tmp_path_factory.mktemp("small")
+    train, val = (pq.read_table(path) for path in builtin_digits_paths())
+    pq.write_table(train.slice(0, NUM_ROWS), root / "train.parquet")
+    pq.write_table(val.slice(0, 64), root / "val.parquet")
+    return root
+
+
+def _full_batch_recipe(root, num_workers, **stage):
+    # full-batch steps: every step sees all 256 rows whatever the sharding, so DDP over
+    # 2 workers (128 rows each, gradients averaged) must equal one process on 256 rows
+    return validate_recipe({
+        "seed": 0,
+        "data": {"dataset": "parquet", "path": str(root / "train.parquet"), "val_path": str(root / "val.parquet"),
+                 "batch_size": NUM_ROWS, "shuffle": False, "num_classes": 10},
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
+        "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 1}},
+        "stages": [{"name": "train", "kind": "train", "epochs": EPOCHS, **stage}],
+    })
+
+
+def _single_process_reference(root):
+    table = pq.read_table(root / "train.parquet")
+    inputs = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)))
+    targets = torch.tensor(table["label"].to_numpy())
+    torch.manual_seed(0)
+    info = DatasetInfo(64, 10, None, NUM_ROWS, 64)
+    model = build_model(_full_batch_recipe(root, 0).stages[0].model, info)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    losses = []
+    for _ in range(EPOCHS):
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict(), losses
+
+
+@pytest.mark.parametrize("num_workers", [2, 0])
+def test_matches_single_process_training(small_digits, tmp_path, num_workers):
+    summary = run_recipe(_full_batch_recipe(small_digits, num_workers), tmp_path)
+    stage = summary["stages"][0]
+    params = load_checkpoint(stage["checkpoint"])["model"]
+    reference, losses = _single_process_reference(small_digits)
+    for name, value in reference.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+    assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
+    assert [row["epoch"] for row in stage["history"]] == [1, 2, 3, 4]
+    assert stage["num_workers"] == num_workers
+    assert {"train_loss", "val_loss", "val_accuracy", "samples_per_s", "epoch"} <= set(stage["metrics"])
+
+
+def test_checkpoint_holds_the_whole_training_state(small_digits, tmp_path):
+    summary = run_recipe(_full_batch_recipe(small_digits, 0), tmp_path)
+    state = torch.load(summary["stages"][0]["checkpoint"], weights_only=True)
+    assert state["epoch"] == EPOCHS
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics"}
+    assert state["optimizer"]["state"], "momentum buffers are saved"
+    assert isinstance(state["rng"][0]["torch"], torch.Tensor)
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    """2 epochs, then resume to 4, equals 4 epochs straight (dropout makes the RNG matter)."""
+    def recipe(epochs):
+        return validate_recipe({
+            "data": {"max_samples": 256, "batch_size": 32},
+            "model": {"hidden_sizes": [32], "dropout": 0.2},
+            "optimizer": {"lr": 0.05, "momentum": 0.9},
+            "scaling": {"num_workers": 0},
+            "stages": [{"name": "train", "kind": "train", "epochs": epochs}],
+        })
+
+    straight = run_recipe(recipe(4), tmp_path / "straight")["stages"][0]
+    first_half = run_recipe(recipe(2), tmp_path / "half")["stages"][0]
+    stage = recipe(4).stages[0]
+    context = StageContext(
+        stage_dir=tmp_path / "resumed", storage_path=tmp_path / "resumed-ray",
+        source=resolve_source(stage.data, stage.seed, tmp_path), previous=None,
+        resume_checkpoint=first_half["checkpoint"],
+    )
+    resumed = run_train_stage(stage, context)
+    assert resumed.artifact.metrics["epoch"] == 4
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed.artifact.checkpoint)
+    for name in a["model"]:
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=0, atol=1e-6)
+    assert b["metrics"]["train_loss"] == pytest.approx(a["metrics"]["train_loss"], abs=1e-6)
+
+
+def test_init_from_previous_passes_only_the_weights(tmp_path):
+    summary = run_recipe(validate_recipe({
+        "data": {"max_samples": 128},
+        "scaling": {"num_workers": 0},
+        "stages": [
+            {"name": "first", "kind": "train", "epochs": 2},
+            {"name": "second", "kind": "train", "epochs": 1, "init_from": "previous",
+             "optimizer": {"lr": 1e-12}},
+        ],
+    }), tmp_path)
+    first, second = (load_checkpoint(stage["checkpoint"]) for stage in summary["stages"])
+    for name in first["model"]:
+        torch.testing.assert_close(second["model"][name], first["model"][name], rtol=0, atol=1e-8)
+    assert second["epoch"] == 1  # a new stage: its own epoch count, fresh optimizer
+    assert summary["status"] == "complete" and [s["name"] for s in summary["stages"]] == ["first", "second"]
