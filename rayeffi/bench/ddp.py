@@ -1,0 +1,72 @@
+"""``rayeffi bench ddp``: the train stage against native PyTorch DDP, plus quickstart wall time.
+
+Both sides train the same MLP on the same synthetic rows with the same global batch
+and worker count; each side's steady-state step time is the median epoch time after
+the first epoch divided by steps per epoch. Printed: both times and their ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rayeffi.bench.native_ddp import native_ddp_epoch_seconds
+from rayeffi.recipe import validate_recipe
+from rayeffi.run import run_recipe
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+
+
+def bench_recipe(num_workers: int, quick: bool):
+    return validate_recipe({
+        "name": "bench-ddp",
+        "seed": 0,
+        "data": {"dataset": "synthetic", "batch_size": 256, "shuffle": True,
+                 "synthetic": {"num_samples": 4096 if quick else 16384, "num_features": 256,
+                               "num_classes": 10, "num_shards": 4}},
+        "model": {"name": "mlp", "hidden_sizes": [1024, 512]},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 1}},
+        "stages": [{"name": "train", "kind": "train", "epochs": 3 if quick else 5}],
+    })
+
+
+def steady_step_ms(epoch_seconds: list[float], steps_per_epoch: int) -> float:
+    steady = epoch_seconds[1:] or epoch_seconds
+    return 1000 * statistics.median(steady) / steps_per_epoch
+
+
+def run(args) -> None:
+    recipe = bench_recipe(args.workers, args.quick)
+    stage = recipe.stages[0]
+    with tempfile.TemporaryDirectory(prefix="rayeffi-bench-") as out:
+        summary = run_recipe(recipe, out, echo=lambda line: None)
+    history = summary["stages"][0]["history"]
+    num_train = stage.data.synthetic.num_samples
+    steps = math.ceil(num_train / stage.data.batch_size)
+    rayeffi_ms = steady_step_ms([row["epoch_s"] for row in history], steps)
+
+    from rayeffi.data.info import DatasetInfo
+
+    info = DatasetInfo(stage.data.synthetic.num_features, stage.data.synthetic.num_classes, None, num_train, 0)
+    native_ms = steady_step_ms(native_ddp_epoch_seconds(stage, info, max(args.workers, 1)), steps)
+
+    print(f"workload: MLP 256-1024-512-10, {num_train} synthetic rows, global batch {stage.data.batch_size}, "
+          f"{args.workers} workers, {stage.epochs} epochs ({steps} steps each)")
+    print(f"rayeffi train stage : {rayeffi_ms:8.2f} ms/step (steady state, Ray Data input, DDP on gloo)")
+    print(f"native PyTorch DDP  : {native_ms:8.2f} ms/step (torch.multiprocessing, in-memory tensors)")
+    print(f"ratio rayeffi/native: {rayeffi_ms / native_ms:8.2f}x")
+    print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)")
+    if QUICKSTART.is_file():
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="rayeffi-quickstart-") as out:
+            done = subprocess.run([sys.executable, "-m", "rayeffi", "run", str(QUICKSTART), "--out", out],
+                                  capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        accuracy = [line for line in done.stdout.splitlines() if "done in" in line]
+        print(f"quickstart wall time: {wall:8.1f} s end to end (exit {done.returncode}; {accuracy[-1] if accuracy else ''})")
