@@ -16,9 +16,9 @@ from rayeffi.worker.optim import build_optimizer, build_scheduler, lr_factor
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9), model)
+    scheduler = build_scheduler(OptimizerConfig(schedule={"name": "cosine"}), optimizer, 5)
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    scheduler = build_scheduler(OptimizerConfig(schedule={"name": "cosine"}), optimizer, 5)
     scheduler.step()
     state = {"format": 1, "epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "rng": [rng_state()], "metrics": {"val_accuracy": 0.5}}
