@@ -21,6 +21,7 @@ from rayeffi.models import check_model
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.stages import STAGE_RUNNERS, StageContext
 from rayeffi.stages.progress import Progress
+from rayeffi.stages.tune import check_search_space
 from rayeffi.stages.ray_session import start_ray
 
 SUMMARY_FILE = "summary.json"
@@ -46,6 +47,7 @@ def run_recipe(
                 source=source,
                 previous=previous,
                 progress=progress,
+                progress_queue=progress.queue,
             )
             result = STAGE_RUNNERS[stage.kind](stage, context)
             previous = result.artifact
@@ -64,10 +66,7 @@ def run_recipe(
 
 def _check_stage(stage: StageConfig, out_dir: Path) -> DataSource:
     if stage.tune is not None:
-        raise UserError(
-            f"stages.{stage.name}.tune: running a '{stage.kind}' stage as Tune trials is not available yet; "
-            "remove the tune block"
-        )
+        check_search_space(stage)
     if stage.init_from not in (None, "previous") and not Path(stage.init_from).exists():
         raise UserError(f"stages.{stage.name}.init_from: {stage.init_from} does not exist: give a checkpoint file")
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
@@ -76,7 +75,8 @@ def _check_stage(stage: StageConfig, out_dir: Path) -> DataSource:
 
 
 def _cpus_needed(stage: StageConfig) -> float:
-    return max(stage.scaling.num_workers, 1) * stage.scaling.resources_per_worker.get("CPU", 1.0)
+    concurrent_runs = stage.tune.max_concurrent_trials if stage.tune else 1
+    return concurrent_runs * max(stage.scaling.num_workers, 1) * stage.scaling.resources_per_worker.get("CPU", 1.0)
 
 
 def _workers(stage: StageConfig) -> str:

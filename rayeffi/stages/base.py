@@ -34,6 +34,9 @@ class StageContext:
     source: DataSource
     previous: Artifact | None
     progress: Progress | None = None
+    """Driver-side printer and history of epoch lines (not sent to trials)."""
+    progress_queue: Any = None
+    """The Ray queue behind ``progress``; workers put their epoch metrics on it."""
     resume_checkpoint: str | None = None
     """A checkpoint of this same stage to continue from (epoch, optimizer, RNG and all)."""
 

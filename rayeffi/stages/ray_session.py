@@ -7,6 +7,8 @@ import os
 
 import ray
 
+TRIAL_RESOURCE = "rayeffi_trial_driver"
+
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -38,7 +40,14 @@ def start_ray(address: str | None, num_cpus_needed: float) -> bool:
         ray.init(address=address, **common)
     else:
         num_cpus = max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **common)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            resources={TRIAL_RESOURCE: 64},  # Tune trials hold this instead of a CPU (stages/tune.py)
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            **common,
+        )
     _quiet_ray_data()
     return True
 

@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.tune import run_tuned_stage
 from rayeffi.worker.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
 
@@ -25,7 +26,9 @@ def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
     return stage.init_from
 
 
-def build_trainer(stage: StageConfig, context: StageContext, spec: WorkerSpec, callbacks=()) -> TorchTrainer:
+def build_trainer(
+    stage: StageConfig, context: StageContext, spec: WorkerSpec, callbacks=(), run_name: str | None = None
+) -> TorchTrainer:
     """The ``TorchTrainer`` of one stage; Tune trials build theirs here too."""
     scaling = stage.scaling
     local_mode = scaling.num_workers == 0
@@ -38,7 +41,7 @@ def build_trainer(stage: StageConfig, context: StageContext, spec: WorkerSpec, c
         ),
         run_config=RunConfig(
             # a unique name: re-using one makes Ray resume that run's checkpoints
-            name=f"{stage.name}-{uuid.uuid4().hex[:8]}",
+            name=run_name or f"{stage.name}-{uuid.uuid4().hex[:8]}",
             storage_path=str(context.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
@@ -49,13 +52,15 @@ def build_trainer(stage: StageConfig, context: StageContext, spec: WorkerSpec, c
 
 
 def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
+    if stage.tune is not None:
+        return run_tuned_stage(stage, context, publish_checkpoint)
     local_mode = stage.scaling.num_workers == 0
     spec = WorkerSpec(
         stage=stage,
         info=context.source.info,
         init_checkpoint=init_checkpoint(stage, context),
         resume_checkpoint=context.resume_checkpoint,
-        progress=context.progress.queue if context.progress else None,
+        progress=context.progress_queue,
         local_mode=local_mode,
     )
     start = time.perf_counter()
@@ -72,8 +77,8 @@ def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
     return StageResult(stage.name, stage.kind, artifact, history, wall_s, {"num_workers": stage.scaling.num_workers})
 
 
-def publish_checkpoint(checkpoint_dir: Path, stage_dir: Path) -> Artifact:
+def publish_checkpoint(checkpoint_dir: str | Path, stage_dir: Path) -> Artifact:
     """Copy the run's last checkpoint to ``stage_dir/checkpoint.pt`` (atomically)."""
-    state = load_checkpoint(checkpoint_dir / CHECKPOINT_FILE)
+    state = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
     path = save_atomic(state, stage_dir / ARTIFACT_FILE)
     return Artifact(checkpoint=str(path), metrics=dict(state["metrics"]))

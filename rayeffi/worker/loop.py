@@ -49,6 +49,8 @@ class WorkerSpec:
     progress: Any = None
     """A ``ray.util.queue.Queue`` the driver prints epoch lines from, or None."""
     local_mode: bool = False
+    label: str | None = None
+    """Name of this run in progress lines and history (a Tune trial's is ``stage/trial``)."""
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -166,7 +168,7 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
     directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
     save_atomic(state, Path(directory) / CHECKPOINT_FILE)
     if spec.progress is not None:
-        spec.progress.put({"stage": spec.stage.name, **metrics})
+        spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
     if not spec.local_mode:
         shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)

@@ -45,8 +45,13 @@ CASES = {
     "cnn on flat rows": lambda tmp: (_parquet_recipe(_parquet(tmp / "f.parquet")), ["--set", "model.name=cnn"]),
     "user model not importable": lambda tmp: (GOOD, ["--set", "model.name=no_such_module:build"]),
     "init_from missing": lambda tmp: (GOOD, ["--set", f"stages.train.init_from={tmp}/nothing.pt"]),
-    "tune not available for train": lambda tmp: (
-        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.lr: {choice: [0.1]}}}}"), []),
+    "tune value makes a bad stage": lambda tmp: (
+        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.lr: {choice: [0.1, -1]}}}}"), []),
+    "tune unknown key": lambda tmp: (
+        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.rate: {choice: [0.1]}}}}"), []),
+    "tune in local mode": lambda tmp: (
+        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {epochs: {randint: [1, 3]}}}}"),
+        ["--set", "scaling.num_workers=0"]),
 }
 
 

@@ -1,0 +1,172 @@
+"""Any stage with a ``tune:`` block runs as a Ray Tune experiment.
+
+Each trial is a small driver: it applies its sampled values to the stage config
+(dotted keys, as ``--set`` does), starts one Ray Train run with
+``TuneReportCallback`` passing every epoch's report up to Tune, and returns. ASHA
+(Li et al. 2020) may stop a trial after any epoch; stopping the trial ends its Train
+run, whose controller and workers it owns. The best trial's checkpoint becomes the
+stage's artifact, and every trial's config, status and metrics go to ``summary.json``.
+
+Trials hold no CPU (the Train run inside reserves the workers); they hold one unit of
+the custom resource ``rayeffi_trial_driver`` instead, because a trial holding a CPU
+can starve its own Train run on a small machine and deadlock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from rayeffi.errors import UserError
+from rayeffi.recipe.load import set_dotted
+from rayeffi.recipe.models import SearchDomain, StageConfig
+from rayeffi.stages.base import StageContext, StageResult
+from rayeffi.stages.ray_session import TRIAL_RESOURCE
+from rayeffi.worker.loop import WorkerSpec
+
+
+
+def stage_variant(stage: StageConfig, values: dict[str, Any]) -> StageConfig:
+    """``stage`` with each dotted key set to its value, validated again."""
+    raw = stage.model_dump()
+    for key, value in values.items():
+        set_dotted(raw, key, value)
+    raw["tune"] = None  # a trial is a plain run of the stage
+    return type(stage).model_validate(raw)
+
+
+def check_search_space(stage: StageConfig) -> None:
+    """Every value a search may draw must make a valid stage: fail before Ray starts."""
+    for key, domain in stage.tune.search_space.items():
+        for value in _extreme_values(domain):
+            try:
+                stage_variant(stage, {key: value})
+            except (UserError, ValueError) as exc:
+                detail = str(exc).splitlines()[0] if not hasattr(exc, "errors") else _first_error(exc)
+                raise UserError(
+                    f"stages.{stage.name}.tune.search_space.{key}: value {value!r} does not make a valid "
+                    f"stage ({detail}); fix the key or its values"
+                ) from None
+
+
+def _first_error(exc) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+def _extreme_values(domain: SearchDomain) -> list[Any]:
+    if domain.choice is not None:
+        return list(domain.choice)
+    if domain.grid is not None:
+        return list(domain.grid)
+    if domain.randint is not None:
+        return [domain.randint[0], domain.randint[1] - 1]
+    return list(domain.uniform or domain.loguniform)
+
+
+def _tune_domain(domain: SearchDomain):
+    if domain.choice is not None:
+        return tune.choice(list(domain.choice))
+    if domain.grid is not None:
+        return tune.grid_search(list(domain.grid))
+    if domain.uniform is not None:
+        return tune.uniform(*domain.uniform)
+    if domain.loguniform is not None:
+        return tune.loguniform(*domain.loguniform)
+    return tune.randint(*domain.randint)
+
+
+def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) -> None:
+    """One trial: a driver that starts a Ray Train run of the stage variant."""
+    from rayeffi.stages.train import build_trainer, init_checkpoint
+
+    trial_id = tune.get_context().get_trial_id()
+    variant = stage_variant(stage, config)
+    spec = WorkerSpec(
+        stage=variant,
+        info=context.source.info,
+        init_checkpoint=init_checkpoint(variant, context),
+        progress=context.progress_queue,
+        label=f"{stage.name}/{trial_id}",
+    )
+    build_trainer(variant, context, spec, callbacks=[TuneReportCallback()], run_name=f"{stage.name}-{trial_id}").fit()
+
+
+def run_tuned_stage(stage: StageConfig, context: StageContext, publish) -> StageResult:
+    """Run the stage's trials; ``publish(checkpoint_dir, stage_dir)`` makes the best one the artifact."""
+    settings = stage.tune
+    if TRIAL_RESOURCE not in ray.cluster_resources():
+        raise UserError(
+            f"stages.{stage.name}.tune: the cluster has no '{TRIAL_RESOURCE}' resource; start its nodes with "
+            f"--resources '{{\"{TRIAL_RESOURCE}\": 8}}' (a private local Ray has it)"
+        )
+    trial_context = dataclasses.replace(context, progress=None)  # the printer stays on the driver
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, stage=stage, context=trial_context),
+        {"cpu": 0, TRIAL_RESOURCE: 1},
+    )
+    scheduler = None
+    if settings.scheduler.name == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=10_000,  # trials end on their own epoch count; ASHA only cuts them short
+            grace_period=settings.scheduler.grace_period,
+            reduction_factor=settings.scheduler.reduction_factor,
+        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: _tune_domain(domain) for key, domain in settings.search_space.items()},
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            num_samples=settings.num_samples,
+            scheduler=scheduler,
+            max_concurrent_trials=settings.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{stage.name}-tune-{uuid.uuid4().hex[:8]}", storage_path=str(context.storage_path), verbose=0
+        ),
+    )
+    start = time.perf_counter()
+    results = tuner.fit()
+    wall_s = time.perf_counter() - start
+    trials = [_trial_summary(result, stage, context) for result in results]
+    finished = [r for r in results if r.error is None and r.metrics and CHECKPOINT_PATH_KEY in r.metrics]
+    if not finished:
+        first_error = next((t["error"] for t in trials if t.get("error")), "no trial reported a checkpoint")
+        raise RuntimeError(f"stage {stage.name}: every Tune trial failed; first error: {first_error}")
+    best = max(finished, key=lambda r: r.metrics[settings.metric] * (1 if settings.mode == "max" else -1))
+    artifact = publish(best.metrics[CHECKPOINT_PATH_KEY], context.stage_dir)
+    best_id = best.metrics["trial_id"]
+    history = context.progress.stage_history(f"{stage.name}/{best_id}") if context.progress else []
+    extra = {"num_workers": stage.scaling.num_workers, "best_trial": best_id,
+             "best_config": dict(best.config), "trials": trials}
+    return StageResult(stage.name, stage.kind, artifact, history, wall_s, extra)
+
+
+def _trial_summary(result, stage: StageConfig, context: StageContext) -> dict[str, Any]:
+    metrics = {k: v for k, v in (result.metrics or {}).items() if not isinstance(v, dict) or k == "config"}
+    metrics.pop("config", None)
+    trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
+    epochs = len(context.progress.stage_history(f"{stage.name}/{trial_id}")) if context.progress else None
+    summary = {
+        "trial_id": trial_id,
+        "config": dict(result.config or {}),
+        "status": "error" if result.error else "done",
+        "epochs_run": epochs,
+        "metrics": {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy") if k in metrics},
+    }
+    if result.error is not None:
+        summary["error"] = str(result.error).strip().splitlines()[-1][:500]
+    return summary
+
+
+def _trial_id_from_path(path: str | None) -> str | None:
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else None
