@@ -32,25 +32,28 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run every stage of ``recipe``; write and return ``out_dir/summary.json``."""
     out_dir = Path(out_dir).absolute()
-    sources = [_check_stage(stage, out_dir) for stage in recipe.stages]
+    stage_names = {stage.name for stage in recipe.stages}
+    sources = [_check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
     started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))
     progress = Progress(echo)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running", "stages": []}
     start = time.perf_counter()
     previous = None
+    artifacts = {}
     try:
         for stage, source in zip(recipe.stages, sources):
-            echo(f"[{stage.name}] {stage.kind}: {stage.epochs} epochs on {_workers(stage)}")
+            echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs on {_workers(stage)}")
             context = StageContext(
                 stage_dir=out_dir / "stages" / stage.name,
                 storage_path=out_dir / "ray",
                 source=source,
                 previous=previous,
+                artifacts=artifacts,
                 progress=progress,
                 progress_queue=progress.queue,
             )
             result = STAGE_RUNNERS[stage.kind](stage, context)
-            previous = result.artifact
+            previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
             write_summary(summary, out_dir)
             echo(f"[{stage.name}] done in {result.wall_s:.1f} s: val_accuracy {previous.metrics['val_accuracy']:.4f}")
@@ -64,11 +67,15 @@ def run_recipe(
     return summary
 
 
-def _check_stage(stage: StageConfig, out_dir: Path) -> DataSource:
+def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
     if stage.tune is not None:
         check_search_space(stage)
-    if stage.init_from not in (None, "previous") and not Path(stage.init_from).exists():
-        raise UserError(f"stages.{stage.name}.init_from: {stage.init_from} does not exist: give a checkpoint file")
+    links = {None, "previous", *stage_names}
+    if stage.init_from not in links and not Path(stage.init_from).exists():
+        raise UserError(
+            f"stages.{stage.name}.init_from: {stage.init_from} is neither an earlier stage nor an existing "
+            "checkpoint file: give 'previous', a stage name or a path"
+        )
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
     check_model(stage.model, source.info)
     return source

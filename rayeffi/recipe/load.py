@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rayeffi.errors import UserError
-from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_KINDS, Recipe, StageConfig, TrainStageConfig
+from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
 
 SMOKE_MAX_EPOCHS = 2
 SMOKE_MAX_SAMPLES = 512
@@ -150,16 +150,17 @@ def _dotted_location(loc: list[Any], raw: dict[str, Any]) -> str:
 def _allowed_keys(loc: list[Any]) -> list[str]:
     """The field names of the model found at ``loc`` (walked from :class:`Recipe`)."""
     model: type[BaseModel] | None = Recipe
-    parts = [p for p in loc if not isinstance(p, int) and p not in STAGE_KINDS]
-    for part in parts:
-        if part == "stages":
-            model = TrainStageConfig  # every stage kind shares these keys
+    index = 0
+    while index < len(loc) and model is not None:
+        part = loc[index]
+        if part == "stages" and index + 2 < len(loc) and isinstance(loc[index + 1], int):
+            model = STAGE_CONFIGS.get(loc[index + 2])  # the tagged union's tag: the stage kind
+            index += 3
             continue
-        field = model.model_fields.get(part) if model else None
+        field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if model is None:
-            return []
+        index += 1
     return sorted(model.model_fields) if model else []
 
 
@@ -169,8 +170,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 
 
 def _smoke_stage(stage: StageConfig) -> StageConfig:
-    raw = stage.model_dump()
-    raw["epochs"] = min(stage.epochs, SMOKE_MAX_EPOCHS)
+    raw = stage.smoke_raw(stage.model_dump(), SMOKE_MAX_EPOCHS)
     raw["data"]["max_samples"] = min(stage.data.max_samples or SMOKE_MAX_SAMPLES, SMOKE_MAX_SAMPLES)
     raw["data"]["synthetic"]["num_samples"] = min(stage.data.synthetic.num_samples, SMOKE_MAX_SAMPLES)
     raw["scaling"]["num_workers"] = min(stage.scaling.num_workers, SMOKE_MAX_WORKERS)

@@ -33,6 +33,8 @@ class StageContext:
     """Ray Train's storage (per-epoch checkpoints); shared storage on a cluster."""
     source: DataSource
     previous: Artifact | None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    """Artifacts of the stages run so far, by stage name (for ``init_from: NAME``)."""
     progress: Progress | None = None
     """Driver-side printer and history of epoch lines (not sent to trials)."""
     progress_queue: Any = None

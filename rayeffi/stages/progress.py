@@ -57,8 +57,11 @@ class Progress:
 
 
 def format_epoch_line(stage: str, metrics: dict) -> str:
-    return (
+    line = (
         f"[{stage}] epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f}  "
         f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}  "
         f"{metrics['samples_per_s']:.0f} samples/s"
     )
+    if "dsd_phase" in metrics:
+        line += f"  [{metrics['dsd_phase']} r{metrics['dsd_round']}, sparsity {metrics['sparsity']:.3f}]"
+    return line

@@ -23,6 +23,8 @@ ARTIFACT_FILE = "checkpoint.pt"
 def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
     if stage.init_from == "previous":
         return context.previous.checkpoint
+    if stage.init_from in context.artifacts:
+        return context.artifacts[stage.init_from].checkpoint
     return stage.init_from
 
 

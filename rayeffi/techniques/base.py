@@ -19,7 +19,15 @@ class Technique:
     name = "technique"
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Once, after model, strategy and optimizer exist (e.g. load a teacher)."""
+        """Once, after model, strategy and optimizer exist (e.g. load a teacher).
+
+        ``model`` is the plain module, unwrapped from any strategy wrapper (DDP); its
+        parameters are the ones the optimizer updates.
+        """
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier on the scheduled learning rate for ``epoch`` (e.g. DSD's re-dense LR/10)."""
+        return 1.0
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Before each epoch (e.g. switch a DSD phase, choose masks)."""

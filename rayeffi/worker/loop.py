@@ -66,12 +66,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
     model = strategy.setup_model(model)
     optimizer = build_optimizer(stage.optimizer, model)
-    scheduler = build_scheduler(stage.optimizer, optimizer, stage.epochs)
     precision = build_precision(stage.precision)
     precision.setup(model, optimizer)
     techniques = build_techniques(stage)
     for technique in techniques:  # entered in list order, torn down in reverse
-        technique.setup(model, optimizer)
+        technique.setup(strategy.unwrap(model), optimizer)
+    scheduler = build_scheduler(stage.optimizer, optimizer, stage.total_epochs, techniques)
     parts = StepParts(model, optimizer, strategy, precision, techniques)
 
     start_epoch = _restore(parts, scheduler, spec, rank)
@@ -79,7 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     batch_size = stage.data.batch_size // max(world_size, 1)
     try:
-        for epoch in range(start_epoch, stage.epochs):
+        for epoch in range(start_epoch, stage.total_epochs):
             for technique in techniques:
                 technique.on_epoch_start(epoch, model, optimizer)
             lr = optimizer.param_groups[0]["lr"]

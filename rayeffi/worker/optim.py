@@ -35,7 +35,15 @@ def lr_factor(config: OptimizerConfig, epoch: int, num_epochs: int) -> float:
     return 1.0
 
 
-def build_scheduler(config: OptimizerConfig, optimizer, num_epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(config: OptimizerConfig, optimizer, num_epochs: int, techniques=()) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch lr = ``lr * schedule factor * each technique's lr_factor`` (e.g. DSD's re-dense LR/10)."""
+
+    def factor(epoch: int) -> float:
+        value = lr_factor(config, epoch, num_epochs)
+        for technique in techniques:
+            value *= technique.lr_factor(epoch)
+        return value
+
     # LambdaLR's state_dict holds only counters (the function is rebuilt from the recipe),
     # so checkpoints stay loadable with weights_only=True
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch, num_epochs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

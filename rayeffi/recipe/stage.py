@@ -1,0 +1,120 @@
+"""What every stage kind shares: a name, its resolved sections, how it starts, and Tune.
+
+Stage kinds subclass :class:`StageConfig` (``recipe/models.py`` has ``train``,
+``recipe/dsd.py`` has ``dsd``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from rayeffi.recipe.sections import (
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    Precision,
+    ScalingConfig,
+    Section,
+)
+
+_STAGE_NAME = re.compile(r"^[A-Za-z][\w-]*$")
+
+
+class SearchDomain(Section):
+    """One dimension of a Tune search space: exactly one of the keys is set."""
+
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDomain:
+        set_keys = [k for k, v in self.__dict__.items() if v is not None]
+        if len(set_keys) != 1:
+            raise ValueError("a search dimension sets exactly one of choice, grid, uniform, loguniform, randint")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"search bounds must be [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+
+class SchedulerConfig(Section):
+    """Early stopping of bad trials (ASHA, Li et al. 2020)."""
+
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: PositiveInt = 1
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class TuneConfig(Section):
+    """Runs a stage as a Ray Tune experiment; each trial is one Ray Train run."""
+
+    search_space: dict[str, SearchDomain]
+    """Dotted stage key (``optimizer.lr``, ``epochs``, ...) -> search dimension."""
+    num_samples: PositiveInt = 4
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    scheduler: SchedulerConfig = SchedulerConfig()
+    max_concurrent_trials: PositiveInt = 1
+
+
+class StageConfig(Section):
+    """What every stage kind has: a name, its resolved global sections, and how to start."""
+
+    name: str
+    kind: str
+    epochs: PositiveInt = 10
+    seed: int = 0
+    init_from: str | None = None
+    """``previous`` (the stage before), the name of an earlier stage, or a checkpoint
+    path: load that model's weights before training. Optimizer state starts fresh."""
+    tune: TuneConfig | None = None
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    precision: Precision = "fp32"
+    parallel: ParallelConfig = ParallelConfig()
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the worker loop runs (a ``dsd`` stage sums its phases)."""
+        return self.epochs
+
+    def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+        """Shrink this stage's raw dict to a CI-sized run (``--smoke``)."""
+        raw["epochs"] = min(self.epochs, max_epochs)
+        return raw
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_key(cls, name: str) -> str:
+        if not _STAGE_NAME.match(name):
+            raise ValueError(f"stage name {name!r} must start with a letter and use letters, digits, '_' or '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> StageConfig:
+        num_workers = max(self.scaling.num_workers, 1)
+        if self.data.batch_size % num_workers:
+            raise ValueError(
+                f"data.batch_size {self.data.batch_size} does not split evenly over "
+                f"scaling.num_workers {num_workers}: use a multiple of {num_workers}"
+            )
+        if self.data.batch_size < num_workers:
+            raise ValueError(f"data.batch_size must be at least scaling.num_workers ({num_workers})")
+        if self.tune is not None and self.scaling.num_workers == 0:
+            raise ValueError(
+                "a stage with a tune block runs each trial as a Ray Train run, which reports to Tune "
+                "from its workers: set scaling.num_workers >= 1 (local mode has no workers)"
+            )
+        return self
