@@ -62,3 +62,35 @@ def test_two_gloo_workers_match_one_process(tmp_path):
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=0, atol=1e-5)
     assert any((single[name] != _model().state_dict()[name]).any() for name in single)  # it did train
+
+
+def _dsd_rank(rank, world_size, port, out_dir):
+    from rayeffi.recipe.dsd import DsdConfig
+    from rayeffi.techniques import DenseSparseDense
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    strategy = DataParallel(rank, world_size)
+    model = strategy.setup_model(_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    technique = DenseSparseDense(DsdConfig(rounds=[0.5], dense_epochs=1, sparse_epochs=1, redense_epochs=0))
+    technique.setup(strategy.unwrap(model), optimizer)
+    parts = StepParts(model, optimizer, strategy, Precision(), [technique])
+    inputs, targets = _data()
+    share = GLOBAL_BATCH // world_size
+    rows = slice(rank * share, (rank + 1) * share)  # each rank its own data
+    for epoch in range(2):
+        technique.on_epoch_start(epoch, model, optimizer)
+        for step in range(STEPS):
+            train_step(parts, inputs[step, rows], targets[step, rows])
+    torch.save({"masks": technique.masks, "model": strategy.unwrap(model).state_dict()}, out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_dsd_masks_are_identical_on_every_rank(tmp_path):
+    mp.spawn(_dsd_rank, args=(2, _free_port(), tmp_path), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert rank0["masks"].keys() == rank1["masks"].keys() and rank0["masks"]
+    for name in rank0["masks"]:
+        assert torch.equal(rank0["masks"][name], rank1["masks"][name])
+        assert (rank0["model"][name.replace("module.", "")][~rank0["masks"][name]] == 0).all()
