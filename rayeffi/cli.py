@@ -1,4 +1,4 @@
-"""``rayeffi run | report | bench``: the command line.
+"""``rayeffi run | report | export | bench``: the command line.
 
 User mistakes (:class:`~rayeffi.errors.UserError`) print one ``error: ...`` line and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="plot a finished run's curves as PNG files")
     report.add_argument("run_dir", help="a run directory holding summary.json")
 
+    export = commands.add_parser("export", help="write a dsd stage's sparse weights compressed, and verify them")
+    export.add_argument("run_dir", help="a run directory holding summary.json")
+    export.add_argument("--stage", required=True, help="name of a dsd stage")
+    export.add_argument("--format", choices=["bitmask", "csr"], default="bitmask",
+                        help="bitmask + packed values (pays below ~97%% density) or CSR (below ~33%%)")
+    export.add_argument("--out", help="output file (default: RUN_DIR/stages/STAGE/sparse-FORMAT.pt)")
+
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
     bench.add_argument("name", choices=["ddp"], help="ddp: the train stage against native PyTorch DDP")
     bench.add_argument("--workers", type=int, default=2)
@@ -62,6 +69,19 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from rayeffi.export import export_stage
+
+    result = export_stage(args.run_dir, args.stage, args.format, args.out)
+    print(f"wrote {result['path']} ({result['format']}, sparse phase of round {result['round']}, "
+          f"target sparsity {result['target_sparsity']:.2f})")
+    for name, sparsity in result["layer_sparsity"].items():
+        print(f"  {name}: sparsity {sparsity:.4f}")
+    print(f"size {result['bytes']:,} bytes against {result['dense_bytes']:,} dense "
+          f"({result['bytes'] / result['dense_bytes']:.3f}x); loads back to identical weights: verified")
+    return 0
+
+
 def _bench(args) -> int:
     from rayeffi.bench import BENCHMARKS
 
@@ -69,7 +89,7 @@ def _bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "report": _report, "bench": _bench}
+COMMANDS = {"run": _run, "report": _report, "export": _export, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class DenseSparseDense(Technique):
         self._epoch_extras: dict[str, Any] = {}
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
         self.weights = prunable_weights(model, self.config.skip, self.config.skip_first_conv)
 
     def phase_at(self, epoch: int) -> Phase:
@@ -78,7 +79,8 @@ class DenseSparseDense(Technique):
     def _snapshot(self, sparse_phase: Phase) -> None:
         self.sparse_snapshot = {
             "round": sparse_phase.round,
-            "weights": {name: w.detach().clone() for name, w in self.weights.items()},
+            "sparsity": sparse_phase.sparsity,
+            "model": {name: value.detach().clone() for name, value in self.model.state_dict().items()},
             "masks": {name: mask.clone() for name, mask in self.masks.items()},
         }
 
