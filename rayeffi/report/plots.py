@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rayeffi.errors import UserError  # noqa: E402
+from rayeffi.report.dsd import plot_dsd_phases, plot_pruning_histograms  # noqa: E402
 
 
 def read_summary(run_dir: str | Path) -> dict:
@@ -35,6 +36,10 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if not history:
             continue
         written.append(plot_stage(stage["name"], stage["kind"], history, out / f"{stage['name']}.png"))
+        if stage["kind"] == "dsd":
+            written.append(plot_dsd_phases(stage["name"], history, out / f"{stage['name']}-phases.png"))
+            histogram = plot_pruning_histograms(stage["name"], history, out / f"{stage['name']}-pruning.png")
+            written += [histogram] if histogram else []
     if not written:
         raise UserError(f"{run_dir}/summary.json has no stage with epoch history to plot")
     return written
