@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +29,16 @@ SUMMARY_FILE = "summary.json"
 
 
 def run_recipe(
-    recipe: Recipe, out_dir: str | Path, address: str | None = None, echo: Callable[[str], None] = print
+    recipe: Recipe, out_dir: str | Path, address: str | None = None, echo: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Run every stage of ``recipe``; write and return ``out_dir/summary.json``."""
+    """Run every stage of ``recipe``; write and return ``out_dir/summary.json``.
+
+    ``echo`` receives the progress lines (default: this process's stdout as it is now,
+    so libraries that print while a stage runs can be silenced without losing them).
+    """
+    if echo is None:
+        stream = sys.stdout
+        echo = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
     sources = [_check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
@@ -42,7 +50,8 @@ def run_recipe(
     artifacts = {}
     try:
         for stage, source in zip(recipe.stages, sources):
-            echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs on {_workers(stage)}")
+            trials = f" in each of {stage.tune.num_samples} Tune trials" if stage.tune else ""
+            echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs on {_workers(stage)}{trials}")
             context = StageContext(
                 stage_dir=out_dir / "stages" / stage.name,
                 storage_path=out_dir / "ray",

@@ -176,6 +176,9 @@ def _smoke_stage(stage: StageConfig) -> StageConfig:
     raw["scaling"]["num_workers"] = min(stage.scaling.num_workers, SMOKE_MAX_WORKERS)
     if stage.tune is not None:
         raw["tune"]["num_samples"] = min(stage.tune.num_samples, SMOKE_MAX_TRIALS)
+        for key in raw["tune"]["search_space"]:
+            if key.rsplit(".", 1)[-1].endswith("epochs"):  # searched epoch counts shrink too
+                raw["tune"]["search_space"][key] = {"choice": [1]}
     return type(stage).model_validate(raw)
 
 

@@ -58,12 +58,27 @@ class TuneConfig(Section):
     """Runs a stage as a Ray Tune experiment; each trial is one Ray Train run."""
 
     search_space: dict[str, SearchDomain]
-    """Dotted stage key (``optimizer.lr``, ``epochs``, ...) -> search dimension."""
+    """Dotted stage key (``optimizer.lr``, ``epochs``, ...) -> search dimension. Nested
+    mappings (``{optimizer: {lr: {loguniform: [...]}}}``) are flattened to dotted keys."""
     num_samples: PositiveInt = 4
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
     scheduler: SchedulerConfig = SchedulerConfig()
     max_concurrent_trials: PositiveInt = 1
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _flatten(cls, space: Any) -> Any:
+        if not isinstance(space, dict):
+            return space
+        flat: dict[str, Any] = {}
+        for key, value in space.items():
+            is_domain = not isinstance(value, dict) or set(value) & set(SearchDomain.model_fields)
+            if is_domain:
+                flat[key] = value
+            else:
+                flat.update({f"{key}.{inner}": v for inner, v in cls._flatten(value).items()})
+        return flat
 
 
 class StageConfig(Section):

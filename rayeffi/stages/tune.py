@@ -14,7 +14,9 @@ can starve its own Train run on a small machine and deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import time
 import uuid
 from typing import Any
@@ -135,7 +137,8 @@ def run_tuned_stage(stage: StageConfig, context: StageContext, publish) -> Stage
         ),
     )
     start = time.perf_counter()
-    results = tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its own tables; the epoch lines say it all
+        results = tuner.fit()
     wall_s = time.perf_counter() - start
     trials = [_trial_summary(result, stage, context) for result in results]
     finished = [r for r in results if r.error is None and r.metrics and CHECKPOINT_PATH_KEY in r.metrics]
