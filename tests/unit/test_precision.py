@@ -7,6 +7,7 @@ digits MLP at most).
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from rayeffi.data import builtin_digits_paths
 from rayeffi.models.mlp import MLP
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe.sections import PrecisionConfig
+from rayeffi.report.plots import loss_scale_points, write_report
 from rayeffi.techniques import Technique
 from rayeffi.techniques.loss_scaling import has_non_finite, underflow_fraction
 from rayeffi.techniques.precision import BF16, FP16, PRECISIONS, FP16Master, build_precision
@@ -280,6 +282,21 @@ def test_build_precision_from_the_recipe_config():
     dynamic = build_precision(PrecisionConfig(policy="fp16-master", init_scale=1024, growth_interval=7))
     assert isinstance(dynamic, FP16Master) and dynamic.scaler_options["growth_interval"] == 7
     assert type(build_precision("bf16")) is BF16 and type(build_precision(PrecisionConfig())) is PRECISIONS["fp32"]
+
+
+def test_report_plots_the_loss_scale_over_steps(tmp_path):
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.5, "loss_scale": 2.0**15,
+         "skipped_steps": 1, "loss_scale_history": [[1, 2.0**16], [2, 2.0**15], [4, 2.0**15]]},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8, "loss_scale": 2.0**16,
+         "skipped_steps": 1, "loss_scale_history": [[5, 2.0**15], [6, 2.0**16], [8, 2.0**16]]},
+    ]
+    (tmp_path / "summary.json").write_text(json.dumps({"stages": [{"name": "train", "kind": "train", "history": history}]}))
+    assert loss_scale_points(history) == [(1, 2.0**16), (2, 2.0**15), (4, 2.0**15), (5, 2.0**15), (6, 2.0**16),
+                                          (8, 2.0**16)]
+    assert loss_scale_points([{"epoch": 1}]) == []  # FP32 runs: no loss-scale panel
+    [png] = write_report(tmp_path)
+    assert png.stat().st_size > 0
 
 
 # -- accuracy on the built-in digits ----------------------------------------------------------
