@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="a run directory holding summary.json")
 
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
-    bench.add_argument("name", choices=["ddp"], help="ddp: the train stage against native PyTorch DDP")
+    bench.add_argument("name", choices=["ddp", "precision"],
+                       help="ddp: the train stage against native PyTorch DDP; precision: fp32 vs bf16 step time and memory")
     bench.add_argument("--workers", type=int, default=2)
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
     return parser
