@@ -141,4 +141,9 @@ class DsdStageConfig(StageConfig):
                 f"dsd stage {self.name!r} needs dense weights to prune: set init_from (previous, an earlier "
                 "stage or a checkpoint) or dsd.dense_epochs > 0"
             )
+        if self.precision.policy == "fp16-master":
+            # the masks act on the model's weights; FP32 masters would bring pruned values back
+            raise ValueError(
+                f"dsd stage {self.name!r} does not support precision fp16-master yet: use fp32, bf16 or fp16"
+            )
         return self

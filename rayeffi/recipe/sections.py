@@ -1,4 +1,4 @@
-"""The global recipe sections: data, model, optimizer, scaling, parallel.
+"""The global recipe sections: data, model, optimizer, scaling, precision, parallel.
 
 Every section is a frozen pydantic model that rejects unknown keys, so a typo in a
 recipe fails at load time instead of silently training with a default. A stage may
@@ -8,9 +8,18 @@ override any of these sections; see :mod:`rayeffi.recipe.stages`.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -155,5 +164,87 @@ class ParallelConfig(Section):
     strategy: Literal["data_parallel"] = "data_parallel"
 
 
-Precision = Literal["fp32"]
-"""The precision policy of the step. ``fp32`` is the one available so far."""
+PRECISION_POLICIES = ("fp32", "bf16", "fp16", "fp16-master")
+_LOSS_SCALED = ("fp16", "fp16-master")
+_DYNAMIC_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+
+
+class PrecisionConfig(Section):
+    """The precision policy of the step (Micikevicius et al., "Mixed Precision Training", 2018).
+
+    ``fp32``: everything in float32. ``bf16``: bfloat16 autocast, no loss scaling (bf16
+    has float32's exponent range). ``fp16``: float16 autocast over FP32 weights plus
+    loss scaling. ``fp16-master``: the paper's recipe, FP16 weights plus an FP32 master
+    copy the optimizer updates. A recipe may give just the policy name
+    (``precision: bf16``) or a mapping (``precision: {policy: fp16, loss_scale: 1024}``).
+    The loss-scaling keys are left unset (None) unless given, so a dumped config
+    validates again; :meth:`scaler_options` fills in the defaults.
+    """
+
+    policy: Literal["fp32", "bf16", "fp16", "fp16-master"] = "fp32"
+    loss_scale: Literal["dynamic"] | float | None = None
+    """fp16 policies: ``dynamic`` (default: grow x growth_factor after growth_interval
+    clean steps, multiply by backoff_factor and skip the step on inf/NaN) or a fixed
+    positive scale such as 1024 (the step is still skipped on inf/NaN)."""
+    init_scale: PositiveFloat | None = None
+    """Dynamic scaling: the first scale (default 65536 = 2^16)."""
+    growth_factor: float | None = Field(None, gt=1.0)
+    """Dynamic scaling: scale multiplier after growth_interval clean steps (default 2)."""
+    backoff_factor: float | None = Field(None, gt=0.0, lt=1.0)
+    """Dynamic scaling: scale multiplier on an overflow (default 0.5)."""
+    growth_interval: PositiveInt | None = None
+    """Dynamic scaling: clean steps before the scale grows (default 2000)."""
+
+    @field_validator("loss_scale", mode="before")
+    @classmethod
+    def _dynamic_or_positive(cls, value: Any) -> Any:
+        if value is None or value == "dynamic":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError(f"must be 'dynamic' or a positive number such as 1024, got {value!r}")
+
+    @model_validator(mode="after")
+    def _scaling_keys_fit_the_policy(self) -> PrecisionConfig:
+        scaling_keys = [key for key in ("loss_scale", *_DYNAMIC_KEYS) if getattr(self, key) is not None]
+        if scaling_keys and self.policy not in _LOSS_SCALED:
+            raise ValueError(
+                f"{scaling_keys[0]} is a loss-scaling option of policies fp16 and fp16-master, "
+                f"not {self.policy!r}: remove it or set precision.policy to fp16"
+            )
+        dynamic_keys = [key for key in _DYNAMIC_KEYS if getattr(self, key) is not None]
+        if dynamic_keys and isinstance(self.loss_scale, float):
+            raise ValueError(
+                f"{dynamic_keys[0]} only applies to loss_scale 'dynamic', not the static "
+                f"loss_scale {self.loss_scale:g}: remove it or set precision.loss_scale=dynamic"
+            )
+        return self
+
+    def scaler_options(self) -> dict[str, Any]:
+        """Keyword arguments of the loss-scaling policies, defaults filled in."""
+        if self.policy not in _LOSS_SCALED:
+            return {}
+        options = {"loss_scale": self.loss_scale or "dynamic"}
+        options.update({key: getattr(self, key) for key in _DYNAMIC_KEYS if getattr(self, key) is not None})
+        return options
+
+
+def _policy_name_to_mapping(value: Any) -> Any:
+    """``precision: bf16`` is short for ``precision: {policy: bf16}``."""
+    if isinstance(value, (dict, PrecisionConfig)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"must be a policy name ({', '.join(PRECISION_POLICIES)}) or a mapping such as "
+            f"{{policy: fp16, loss_scale: dynamic}}, got {value!r}"
+        )
+    if value not in PRECISION_POLICIES:
+        raise ValueError(
+            f"unknown precision policy {value!r}: use one of {', '.join(PRECISION_POLICIES)} "
+            f"(e.g. --set precision=bf16)"
+        )
+    return {"policy": value}
+
+
+Precision = Annotated[PrecisionConfig, BeforeValidator(_policy_name_to_mapping)]
+"""The recipe's ``precision`` key: a policy name or a :class:`PrecisionConfig` mapping."""

@@ -45,18 +45,34 @@ def write_report(run_dir: str | Path) -> list[Path]:
     return written
 
 
+def loss_scale_points(history: list[dict]) -> list[tuple[int, float]]:
+    """The ``[step, scale]`` points of every epoch, in order (mixed precision runs only)."""
+    return [(int(step), float(scale)) for row in history for step, scale in row.get("loss_scale_history") or []]
+
+
 def plot_stage(name: str, kind: str, history: list[dict], path: Path) -> Path:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    scale_points = loss_scale_points(history)
+    figure, axes = plt.subplots(1, 3 if scale_points else 2, figsize=(15 if scale_points else 10, 4))
+    loss_axis, accuracy_axis = axes[0], axes[1]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title=f"{name} ({kind}): loss")
     loss_axis.legend()
     accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], marker="o", color="tab:green")
     accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy", title=f"{name}: accuracy", ylim=(0, 1))
-    for axis in (loss_axis, accuracy_axis):
+    if scale_points:
+        _plot_loss_scale(axes[2], name, scale_points, int(history[-1].get("skipped_steps", 0)))
+    for axis in axes:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _plot_loss_scale(axis, name: str, points: list[tuple[int, float]], skipped: int) -> None:
+    steps, scales = zip(*points)
+    axis.step(steps, scales, where="post", color="tab:purple", marker=".")  # a scale holds until it changes
+    axis.set_yscale("log", base=2)
+    axis.set(xlabel="optimizer step", ylabel="loss scale", title=f"{name}: loss scale ({skipped} steps skipped)")

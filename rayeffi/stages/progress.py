@@ -61,6 +61,8 @@ def format_epoch_line(stage: str, metrics: dict) -> str:
         f"[{stage}] epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f}  "
         f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}  "
         f"{metrics['samples_per_s']:.0f} samples/s"
+        + (f"  loss_scale {metrics['loss_scale']:g}  skipped {int(metrics['skipped_steps'])}"
+           if "loss_scale" in metrics else "")  # mixed precision telemetry
     )
     if "dsd_phase" in metrics:
         line += f"  [{metrics['dsd_phase']} r{metrics['dsd_round']}, sparsity {metrics['sparsity']:.3f}]"

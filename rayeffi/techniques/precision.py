@@ -1,8 +1,29 @@
 """The precision policy slot of the step: which dtype math runs in, and loss scaling.
 
-Exactly one policy runs per stage. :class:`FP32` is the default and does nothing
-special; mixed-precision policies (bf16 autocast, fp16 with loss scaling, the FP32
-master-weight recipe of Micikevicius et al. 2018) override these hooks.
+Exactly one policy runs per stage (Micikevicius et al., "Mixed Precision Training",
+ICLR 2018). What each policy holds in which dtype at each point of the step:
+
+=================  ========  ==============  ==============  ===================
+point of the step  fp32      bf16            fp16            fp16-master
+=================  ========  ==============  ==============  ===================
+weights (model)    FP32      FP32            FP32            FP16 (norms FP32)
+forward matmuls    FP32      BF16 autocast   FP16 autocast   FP16 autocast
+loss, softmax      FP32      FP32            FP32            FP32
+loss scale S       none      none            FP32 multiply   FP32 multiply
+weight gradients   FP32      FP32            FP32 (x S)      FP16 (x S)
+DDP all-reduce     FP32      FP32            FP32            FP16
+unscale, inf check -         -               FP32            FP32 master grads
+optimizer update   FP32      FP32            FP32            FP32 masters
+after the update   -         -               -               masters -> FP16
+=================  ========  ==============  ==============  ===================
+
+Autocast keeps its own FP32 list (softmax, norms, reductions) on GPUs; the task loss
+is always computed on ``outputs.float()`` (``worker/step.py``). Under autocast the
+activations of matmuls and convolutions are BF16/FP16, and so are the gradients
+flowing back through them; weight gradients take the weight's dtype.
+
+The maths lives in :mod:`rayeffi.techniques.loss_scaling` and
+:mod:`rayeffi.techniques.master_weights`; the classes here only plug it into the step.
 """
 
 from __future__ import annotations
@@ -13,14 +34,34 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayeffi.techniques.loss_scaling import (
+    DEFAULT_INIT_SCALE,
+    grad_scaler,
+    has_non_finite,
+    optimizer_grads,
+    underflow_fraction,
+)
+from rayeffi.techniques.master_weights import (
+    cast_to_fp16_,
+    grads_to_masters_,
+    masters_to_model_,
+    point_optimizer_at_masters_,
+)
+from rayeffi.techniques.precision_telemetry import PrecisionTelemetry
+
 
 class Precision:
     """Full FP32: forward, backward and the optimizer step all in float32."""
 
     name = "fp32"
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once before the strategy wraps the model (e.g. cast weights to FP16:
+        DDP fixes its gradient buckets' dtype when it wraps)."""
+        return model
+
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called once after the optimizer exists (e.g. to build FP32 master weights)."""
+        """Called once after the optimizer exists (e.g. to point it at FP32 master weights)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for the forward pass and the loss."""
@@ -35,7 +76,7 @@ class Precision:
         optimizer.step()
         return True
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, Any]:
         """Telemetry added to every epoch's metrics (loss scale, skipped steps, ...)."""
         return {}
 
@@ -48,9 +89,180 @@ class Precision:
 
 FP32 = Precision
 
-PRECISIONS: dict[str, type[Precision]] = {"fp32": FP32}
-"""``precision`` recipe value -> policy class. ``bf16``, ``fp16`` and ``fp16-master`` join here."""
+
+def _device_type(model: nn.Module) -> str:
+    """``cpu`` or ``cuda``: autocast and GradScaler follow the device the strategy placed the model on."""
+    return next(model.parameters(), torch.empty(0)).device.type
 
 
-def build_precision(name: str) -> Precision:
-    return PRECISIONS[name]()
+class BF16(Precision):
+    """BF16 autocast, FP32 weights, no loss scaling.
+
+    BF16 keeps FP32's 8-bit exponent (range to ~3e38, normals down to ~1e-38) with a
+    7-bit mantissa, so gradients neither overflow nor underflow where FP32 would not:
+    no scaler is needed. Matmuls and convolutions run in BF16 (on CPUs with
+    avx512_bf16 / AMX and on Ampere+ GPUs, about twice FP32 throughput).
+    """
+
+    name = "bf16"
+    dtype = torch.bfloat16
+
+    def __init__(self) -> None:
+        self.device_type = "cpu"
+        self.telemetry = PrecisionTelemetry()
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.device_type = _device_type(model)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        if self.telemetry.wants_sample:  # once per epoch: would FP16 lose these gradients?
+            self.telemetry.record_sample(underflow_fraction(optimizer_grads(optimizer)))
+        optimizer.step()
+        self.telemetry.record_step(1.0, skipped=False)
+        return True
+
+    def metrics(self) -> dict[str, Any]:
+        return self.telemetry.epoch_metrics(1.0, with_history=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"telemetry": self.telemetry.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.telemetry.load_state_dict(state.get("telemetry", {}))
+
+
+class FP16(Precision):
+    """FP16 autocast over FP32 weights, with dynamic or static loss scaling.
+
+    ``backward`` computes ``grad(S * L)`` with ``S`` applied to the FP32 loss (an FP16
+    loss times 2^16 would overflow before backward starts). ``step`` divides the
+    gradients by ``S`` in FP32 (``GradScaler.unscale_``), skips the optimizer step if
+    any gradient is inf/NaN, and updates ``S`` (x ``backoff_factor`` on overflow, x
+    ``growth_factor`` after ``growth_interval`` clean steps; fixed if static).
+
+    Data parallel: DDP all-reduces the gradients during ``backward``, before the inf
+    check, so every rank checks the same numbers, skips the same steps and keeps the
+    same scale, without a collective of its own.
+    """
+
+    name = "fp16"
+
+    def __init__(
+        self,
+        loss_scale: str | float = "dynamic",
+        init_scale: float = DEFAULT_INIT_SCALE,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ) -> None:
+        self.scaler_options = dict(
+            loss_scale=loss_scale, init_scale=init_scale, growth_factor=growth_factor,
+            backoff_factor=backoff_factor, growth_interval=growth_interval,
+        )
+        self.static_scale = None if loss_scale == "dynamic" else float(loss_scale)
+        self.device_type = "cpu"
+        self.scaler: torch.amp.GradScaler | None = None
+        self.telemetry = PrecisionTelemetry()
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.device_type = _device_type(model)
+        self.scaler = grad_scaler(self.device_type, **self.scaler_options)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=torch.float16)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss.float()).backward()  # S applied in FP32; DDP all-reduces x S gradients
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        self._grads_to_optimizer()
+        self.scaler.unscale_(optimizer)  # FP32: g / S
+        grads = optimizer_grads(optimizer)
+        overflow = has_non_finite(grads)  # host sync; the same on every rank (gradients are all-reduced)
+        if not overflow:
+            if self.telemetry.wants_sample:
+                self.telemetry.record_sample(underflow_fraction(grads))
+            optimizer.step()
+            self._after_optimizer_step()
+        scale_used = self.scaler.get_scale()
+        self.scaler.update(self.static_scale)  # dynamic: backoff on overflow, growth after clean steps
+        self.telemetry.record_step(scale_used, skipped=overflow)
+        return not overflow
+
+    def _grads_to_optimizer(self) -> None:
+        """The optimizer's parameters already hold the gradients (FP32 weights)."""
+
+    def _after_optimizer_step(self) -> None:
+        """Nothing to copy back: the model's weights are the optimizer's."""
+
+    def metrics(self) -> dict[str, Any]:
+        return self.telemetry.epoch_metrics(self.scaler.get_scale())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict(), "telemetry": self.telemetry.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.telemetry.load_state_dict(state.get("telemetry", {}))
+
+
+class FP16Master(FP16):
+    """The paper's recipe: FP16 weights, an FP32 master copy, loss scaling.
+
+    :meth:`prepare_model` casts the weights to FP16 (norm layers stay FP32) before the
+    strategy wraps the model, keeping an exact FP32 copy; :meth:`setup` points the
+    optimizer at those FP32 masters. Each step copies the FP16 gradients into FP32,
+    unscales and checks them there, updates the masters in FP32 and rounds them back
+    into the FP16 weights. The checkpoint's ``model`` holds the FP16 weights; the
+    exact FP32 masters are saved in ``precision.masters``.
+    """
+
+    name = "fp16-master"
+
+    def __init__(self, **scaler_options: Any) -> None:
+        super().__init__(**scaler_options)
+        self._fp32_copies: dict[int, torch.Tensor] | None = None
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        self._fp32_copies = cast_to_fp16_(model)
+        return model
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self._fp32_copies is None:
+            raise RuntimeError("fp16-master: call prepare_model(model) before the strategy wraps it, then setup")
+        super().setup(model, optimizer)
+        self.pairs = point_optimizer_at_masters_(optimizer, self._fp32_copies)
+        self._fp32_copies = {}
+
+    def _grads_to_optimizer(self) -> None:
+        grads_to_masters_(self.pairs)  # FP16 (x S) -> FP32 (x S), exact
+
+    def _after_optimizer_step(self) -> None:
+        masters_to_model_(self.pairs)  # FP32 -> FP16 weights for the next forward
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "masters": [master.detach() for _, master in self.pairs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "masters" in state:
+            with torch.no_grad():
+                for (_, master), saved in zip(self.pairs, state["masters"], strict=True):
+                    master.copy_(saved)
+            masters_to_model_(self.pairs)
+
+
+PRECISIONS: dict[str, type[Precision]] = {"fp32": FP32, "bf16": BF16, "fp16": FP16, "fp16-master": FP16Master}
+"""``precision.policy`` recipe value -> policy class."""
+
+
+def build_precision(config: Any) -> Precision:
+    """The policy a recipe's ``precision`` names (a ``PrecisionConfig`` or a policy name)."""
+    if isinstance(config, str):
+        return PRECISIONS[config]()
+    return PRECISIONS[config.policy](**config.scaler_options())

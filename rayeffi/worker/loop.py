@@ -64,9 +64,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(stage.model, spec.info)
     if spec.init_checkpoint:
         model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
-    model = strategy.setup_model(model)
-    optimizer = build_optimizer(stage.optimizer, model)
     precision = build_precision(stage.precision)
+    model = strategy.setup_model(precision.prepare_model(model))  # dtype fixed before DDP sizes its buckets
+    optimizer = build_optimizer(stage.optimizer, model)
     precision.setup(model, optimizer)
     techniques = build_techniques(stage)
     for technique in techniques:  # entered in list order, torn down in reverse

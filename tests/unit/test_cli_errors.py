@@ -52,6 +52,12 @@ CASES = {
     "tune in local mode": lambda tmp: (
         GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {epochs: {randint: [1, 3]}}}}"),
         ["--set", "scaling.num_workers=0"]),
+    "unknown precision policy": lambda tmp: (GOOD, ["--set", "precision=fp8"]),
+    "precision not a name or mapping": lambda tmp: ("precision: [fp16]\n" + GOOD, []),
+    "loss scale on bf16": lambda tmp: ("precision: {policy: bf16, loss_scale: 1024}\n" + GOOD, []),
+    "bad loss scale": lambda tmp: (GOOD, ["--set", "precision={policy: fp16, loss_scale: auto}"]),
+    "growth with static scale": lambda tmp: ("precision: {policy: fp16, loss_scale: 8, growth_interval: 5}\n" + GOOD, []),
+    "unknown precision key": lambda tmp: ("precision: {policy: fp16, scale: 8}\n" + GOOD, []),
 }
 
 
@@ -97,3 +103,17 @@ def test_console_entry_point_exit_status(tmp_path):
         f"error: {recipe}: 'optimizer.lr': Input should be greater than 0 (got -1); "
         "fix it in the recipe or with --set optimizer.lr=..."
     ]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("precision: fp8\n", "error: recipe.yaml: precision: unknown precision policy 'fp8': use one of fp32, bf16, fp16, fp16-master"),
+    ("precision: {policy: bf16, loss_scale: 1024}\n",
+     "error: recipe.yaml: precision: loss_scale is a loss-scaling option of policies fp16 and fp16-master, not 'bf16'"),
+    ("precision: {policy: fp16, loss_scale: auto}\n",
+     "error: recipe.yaml: precision.loss_scale: must be 'dynamic' or a positive number such as 1024, got 'auto'"),
+])
+def test_precision_errors_name_the_key_and_the_fix(text, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.yaml").write_text(text + GOOD)
+    assert main(["run", "recipe.yaml"]) == 2
+    assert capsys.readouterr().err.startswith(expected)

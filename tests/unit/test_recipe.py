@@ -70,7 +70,7 @@ def test_smoke_shrinks_without_editing(write_recipe):
 def test_defaults_make_a_complete_stage(write_recipe):
     recipe = load_recipe(write_recipe("stages: [{name: only, kind: train}]"))
     stage = recipe.stages[0]
-    assert stage.data.dataset == "digits" and stage.model.name == "mlp" and stage.precision == "fp32"
+    assert stage.data.dataset == "digits" and stage.model.name == "mlp" and stage.precision.policy == "fp32"
     assert stage.parallel.strategy == "data_parallel" and stage.tune is None
 
 

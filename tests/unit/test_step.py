@@ -111,9 +111,9 @@ def test_contract(strategy_name, precision_name, techniques_name):
     def build(seed=0):
         model, inputs, targets = _problem(seed)
         strategy = STRATEGIES[strategy_name]()
-        model = strategy.setup_model(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
         precision = PRECISIONS[precision_name]()
+        model = strategy.setup_model(precision.prepare_model(model))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
         precision.setup(model, optimizer)
         techniques = CONTRACT_TECHNIQUES[techniques_name]()
         for technique in techniques:
