@@ -18,7 +18,7 @@ def build_ray_datasets(source: DataSource, config: DataConfig, seed: int) -> dic
     Materializing also keeps Ray Data tasks from competing with the Train workers for
     CPUs mid-run (a full Train run on a small machine otherwise starves them).
     """
-    train = _read(source.train_path, source)
+    train = _read(source.train_path, source, source.extra_columns)
     if source.val_path is not None:
         val = _read(source.val_path, source)
     else:
@@ -28,21 +28,30 @@ def build_ray_datasets(source: DataSource, config: DataConfig, seed: int) -> dic
     return {"train": train.materialize(), "val": val.materialize()}
 
 
-def _read(path: str, source: DataSource) -> ray.data.Dataset:
-    dataset = ray.data.read_parquet(path, columns=[source.feature_column, source.label_column])
+def _read(path: str, source: DataSource, extra_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
+    columns = [source.feature_column, source.label_column, *extra_columns]
+    dataset = ray.data.read_parquet(path, columns=columns)
     width = source.info.num_features
     return dataset.map_batches(
         _normalise_columns,
         batch_format="pyarrow",
-        fn_kwargs={"feature_column": source.feature_column, "label_column": source.label_column, "width": width},
+        fn_kwargs={
+            "feature_column": source.feature_column,
+            "label_column": source.label_column,
+            "width": width,
+            "extra_columns": extra_columns,
+        },
     )
 
 
-def _normalise_columns(batch: pa.Table, feature_column: str, label_column: str, width: int) -> pa.Table:
+def _normalise_columns(
+    batch: pa.Table, feature_column: str, label_column: str, width: int, extra_columns: tuple[str, ...] = ()
+) -> pa.Table:
     """Rename to ``features``/``label`` and make features a fixed-width float32 list."""
     features = batch[feature_column].combine_chunks()
     target_type = pa.list_(pa.float32(), width)
     if features.type != target_type:
         values = features.flatten().cast(pa.float32())
         features = pa.FixedSizeListArray.from_arrays(values, width)
-    return pa.table({FEATURES: features, LABEL: batch[label_column].cast(pa.int64())})
+    columns = {FEATURES: features, LABEL: batch[label_column].cast(pa.int64())}
+    return pa.table({**columns, **{name: batch[name] for name in extra_columns}})

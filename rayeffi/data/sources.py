@@ -32,6 +32,9 @@ class DataSource:
     info: DatasetInfo
     feature_column: str
     label_column: str
+    extra_columns: tuple[str, ...] = ()
+    """Fixed-width float list columns of the training rows carried to the workers as
+    they are (e.g. cached teacher logits); a batch hands them to the step's techniques."""
 
 
 def builtin_digits_paths() -> tuple[str, str]:

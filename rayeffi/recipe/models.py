@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from rayeffi.recipe.distill import DistillStageConfig
 from rayeffi.recipe.dsd import DsdStageConfig
 from rayeffi.recipe.sections import (
     DataConfig,
@@ -38,12 +39,20 @@ def _stage_kind(stage: Any) -> Any:
 
 
 AnyStageConfig = Annotated[
-    Union[Annotated[TrainStageConfig, Tag("train")], Annotated[DsdStageConfig, Tag("dsd")]],
+    Union[
+        Annotated[TrainStageConfig, Tag("train")],
+        Annotated[DistillStageConfig, Tag("distill")],
+        Annotated[DsdStageConfig, Tag("dsd")],
+    ],
     Discriminator(_stage_kind),
 ]
-"""A stage, validated by the config class its ``kind`` names. ``distill`` joins here."""
+"""A stage, validated by the config class its ``kind`` names."""
 
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {"train": TrainStageConfig, "dsd": DsdStageConfig}
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "train": TrainStageConfig,
+    "distill": DistillStageConfig,
+    "dsd": DsdStageConfig,
+}
 """Stage kind -> config class (the same classes as :data:`AnyStageConfig`)."""
 STAGE_KINDS = tuple(STAGE_CONFIGS)
 
@@ -67,7 +76,7 @@ class Recipe(Section):
         if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list):
             return raw
         stages = [_resolve_stage(raw, stage) for stage in raw["stages"]]
-        return {**raw, "stages": stages}
+        return {**raw, "stages": [_teacher_models(stage, stages) for stage in stages]}
 
     @model_validator(mode="after")
     def _stage_names_and_links(self) -> Recipe:
@@ -87,6 +96,13 @@ class Recipe(Section):
                     f"stage {stage.name!r} has init_from: {stage.init_from}, which does not run before it: "
                     "name an earlier stage"
                 )
+            earlier = {s.name for s in self.stages[:index]}
+            for teacher in getattr(stage, "distill", None) and stage.distill.teachers or ():
+                if teacher.stage is not None and teacher.stage not in earlier:
+                    raise ValueError(
+                        f"stage {stage.name!r}: teacher {teacher.stage!r} is not an earlier stage: "
+                        "name a stage that runs before it, or give {checkpoint: PATH, model: {...}}"
+                    )
         return self
 
     def stage(self, name: str) -> StageConfig:
@@ -106,6 +122,26 @@ def _resolve_stage(raw: dict[str, Any], stage: Any) -> Any:
             merged[section] = deep_merge(raw[section], stage.get(section))
     merged.setdefault("seed", raw.get("seed", 0))
     return merged
+
+
+def _teacher_models(stage: Any, stages: list[Any]) -> Any:
+    """Give each teacher named by stage that stage's (merged) model config."""
+    if not isinstance(stage, dict) or stage.get("kind") != "distill" or not isinstance(stage.get("distill"), dict):
+        return stage
+    teachers = stage["distill"].get("teachers")
+    if isinstance(teachers, str):
+        teachers = [teachers]
+    if not isinstance(teachers, list):
+        return stage
+    models = {s.get("name"): s.get("model") or {} for s in stages if isinstance(s, dict)}
+    resolved = []
+    for teacher in teachers:
+        if isinstance(teacher, str):
+            teacher = {"stage": teacher}
+        if isinstance(teacher, dict) and teacher.get("stage") in models and teacher.get("model") is None:
+            teacher = {**teacher, "model": models[teacher["stage"]]}
+        resolved.append(teacher)
+    return {**stage, "distill": {**stage["distill"], "teachers": resolved}}
 
 
 def deep_merge(base: Any, override: Any) -> Any:

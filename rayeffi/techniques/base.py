@@ -32,8 +32,18 @@ class Technique:
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Before each epoch (e.g. switch a DSD phase, choose masks)."""
 
-    def loss(self, loss: torch.Tensor, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor):
-        """Return the loss to optimise, given the task loss (e.g. add a KD term)."""
+    def loss(
+        self,
+        loss: torch.Tensor,
+        outputs: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+    ):
+        """Return the loss to optimise, given the task loss (e.g. add a KD term).
+
+        ``extras`` holds the batch's other columns (e.g. cached teacher logits).
+        """
         return loss
 
     def after_backward(self, model: nn.Module) -> None:

@@ -68,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = strategy.setup_model(precision.prepare_model(model))  # dtype fixed before DDP sizes its buckets
     optimizer = build_optimizer(stage.optimizer, model)
     precision.setup(model, optimizer)
-    techniques = build_techniques(stage)
+    techniques = build_techniques(stage, spec.info)
     for technique in techniques:  # entered in list order, torn down in reverse
         technique.setup(strategy.unwrap(model), optimizer)
     scheduler = build_scheduler(stage.optimizer, optimizer, stage.total_epochs, techniques)
@@ -101,7 +101,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _batches(shard, batch_size: int, shuffle_seed: int | None):
     return shard.iter_torch_batches(
         batch_size=batch_size,
-        dtypes={"features": torch.float32, "label": torch.int64},
         local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
         local_shuffle_seed=shuffle_seed,
     )
@@ -116,8 +115,9 @@ def _train_epoch(parts: StepParts, shard, batch_size: int, stage: StageConfig, e
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
     for batch in _batches(shard, batch_size, seed):
-        inputs, targets = batch["features"].to(device), batch["label"].to(device)
-        loss = train_step(parts, inputs, targets)
+        inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
+        extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
+        loss = train_step(parts, inputs, targets, extras)
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
     return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
@@ -129,7 +129,7 @@ def _evaluate(parts: StepParts, shard, batch_size: int) -> torch.Tensor:
     device = parts.strategy.device
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in _batches(shard, batch_size, None):
-        inputs, targets = batch["features"].to(device), batch["label"].to(device)
+        inputs, targets = batch["features"].to(device, torch.float32), batch["label"].to(device, torch.int64)
         loss_sum, correct = eval_step(parts, inputs, targets)
         sums += torch.tensor([loss_sum.item(), correct.item(), len(targets)], dtype=torch.float64)
     return sums

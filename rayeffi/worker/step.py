@@ -41,15 +41,21 @@ def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs.float(), targets)
 
 
-def train_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on this worker's share of the global batch; returns the loss."""
+def train_step(
+    parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor, extras: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """One optimizer step on this worker's share of the global batch; returns the loss.
+
+    ``extras``: the batch's columns beyond features and labels (e.g. cached teacher logits).
+    """
     model, precision, techniques = parts.model, parts.precision, parts.techniques
+    extras = extras or {}
 
     with precision.autocast():
         outputs = model(inputs)
         loss = task_loss(outputs, targets)
         for technique in techniques:
-            loss = technique.loss(loss, outputs, inputs, targets)
+            loss = technique.loss(loss, outputs, inputs, targets, extras)
 
     precision.backward(loss)  # DDP all-reduces gradients during backward: sync point
 

@@ -50,7 +50,7 @@ class ScaleLoss(Technique):
     def __init__(self, factor):
         self.factor = factor
 
-    def loss(self, loss, outputs, inputs, targets):
+    def loss(self, loss, outputs, inputs, targets, extras):
         return loss * self.factor
 
 

@@ -92,7 +92,7 @@ def test_tune_block_shape_is_validated(write_recipe):
     [
         ("optimizer.lrr=1", "unknown key 'optimizer.lrr'.*allowed here: lr, momentum"),
         ("stages.first.epochs=0", "'stages.first.epochs'.*greater than 0"),
-        ("stages.first.kind=distill", "'stages.first.kind' must be one of: train"),
+        ("stages.first.kind=prune", "'stages.first.kind' must be one of: train, distill, dsd"),
         ("data.batch_size=33", "does not split evenly over scaling.num_workers 2"),
         ("scaling.num_workers=-2", "'scaling.num_workers'"),
         ("model.name=not a model", "neither a built-in model"),

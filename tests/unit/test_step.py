@@ -29,7 +29,7 @@ class Recorder(Technique):
     def __init__(self, name, log):
         self.name, self.log = name, log
 
-    def loss(self, loss, outputs, inputs, targets):
+    def loss(self, loss, outputs, inputs, targets, extras):
         self.log.append(f"{self.name}.loss")
         return loss
 

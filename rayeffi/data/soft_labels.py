@@ -1,0 +1,76 @@
+"""The teacher soft-label cache: teachers' logits computed once, stored beside each row.
+
+A distill stage with ``distill.cache: true`` runs its teachers over the training split
+in one Ray Data ``map_batches`` pass and writes ``features, label, teacher_logits`` to
+Parquet; its students (every Tune trial of the stage) then train from that file without
+running a teacher. Row order is preserved, so with the same shuffling the students see
+the same batches, and the same logits, as on-the-fly distillation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+import torch
+
+from rayeffi.data.info import DatasetInfo
+from rayeffi.data.ray_datasets import FEATURES, LABEL
+from rayeffi.recipe.distill import DistillConfig
+from rayeffi.recipe.sections import PrecisionConfig
+
+TEACHER_LOGITS = "teacher_logits"
+BATCH_ROWS = 512
+
+
+class TeacherLogits:
+    """A Ray Data callable class: loads the teachers once per actor, adds their logits."""
+
+    def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig):
+        from rayeffi.techniques import build_precision
+        from rayeffi.techniques.distill import load_teachers
+
+        self.teachers = load_teachers(config, info)
+        self.precision = build_precision(precision)
+        self.num_features = info.num_features
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        flat = batch[FEATURES].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        inputs = torch.from_numpy(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features))
+        with self.precision.autocast():  # the teachers compute as they would inside the step
+            logits = torch.cat([teacher(inputs).float() for teacher in self.teachers], dim=1)
+        width = logits.shape[1]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(logits.numpy().ravel(), pa.float32()), width)
+        return batch.append_column(TEACHER_LOGITS, column)
+
+
+def write_soft_labels(
+    datasets: dict[str, ray.data.Dataset],
+    config: DistillConfig,
+    info: DatasetInfo,
+    precision: PrecisionConfig,
+    out_dir: Path,
+) -> tuple[str, str]:
+    """Write ``out_dir/train`` (with teacher logits) and ``out_dir/val``; return their paths."""
+    context = ray.data.DataContext.get_current()
+    preserve_order = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # the cache keeps the split's row order
+    try:
+        train = datasets["train"].map_batches(
+            TeacherLogits,
+            fn_constructor_kwargs={"config": config, "info": info, "precision": precision},
+            batch_size=BATCH_ROWS,
+            batch_format="pyarrow",
+            concurrency=1,
+            # one pass over a materialized split: a lost actor fails the stage instead of restarting
+            ray_remote_args={"max_restarts": 0},
+        )
+        train_dir, val_dir = out_dir / "train", out_dir / "val"
+        train.write_parquet(str(train_dir))
+        datasets["val"].write_parquet(str(val_dir))
+    finally:
+        context.execution_options.preserve_order = preserve_order
+    return str(train_dir), str(val_dir)

@@ -1,0 +1,127 @@
+"""``kind: distill``: knowledge distillation from trained teachers into a student
+(Hinton et al., "Distilling the Knowledge in a Neural Network", 2015; FitNets hints,
+Romero et al. 2015). A teacher trained by an earlier stage teaches this stage's model:
+
+    - {name: teacher, kind: train, model: {name: cnn}}
+    - {name: student, kind: distill, model: {name: mlp, hidden_sizes: [64]},
+       distill: {teachers: [teacher], temperature: 4, alpha: 0.9}}
+
+This module is pure configuration (no torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, field_validator, model_validator
+
+from rayeffi.recipe.sections import ModelConfig, Section
+from rayeffi.recipe.stage import StageConfig
+
+
+class TeacherConfig(Section):
+    """One teacher: an earlier stage's artifact, or a checkpoint file and its model."""
+
+    stage: str | None = None
+    """Name of an earlier stage; its model config comes with it."""
+    checkpoint: str | None = None
+    """A rayeffi checkpoint file (filled in from ``stage`` when the stage has run)."""
+    model: ModelConfig | None = None
+    """The teacher's network (given with ``checkpoint``; taken from ``stage`` otherwise)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if self.stage is None and self.checkpoint is None:
+            raise ValueError("a teacher names an earlier stage or gives {checkpoint: PATH, model: {...}}")
+        if self.stage is None and self.model is None:
+            raise ValueError(
+                f"teacher checkpoint {self.checkpoint}: say which network it holds, "
+                "e.g. {checkpoint: PATH, model: {name: cnn, channels: [32, 64]}}"
+            )
+        return self
+
+
+class HintConfig(Section):
+    """A FitNets hint: the student's ``student`` module output regresses onto the teacher's."""
+
+    student: str
+    """Module path in the student (``layers.2``; see ``model.named_modules()``)."""
+    teacher: str
+    """Module path in the teacher (``features.3``)."""
+    weight: PositiveFloat = 1.0
+    teacher_index: NonNegativeInt = 0
+    """Which teacher of an ensemble gives the hint."""
+
+
+class DistillConfig(Section):
+    """The distillation settings of one stage."""
+
+    teachers: tuple[TeacherConfig, ...] = Field(min_length=1)
+    """Stage names (``[teacher]``) or ``{checkpoint, model}`` mappings. Several teachers
+    form an ensemble whose soft targets are averaged."""
+    temperature: PositiveFloat = 4.0
+    """Softmax temperature T for the soft targets (Hinton: 1 recovers ordinary softmax)."""
+    alpha: float = Field(0.9, ge=0.0, le=1.0)
+    """Weight of the soft-target term; ``1 - alpha`` weighs the hard-label cross-entropy."""
+    hints: tuple[HintConfig, ...] = ()
+    hint_epochs: NonNegativeInt = 0
+    """0: hint losses are added to the KD loss every epoch. N > 0: the FitNets schedule,
+    N epochs of hints alone, then KD alone."""
+    cache: bool = False
+    """Compute the teachers' logits once over the training set (Ray Data) and train the
+    student from that cache, never running a teacher during training."""
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _names_are_stages(cls, teachers: Any) -> Any:
+        if isinstance(teachers, str):
+            teachers = [teachers]
+        if isinstance(teachers, (list, tuple)):
+            return [{"stage": t} if isinstance(t, str) else t for t in teachers]
+        return teachers
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        for index, hint in enumerate(self.hints):
+            if hint.teacher_index >= len(self.teachers):
+                raise ValueError(
+                    f"distill.hints[{index}].teacher_index {hint.teacher_index}: there are only "
+                    f"{len(self.teachers)} teachers"
+                )
+        if self.hint_epochs and not self.hints:
+            raise ValueError("distill.hint_epochs needs distill.hints: add hints or set hint_epochs to 0")
+        if self.cache and self.hints:
+            raise ValueError(
+                "distill.cache stores teacher logits only, but hints need the teachers' feature maps every "
+                "step: set distill.cache false or remove distill.hints"
+            )
+        return self
+
+
+class DistillStageConfig(StageConfig):
+    """``kind: distill``: the stage's ``model`` is the student."""
+
+    kind: Literal["distill"] = "distill"
+    distill: DistillConfig
+
+    @model_validator(mode="after")
+    def _supported(self) -> DistillStageConfig:
+        if self.distill.hints and self.precision.policy == "fp16-master":
+            # hint adapters join the optimizer after the FP32 masters are made
+            raise ValueError(
+                f"distill stage {self.name!r}: hints with precision fp16-master are not supported: "
+                "use fp32, bf16 or fp16"
+            )
+        if self.distill.hint_epochs >= self.epochs:
+            raise ValueError(
+                f"distill.hint_epochs {self.distill.hint_epochs} leaves no KD epochs of the stage's "
+                f"{self.epochs}: lower hint_epochs or raise epochs"
+            )
+        return self
+
+    def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+        raw = super().smoke_raw(raw, max_epochs)
+        if raw["distill"]["hint_epochs"]:
+            raw["distill"]["hint_epochs"] = 1
+            raw["epochs"] = max(raw["epochs"], 2)
+        return raw

@@ -1,0 +1,168 @@
+"""The distillation technique: plugs :mod:`rayeffi.techniques.distillation` into the step.
+
+The teachers are frozen: eval mode, ``requires_grad`` off, run under ``torch.no_grad``
+inside the step's autocast, so they compute in bf16/fp16 when the precision policy
+does. With ``distill.cache`` the step never runs them: the batch brings each row's
+teacher logits (column ``teacher_logits``, written once by :mod:`rayeffi.data.soft_labels`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.recipe.distill import DistillConfig
+from rayeffi.techniques.base import Technique
+from rayeffi.techniques.distillation import FeatureCapture, build_adapter, hint_loss, soft_target_loss
+from rayeffi.worker.checkpoint import load_checkpoint
+
+CACHE_COLUMN = "teacher_logits"
+"""Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""
+
+
+def load_teachers(config: DistillConfig, info: DatasetInfo) -> list[nn.Module]:
+    """Every teacher built from its model config and checkpoint, frozen in eval mode."""
+    teachers = []
+    for teacher in config.teachers:
+        model = build_model(teacher.model, info)
+        model.load_state_dict(load_checkpoint(teacher.checkpoint)["model"])
+        teachers.append(freeze(model))
+    return teachers
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()  # dropout off: the soft targets are the teacher's deterministic predictions
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+class Distillation(Technique):
+    """KD (Hinton 2015) plus optional FitNets hints (Romero 2015) from one or more teachers.
+
+    ``teachers`` are frozen modules, or ``None`` when the batches carry cached logits.
+    Hint adapters are this technique's own parameters: added to the optimizer as a new
+    parameter group, averaged across data-parallel workers here (DDP does not see them),
+    and saved in the technique's state.
+    """
+
+    name = "distill"
+
+    def __init__(self, config: DistillConfig, teachers: list[nn.Module] | None, num_features: int):
+        self.config = config
+        self.teachers = teachers
+        self.num_features = num_features
+        self.adapters = nn.ModuleList()
+        self.hints_only = False
+        self._student_capture: FeatureCapture | None = None
+        self._teacher_captures: dict[int, FeatureCapture] = {}
+        self._sums = torch.zeros(3, dtype=torch.float64)  # soft loss, hint loss, batches
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.teachers is not None:
+            device = next(model.parameters()).device
+            self.teachers = [teacher.to(device) for teacher in self.teachers]
+        hints = self.config.hints
+        if not hints:
+            return
+        self._student_capture = FeatureCapture(model, [h.student for h in hints])
+        for index in sorted({h.teacher_index for h in hints}):
+            paths = [h.teacher for h in hints if h.teacher_index == index]
+            self._teacher_captures[index] = FeatureCapture(self.teachers[index], paths)
+        student_shapes, teacher_shapes = self._feature_shapes(model)
+        for hint, student_shape, teacher_shape in zip(hints, student_shapes, teacher_shapes):
+            adapter = build_adapter(student_shape, teacher_shape) or nn.Identity()
+            self.adapters.append(adapter.to(next(model.parameters()).device))
+        parameters = list(self.adapters.parameters())
+        if parameters:
+            if dist.is_initialized():
+                for parameter in parameters:  # sync point: every worker starts from rank 0's adapters
+                    dist.broadcast(parameter.data, src=0)
+            optimizer.add_param_group({"params": parameters})
+
+    @torch.no_grad()
+    def _feature_shapes(self, model: nn.Module):
+        """Shapes (without the batch dim) of every hinted feature, from one dummy forward."""
+        probe = torch.zeros(2, self.num_features, device=next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        model(probe)
+        model.train(was_training)
+        for index, teacher in enumerate(self.teachers):
+            if index in self._teacher_captures:
+                teacher(probe)
+        hints = self.config.hints
+        student = [tuple(self._student_capture.outputs[h.student].shape[1:]) for h in hints]
+        teacher = [tuple(self._teacher_captures[h.teacher_index].outputs[h.teacher].shape[1:]) for h in hints]
+        return student, teacher
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.hints_only = epoch < self.config.hint_epochs  # FitNets stage 1: hints alone
+        self._sums.zero_()
+
+    def loss(self, loss, outputs, inputs, targets, extras):
+        config = self.config
+        teacher_logits = self._teacher_logits(inputs, extras)
+        hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
+        soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
+        self._sums += torch.tensor([
+            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0], dtype=torch.float64)
+        if self.hints_only:
+            # 0 * loss keeps every student parameter in the graph, as DDP requires of each step
+            return hint + 0.0 * loss
+        # loss is the step's CE(s, y): this is kd_loss(s, t, y, T, alpha) without recomputing it
+        total = config.alpha * soft + (1.0 - config.alpha) * loss
+        return total if hint is None else total + hint
+
+    def _teacher_logits(self, inputs: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[N, C]`` for one teacher, ``[K, N, C]`` for an ensemble of ``K``."""
+        if self.teachers is None:
+            cached = extras[CACHE_COLUMN].float()
+            num_teachers = len(self.config.teachers)
+            logits = cached.reshape(cached.shape[0], num_teachers, -1).transpose(0, 1)
+        else:
+            with torch.no_grad():  # frozen teachers: no graph, no gradients
+                logits = torch.stack([teacher(inputs) for teacher in self.teachers])
+        return logits[0] if logits.shape[0] == 1 else logits
+
+    def _hint_loss(self) -> torch.Tensor:
+        total = 0.0
+        for hint, adapter in zip(self.config.hints, self.adapters):
+            student = self._student_capture.outputs[hint.student]
+            teacher = self._teacher_captures[hint.teacher_index].outputs[hint.teacher]
+            total = total + hint.weight * hint_loss(student, teacher, adapter)
+        return total
+
+    def after_backward(self, model: nn.Module) -> None:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        for parameter in self.adapters.parameters():
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)  # sync point: adapters are outside DDP
+                parameter.grad /= dist.get_world_size()
+
+    def metrics(self) -> dict[str, float]:
+        soft_sum, hint_sum, batches = self._sums.tolist()
+        metrics = {"distill_hints_only": float(self.hints_only)}
+        if batches:
+            metrics["kd_soft_loss"] = soft_sum / batches
+            if self.config.hints:
+                metrics["hint_loss"] = hint_sum / batches
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adapters": self.adapters.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "adapters" in state:
+            self.adapters.load_state_dict(state["adapters"])
+
+    def teardown(self) -> None:
+        for capture in [self._student_capture, *self._teacher_captures.values()]:
+            if capture is not None:
+                capture.remove()
