@@ -39,7 +39,7 @@ class TeacherLogits:
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
         flat = batch[FEATURES].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        inputs = torch.from_numpy(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features))
+        inputs = torch.tensor(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features))
         with self.precision.autocast():  # the teachers compute as they would inside the step
             logits = torch.cat([teacher(inputs).float() for teacher in self.teachers], dim=1)
         width = logits.shape[1]

@@ -88,10 +88,11 @@ class Distillation(Technique):
     @torch.no_grad()
     def _feature_shapes(self, model: nn.Module):
         """Shapes (without the batch dim) of every hinted feature, from one dummy forward."""
-        probe = torch.zeros(2, self.num_features, device=next(model.parameters()).device)
+        parameter = next(model.parameters())
+        probe = torch.zeros(2, self.num_features, device=parameter.device)
         was_training = model.training
         model.eval()
-        model(probe)
+        model(probe.to(parameter.dtype))  # fp16-master students hold FP16 weights
         model.train(was_training)
         for index, teacher in enumerate(self.teachers):
             if index in self._teacher_captures:

@@ -16,12 +16,25 @@ import torch
 from torch import nn
 
 from rayeffi.parallel import STRATEGIES
+from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques import PRECISIONS, Precision, Technique
+from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.worker.step import StepParts, eval_step, train_step
+
+def _distillation():
+    torch.manual_seed(7)
+    teacher = freeze(nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 3)))
+    config = DistillConfig.model_validate({
+        "teachers": [{"stage": "teacher", "model": {}}], "alpha": 0.5, "temperature": 2.0,
+        "hints": [{"student": "1", "teacher": "1", "weight": 0.1}],
+    })
+    return [Distillation(config, [teacher], num_features=6)]
+
 
 CONTRACT_TECHNIQUES = {
     "none": lambda: [],
     "no-op": lambda: [Technique()],
+    "distill+hints": _distillation,
 }
 
 
