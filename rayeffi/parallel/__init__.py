@@ -6,7 +6,7 @@ import torch
 
 from rayeffi.parallel.base import Strategy
 from rayeffi.parallel.data_parallel import DataParallel
-from rayeffi.recipe.sections import ParallelConfig
+from rayeffi.recipe.parallel import ParallelConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel}
 """``parallel.strategy`` -> its class. ``pipeline``, ``param_server`` and ``intra_layer`` join here."""

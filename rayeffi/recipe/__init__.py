@@ -2,11 +2,11 @@
 
 from rayeffi.recipe.load import load_recipe, parse_override, set_dotted, smoke_recipe, validate_recipe
 from rayeffi.recipe.models import GLOBAL_SECTIONS, Recipe, StageConfig, TrainStageConfig, TuneConfig, deep_merge
+from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig
 from rayeffi.recipe.sections import (
     DataConfig,
     ModelConfig,
     OptimizerConfig,
-    ParallelConfig,
     ScalingConfig,
     ScheduleConfig,
     SyntheticDataConfig,
@@ -14,7 +14,9 @@ from rayeffi.recipe.sections import (
 
 __all__ = [
     "GLOBAL_SECTIONS",
+    "PARALLEL_CONFIGS",
     "DataConfig",
+    "DataParallelConfig",
     "ModelConfig",
     "OptimizerConfig",
     "ParallelConfig",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
+from rayeffi.recipe.parallel import PARALLEL_CONFIGS
 
 SMOKE_MAX_EPOCHS = 2
 SMOKE_MAX_SAMPLES = 512
@@ -112,6 +113,8 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"unknown key '{key}': check its spelling{hint}"
     if kind == "missing":
         return f"'{key}' is required: add it to the recipe"
+    if kind == "union_tag_invalid" and loc[-1] == "parallel":
+        return f"'{key}.strategy' must be one of: {', '.join(PARALLEL_CONFIGS)}"
     if kind == "union_tag_invalid":
         return f"'{key}.kind' must be one of: {', '.join(STAGE_KINDS)}"
     if kind == "union_tag_not_found":
@@ -144,6 +147,9 @@ def _dotted_location(loc: list[Any], raw: dict[str, Any]) -> str:
             continue
         parts.append(str(part))
         index += 1
+        # the parallel union puts the strategy in the location: skip it too
+        if part == "parallel" and index < len(loc) and loc[index] in PARALLEL_CONFIGS:
+            index += 1
     return ".".join(parts)
 
 
@@ -156,6 +162,10 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
         if part == "stages" and index + 2 < len(loc) and isinstance(loc[index + 1], int):
             model = STAGE_CONFIGS.get(loc[index + 2])  # the tagged union's tag: the stage kind
             index += 3
+            continue
+        if part == "parallel" and index + 1 < len(loc) and loc[index + 1] in PARALLEL_CONFIGS:
+            model = PARALLEL_CONFIGS[loc[index + 1]]  # the parallel union's tag: the strategy
+            index += 2
             continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None

@@ -14,11 +14,11 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from rayeffi.recipe.distill import DistillStageConfig
 from rayeffi.recipe.dsd import DsdStageConfig
+from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
 from rayeffi.recipe.sections import (
     DataConfig,
     ModelConfig,
     OptimizerConfig,
-    ParallelConfig,
     Precision,
     ScalingConfig,
     Section,
@@ -67,7 +67,7 @@ class Recipe(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scaling: ScalingConfig = ScalingConfig()
     precision: Precision = "fp32"
-    parallel: ParallelConfig = ParallelConfig()
+    parallel: ParallelConfig = DataParallelConfig()
     stages: tuple[AnyStageConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="before")

@@ -1,4 +1,4 @@
-"""The global recipe sections: data, model, optimizer, scaling, precision, parallel.
+"""The global recipe sections: data, model, optimizer, scaling, precision (parallel: recipe/parallel.py).
 
 Every section is a frozen pydantic model that rejects unknown keys, so a typo in a
 recipe fails at load time instead of silently training with a default. A stage may
@@ -156,12 +156,6 @@ class ScalingConfig(Section):
             if amount < 0:
                 raise ValueError(f"scaling.resources_per_worker.{name} must be >= 0, got {amount}")
         return self
-
-
-class ParallelConfig(Section):
-    """The parallel strategy of the step. Data parallelism is the one available so far."""
-
-    strategy: Literal["data_parallel"] = "data_parallel"
 
 
 PRECISION_POLICIES = ("fp32", "bf16", "fp16", "fp16-master")

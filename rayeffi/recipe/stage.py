@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
 from rayeffi.recipe.sections import (
     DataConfig,
     ModelConfig,
     OptimizerConfig,
-    ParallelConfig,
     Precision,
     ScalingConfig,
     Section,
@@ -98,7 +98,7 @@ class StageConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scaling: ScalingConfig = ScalingConfig()
     precision: Precision = "fp32"
-    parallel: ParallelConfig = ParallelConfig()
+    parallel: ParallelConfig = DataParallelConfig()
 
     @property
     def total_epochs(self) -> int:
