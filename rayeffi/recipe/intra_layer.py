@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from rayeffi.recipe.sections import Section
+from rayeffi.recipe.strategy import StrategyConfig
 
 
-class IntraLayerConfig(Section):
+class IntraLayerConfig(StrategyConfig):
     """Placeholder until the intra_layer strategy lands: rejected at load time."""
 
     strategy: Literal["intra_layer"] = "intra_layer"

@@ -183,7 +183,7 @@ def _smoke_stage(stage: StageConfig) -> StageConfig:
     raw = stage.smoke_raw(stage.model_dump(), SMOKE_MAX_EPOCHS)
     raw["data"]["max_samples"] = min(stage.data.max_samples or SMOKE_MAX_SAMPLES, SMOKE_MAX_SAMPLES)
     raw["data"]["synthetic"]["num_samples"] = min(stage.data.synthetic.num_samples, SMOKE_MAX_SAMPLES)
-    raw["scaling"]["num_workers"] = min(stage.scaling.num_workers, SMOKE_MAX_WORKERS)
+    raw["scaling"]["num_workers"] = stage.parallel.smoke_num_workers(stage.scaling.num_workers, SMOKE_MAX_WORKERS)
     if stage.tune is not None:
         raw["tune"]["num_samples"] = min(stage.tune.num_samples, SMOKE_MAX_TRIALS)
         for key in raw["tune"]["search_space"]:

@@ -13,16 +13,16 @@ from pydantic import Discriminator, Tag
 from rayeffi.recipe.intra_layer import IntraLayerConfig
 from rayeffi.recipe.param_server import ParamServerConfig
 from rayeffi.recipe.pipeline import PipelineConfig
-from rayeffi.recipe.sections import Section
+from rayeffi.recipe.strategy import StrategyConfig
 
 
-class DataParallelConfig(Section):
+class DataParallelConfig(StrategyConfig):
     """``strategy: data_parallel``: DDP over the Ray Train workers (``scaling.num_workers``)."""
 
     strategy: Literal["data_parallel"] = "data_parallel"
 
 
-PARALLEL_CONFIGS: dict[str, type[Section]] = {
+PARALLEL_CONFIGS: dict[str, type[StrategyConfig]] = {
     "data_parallel": DataParallelConfig,
     "pipeline": PipelineConfig,
     "param_server": ParamServerConfig,

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from rayeffi.recipe.sections import Section
+from rayeffi.recipe.strategy import StrategyConfig
 
 
-class ParamServerConfig(Section):
+class ParamServerConfig(StrategyConfig):
     """Placeholder until the param_server strategy lands: rejected at load time."""
 
     strategy: Literal["param_server"] = "param_server"

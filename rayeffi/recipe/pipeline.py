@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from rayeffi.recipe.sections import Section
+from rayeffi.recipe.strategy import StrategyConfig
 
 
-class PipelineConfig(Section):
+class PipelineConfig(StrategyConfig):
     """Placeholder until the pipeline strategy lands: rejected at load time."""
 
     strategy: Literal["pipeline"] = "pipeline"

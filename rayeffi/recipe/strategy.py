@@ -1,0 +1,16 @@
+"""What every ``parallel`` strategy config shares."""
+
+from __future__ import annotations
+
+from rayeffi.recipe.sections import Section
+
+
+class StrategyConfig(Section):
+    """Base of the configs in the ``parallel`` union (``recipe/parallel.py``); ``strategy`` is the tag."""
+
+    strategy: str
+
+    def smoke_num_workers(self, num_workers: int, max_workers: int) -> int:
+        """Workers a ``--smoke`` run keeps. A strategy whose layout fixes the worker count
+        (pipeline stages, spatial tiles) overrides this to keep a valid layout."""
+        return min(num_workers, max_workers)
