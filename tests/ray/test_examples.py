@@ -93,3 +93,37 @@ def test_dsd_tune_example_searches_schedules(smoke_run):
         assert 0.0 <= trial["metrics"]["val_accuracy"] <= 1.0
     assert dsd["best_trial"] in {t["trial_id"] for t in dsd["trials"]}
     assert [r["target_sparsity"] for r in dsd["rounds"] if r["phase"] == "sparse"] == dsd["best_config"]["dsd.rounds"]
+
+
+def test_distill_example_tunes_students_and_hands_the_best_on(smoke_run):
+    import pyarrow.parquet as pq
+
+    from rayeffi.data.info import DatasetInfo
+    from rayeffi.data.sources import builtin_digits_paths
+    from rayeffi.models import build_model
+    from rayeffi.recipe.sections import ModelConfig
+
+    _, summary = smoke_run("distill")
+    teacher, student = summary["stages"]
+    assert student["kind"] == "distill" and student["teachers"] == [teacher["checkpoint"]]
+    trials = student["trials"]
+    assert len(trials) == 2 and all(t["status"] == "done" for t in trials)
+    for trial in trials:
+        assert trial["config"]["distill.temperature"] in (2.0, 4.0, 8.0)
+        assert 0.5 <= trial["config"]["distill.alpha"] <= 0.95
+    best = next(t for t in trials if t["trial_id"] == student["best_trial"])
+    assert best["metrics"]["val_accuracy"] == max(t["metrics"]["val_accuracy"] for t in trials)
+    assert student["metrics"]["val_accuracy"] == best["metrics"]["val_accuracy"]
+
+    # the artifact is the best trial's student: its weights score what the trial reported
+    state = torch.load(student["checkpoint"], weights_only=True)
+    info = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=1, num_val=1)
+    model = build_model(ModelConfig(name="mlp", hidden_sizes=(64,)), info)
+    model.load_state_dict(state["model"])
+    val = pq.read_table(builtin_digits_paths()[1])
+    features = torch.tensor(val["features"].to_pylist(), dtype=torch.float32)
+    correct = (model(features).argmax(1) == torch.tensor(val["label"].to_pylist())).sum().item()
+    assert correct / len(features) == pytest.approx(best["metrics"]["val_accuracy"], abs=1e-9)
+
+    cache = pq.read_table(student["cache"]["path"] + "/train")
+    assert cache.column_names[-1] == "teacher_logits" and len(cache["teacher_logits"][0]) == 10
