@@ -85,6 +85,7 @@ def run(args) -> None:
     print(_line("alone (cross-entropy)", alone))
     print(_line("distilled", kd))
     print(_line("distilled - alone (pt)", differences))
+    print("  per seed (pt): " + ", ".join(f"{100 * d:+.2f}" for d in differences))
     print(f"  distillation ahead on {sum(d > 0 for d in differences)}/{args.seeds} seeds, "
           f">= +0.4 pt on {sum(d >= 0.004 for d in differences)}/{args.seeds}")
 
