@@ -24,7 +24,7 @@ from rayeffi.resume import PROGRESS_FILE, plan_resume
 from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, Artifact, StageContext
 from rayeffi.stages.progress import Progress
 from rayeffi.stages.tune import check_search_space
-from rayeffi.stages.ray_session import start_ray
+from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.storage import resolve_storage
 
 SUMMARY_FILE = "summary.json"
@@ -51,6 +51,7 @@ def run_recipe(
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
     sources = [_check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    check_address(address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
     started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))

@@ -139,7 +139,8 @@ def submit(args, echo: Callable[[str], None] = print) -> int:
         return 0
     status = wait_for(client, job_id, lambda line: print(line, end="", flush=True))
     info = client.get_job_info(job_id)
-    echo(f"job {job_id}: {status}" + (f" ({info.message})" if status != SUCCEEDED and info.message else ""))
+    reason = (info.message or "").strip().splitlines()[:1] if status != SUCCEEDED else []
+    echo(f"job {job_id}: {status}" + "".join(f" ({line})" for line in reason))
     return 0 if status == SUCCEEDED else 1
 
 

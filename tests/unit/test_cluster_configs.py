@@ -120,3 +120,12 @@ def test_readme_explains_the_commands():
     text = (CLUSTER / "README.md").read_text()
     for command in ("ray up", "ray submit", "ray job submit", "rayeffi submit", "--storage", "--resume"):
         assert command in text, command
+
+
+def test_the_ray_submit_script_is_rayeffis_command_line(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["rayeffi_job.py", "run", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(CLUSTER / "rayeffi_job.py"), run_name="__main__")
+    assert exit_info.value.code == 0 and "--resume" in capsys.readouterr().out

@@ -93,3 +93,11 @@ def test_a_bad_recipe_key_fails_before_any_connection(capsys, monkeypatch):
     status = main(["submit", "examples/quickstart.yaml", "--set", "optimizer.lrr=1", "--address", "http://nowhere:1"])
     err = capsys.readouterr().err
     assert status == 2 and "optimizer.lrr" in err and "--address" not in err
+
+
+def test_run_on_an_address_where_nothing_listens_exits_2(capsys, tmp_path):
+    status = main(["run", str(ROOT / "examples/quickstart.yaml"), "--address", f"127.0.0.1:{_free_port()}",
+                   "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: --address 127.0.0.1:") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before Ray, nothing written
