@@ -23,7 +23,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from helpers.ray_head import descendants, free_ports, kill_pids
+from helpers.ray_head import descendants, free_ports, helpers_importable_by_workers, kill_pids
 from rayeffi.cli import main
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
@@ -31,7 +31,6 @@ from rayeffi.worker.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.ray
 
-TESTS = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  # ~2 s per epoch, sleeping
 
@@ -39,22 +38,16 @@ SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  
 @pytest.fixture(scope="module")
 def cluster():
     assert not ray.is_initialized(), "a previous module leaked its Ray instance"
-    saved_path = os.environ.get("PYTHONPATH")
-    # the nodes' processes inherit it: Ray Train workers import the test models from tests/helpers
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved_path]))
     (dashboard_port,) = free_ports(1)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    with helpers_importable_by_workers():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, {node.node_id for node in nodes} | {cluster.head_node.node_id}
     if ray.is_initialized():
         ray.shutdown()
     cluster.shutdown()
-    if saved_path is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = saved_path
 
 
 def registered_epoch(storage: Path, stage: str) -> int:
@@ -174,7 +167,9 @@ def test_resume_after_the_driver_was_killed(cluster, tmp_path, capsys):
     recipe, out, store = tmp_path / "recipe.yaml", tmp_path / "run", tmp_path / "store"
     recipe.write_text(RESUME_RECIPE)
     argv = ["run", str(recipe), "--address", cluster.address, "--out", str(out)]
-    driver = subprocess.Popen([sys.executable, "-m", "rayeffi", *argv, "--storage", f"file://{store}"],
+    tests_dir = str(Path(__file__).resolve().parents[1])  # the driver checks the test model imports
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    driver = subprocess.Popen([sys.executable, "-m", "rayeffi", *argv, "--storage", f"file://{store}"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         killed_at = wait_for(lambda: driver.poll() is None and registered_epoch(store, "main"),

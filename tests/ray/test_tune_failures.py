@@ -6,16 +6,29 @@ Its own module, so its own private Ray: a test that expects failures keeps them 
 from __future__ import annotations
 
 import pytest
+import ray
 
+from helpers.ray_head import helpers_importable_by_workers
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
+from rayeffi.stages.ray_session import start_ray
 from rayeffi.worker.checkpoint import load_checkpoint
 
-pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+pytestmark = pytest.mark.ray
 
 CRASH_AFTER, NEVER = 10, 10_000  # training batches before the model raises
 
 
+@pytest.fixture(scope="module")
+def ray_with_test_models():
+    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+    with helpers_importable_by_workers():
+        start_ray(address=None, num_cpus_needed=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.usefixtures("ray_with_test_models")
 def test_a_crashing_trial_leaves_its_sibling_running(tmp_path):
     recipe = validate_recipe({
         "data": {"max_samples": 256, "batch_size": 32},  # 8 batches per epoch on one worker
