@@ -84,6 +84,7 @@ def test_rayjob_cluster_spec_is_valid_for_the_kuberay_autoscaler():
     job = _rayjob()
     spec = job["spec"]["rayClusterSpec"]
     assert spec["rayVersion"] == ray.__version__
+    assert spec["authOptions"]["mode"] == "token"  # Ray's default, set up by KubeRay
     config = _derive_autoscaling_config_from_ray_cr({"metadata": job["metadata"], "spec": spec})
     head = config["available_node_types"][config["head_node_type"]]
     assert head["resources"][TRIAL_RESOURCE] >= 1
