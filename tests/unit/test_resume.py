@@ -94,3 +94,13 @@ def test_storage_paths_and_uris():
     assert resolve_storage("shared", out) == str(Path("shared").absolute())
     with pytest.raises(UserError, match="ftp://"):
         resolve_storage("ftp://host/dir", out)
+
+
+def test_cli_resume_needs_the_run_directory(capsys, tmp_path):
+    from rayeffi.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "examples/quickstart.yaml"
+    assert main(["run", str(recipe), "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--resume", "--out", str(tmp_path)]) == 2
+    assert "summary.json does not exist" in capsys.readouterr().err
