@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ class RayHead:
             while time.time() < deadline and any(_alive(pid) for pid in pids):
                 time.sleep(0.1)
         self.process.wait(timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # its logs and sockets
 
 
 def start_head(num_cpus: int, resources: dict[str, float] | None = None, timeout_s: float = 90) -> RayHead:
