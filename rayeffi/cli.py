@@ -1,4 +1,4 @@
-"""``rayeffi run | report | export | bench``: the command line.
+"""``rayeffi run | submit | report | export | bench``: the command line.
 
 User mistakes (:class:`~rayeffi.errors.UserError`) print one ``error: ...`` line and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -32,6 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="shrink to a CI-sized run (few epochs, samples, trials)")
     run.add_argument("--out", help="run directory (default: runs/RECIPE-TIMESTAMP)")
     run.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a private one")
+    run.add_argument("--storage", help="Ray Train storage: a path or a pyarrow URI such as s3://BUCKET/DIR (default: OUT/ray)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip its completed stages, resume the interrupted one")
+
+    submit = commands.add_parser("submit", help="submit a recipe as a Ray job to a running cluster")
+    submit.add_argument("recipe", help="YAML recipe, inside the working directory that is uploaded")
+    submit.add_argument("--address", required=True, help="the head's dashboard, e.g. http://HOST:8265")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key (as for run)")
+    submit.add_argument("--smoke", action="store_true", help="shrink to a CI-sized run")
+    submit.add_argument("--out", help="run directory on the cluster (default: $HOME/rayeffi-runs/NAME-TIMESTAMP)")
+    submit.add_argument("--storage", help="Ray Train storage on the cluster: shared path or URI (default: OUT/ray)")
+    submit.add_argument("--working-dir", default=".", help="directory uploaded as the job's working directory")
+    submit.add_argument("--wait", action="store_true", help="stream the job's logs; exit 0 if it SUCCEEDED, else 1")
 
     report = commands.add_parser("report", help="plot a finished run's curves as PNG files")
     report.add_argument("run_dir", help="a run directory holding summary.json")
@@ -60,7 +74,9 @@ def _run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_recipe(recipe, out, address=args.address)
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out DIR: the run directory to continue")
+    summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
     return 0
 
@@ -93,7 +109,13 @@ def _bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "report": _report, "export": _export, "bench": _bench}
+def _submit(args) -> int:
+    from rayeffi.submit import submit
+
+    return submit(args)
+
+
+COMMANDS = {"run": _run, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,21 +20,30 @@ from rayeffi.data.sources import DataSource, resolve_source
 from rayeffi.errors import UserError
 from rayeffi.models import check_model
 from rayeffi.recipe.models import Recipe, StageConfig
-from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, StageContext
+from rayeffi.resume import PROGRESS_FILE, plan_resume
+from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, Artifact, StageContext
 from rayeffi.stages.progress import Progress
 from rayeffi.stages.tune import check_search_space
-from rayeffi.stages.ray_session import start_ray
+from rayeffi.stages.ray_session import check_address, start_ray
+from rayeffi.storage import resolve_storage
 
 SUMMARY_FILE = "summary.json"
 
 
 def run_recipe(
-    recipe: Recipe, out_dir: str | Path, address: str | None = None, echo: Callable[[str], None] | None = None
+    recipe: Recipe,
+    out_dir: str | Path,
+    address: str | None = None,
+    echo: Callable[[str], None] | None = None,
+    storage: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run every stage of ``recipe``; write and return ``out_dir/summary.json``.
 
     ``echo`` receives the progress lines (default: this process's stdout as it is now,
     so libraries that print while a stage runs can be silenced without losing them).
+    ``storage`` is Ray Train's storage, a path or a pyarrow URI (default ``out_dir/ray``).
+    ``resume`` continues the run already in ``out_dir`` (see rayeffi/resume.py).
     """
     if echo is None:
         stream = sys.stdout
@@ -42,26 +51,46 @@ def run_recipe(
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
     sources = [_check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    check_address(address)
+    plan = plan_resume(recipe, out_dir, storage) if resume else None
+    storage = plan.storage if plan else resolve_storage(storage, out_dir)
     started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))
-    progress = Progress(echo)
-    summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running", "stages": []}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
+    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE)
+    summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
+                               "storage": storage, "stages": []}
+    if plan:
+        summary["resumes"] = plan.resumes
     start = time.perf_counter()
     previous = None
     artifacts = {}
     try:
         for stage, source in zip(recipe.stages, sources):
+            if plan and stage.name in plan.completed:  # --resume: done before the driver died
+                entry = plan.completed[stage.name]
+                previous = artifacts[stage.name] = Artifact(entry["checkpoint"], entry["metrics"])
+                summary["stages"].append(entry)
+                echo(f"[{stage.name}] complete in an earlier run: skipped")
+                continue
             trials = f" in each of {stage.tune.num_samples} Tune trials" if stage.tune else ""
             echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs on {_workers(stage)}{trials}")
             context = StageContext(
                 stage_dir=out_dir / "stages" / stage.name,
-                storage_path=out_dir / "ray",
+                storage_path=storage,
                 source=source,
                 previous=previous,
                 artifacts=artifacts,
                 progress=progress,
                 progress_queue=progress.queue,
+                resume_checkpoint=plan.checkpoints.get(stage.name) if plan else None,
             )
+            if context.resume_checkpoint:
+                progress.seed(stage.name, plan.histories[stage.name])
+                echo(f"[{stage.name}] resuming from the checkpoint of epoch {plan.resumes[-1]['from_epoch']}")
             result = STAGE_RUNNERS[stage.kind](stage, context)
+            result.extra["restarts"] = progress.restarts(stage.name)
             previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
             write_summary(summary, out_dir)

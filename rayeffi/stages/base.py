@@ -29,8 +29,8 @@ class StageContext:
 
     stage_dir: Path
     """``OUT/stages/NAME``: the stage's artifact lands here."""
-    storage_path: Path
-    """Ray Train's storage (per-epoch checkpoints); shared storage on a cluster."""
+    storage_path: Path | str
+    """Ray Train's storage (per-epoch checkpoints): a path or a pyarrow URI; shared on a cluster."""
     source: DataSource
     previous: Artifact | None
     artifacts: dict[str, Artifact] = field(default_factory=dict)

@@ -2,23 +2,32 @@
 
 Rank 0 of each stage puts its epoch metrics on a Ray queue; a driver thread prints
 them as they arrive and keeps the history (one entry per epoch, the last report of
-an epoch winning if a restarted worker group repeats it).
+an epoch winning if a restarted worker group repeats it). Rank 0 also announces each
+start of a worker group with the epoch it starts from, so the driver can tell a
+restart (Ray Train's ``FailureConfig``) from the first start. With ``log_path`` every
+message is appended to a JSON-lines file as well, which outlives a killed driver
+(``rayeffi run --resume`` reads it back).
 """
 
 from __future__ import annotations
 
+import json
 import queue as std_queue
 import threading
+from pathlib import Path
 from typing import Callable
 
 from ray.util.queue import Empty, Queue
 
 
 class Progress:
-    def __init__(self, echo: Callable[[str], None] = print):
+    def __init__(self, echo: Callable[[str], None] = print, log_path: str | Path | None = None):
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.echo = echo
+        self.log_path = Path(log_path) if log_path is not None else None
         self.history: dict[str, dict[int, dict]] = {}
+        self.starts: dict[str, list[int]] = {}
+        """Per stage, the epoch each worker-group start began from (one entry per start)."""
         self._lock = threading.Lock()  # no message is ever in flight outside it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -35,9 +44,28 @@ class Progress:
                     return
 
     def _record(self, message: dict) -> None:
+        if self.log_path is not None:
+            with self.log_path.open("a") as log:
+                log.write(json.dumps(message) + "\n")
         stage = message.pop("stage")
+        if message.get("event") == "start":
+            starts = self.starts.setdefault(stage, [])
+            starts.append(int(message["from_epoch"]))
+            if len(starts) > 1:
+                self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}")
+            return
         self.history.setdefault(stage, {})[int(message["epoch"])] = message
         self.echo(format_epoch_line(stage, message))
+
+    def seed(self, stage: str, history: list[dict]) -> None:
+        """Epochs an earlier driver saw (``--resume``), so the stage's history stays whole."""
+        with self._lock:
+            for message in history:
+                self.history.setdefault(stage, {})[int(message["epoch"])] = dict(message)
+
+    def restarts(self, stage: str) -> list[dict]:
+        """``[{"from_epoch": N}, ...]``: one per restart of the stage's worker group."""
+        return [{"from_epoch": epoch} for epoch in self.starts.get(stage, [])[1:]]
 
     def drain(self) -> None:
         """Print whatever is still queued (call after a stage's ``fit`` returns)."""

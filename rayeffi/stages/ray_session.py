@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
+
+from rayeffi.errors import UserError
 
 TRIAL_RESOURCE = "rayeffi_trial_driver"
 
@@ -60,3 +63,19 @@ def _quiet_ray_data() -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+
+
+def check_address(address: str | None) -> None:
+    """Fail at once on a ``HOST:PORT`` where nothing listens: ``ray.init`` retries for minutes."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: give auto, or HOST:PORT of the head's GCS (port 6379 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise UserError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); give auto on a node of the "
+            "cluster, or the head's HOST:PORT (the GCS, 6379 by default), and check the cluster is up"
+        ) from None

@@ -75,6 +75,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     parts = StepParts(model, optimizer, strategy, precision, techniques)
 
     start_epoch = _restore(parts, scheduler, spec, rank)
+    if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
+        spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch})
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     batch_size = stage.data.batch_size // max(world_size, 1)

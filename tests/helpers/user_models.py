@@ -9,3 +9,41 @@ def tiny(num_features, num_classes, image_shape=None, width=16):
 
 def not_a_model(num_features, num_classes, image_shape=None):
     return "a string"
+
+
+class _Slow(nn.Module):
+    """Sleeps in every training forward: epochs last long enough to be interrupted on cue."""
+
+    def __init__(self, inner: nn.Module, sleep_s: float):
+        super().__init__()
+        self.inner, self.sleep_s = inner, sleep_s
+
+    def forward(self, x):
+        if self.training:
+            import time
+
+            time.sleep(self.sleep_s)
+        return self.inner(x)
+
+
+def slow(num_features, num_classes, image_shape=None, width=16, sleep_s=0.1):
+    return _Slow(tiny(num_features, num_classes, width=width), sleep_s)
+
+
+class _Crashing(_Slow):
+    """Raises after ``crash_after`` training batches: a trial that crashes mid-training."""
+
+    def __init__(self, inner: nn.Module, sleep_s: float, crash_after: int):
+        super().__init__(inner, sleep_s)
+        self.crash_after, self.batches = crash_after, 0
+
+    def forward(self, x):
+        if self.training:
+            self.batches += 1
+            if self.batches > self.crash_after:
+                raise RuntimeError("injected crash")
+        return super().forward(x)
+
+
+def crashing(num_features, num_classes, image_shape=None, width=16, crash_after=10, sleep_s=0.0):
+    return _Crashing(tiny(num_features, num_classes, width=width), sleep_s, crash_after)

@@ -1,0 +1,145 @@
+"""``rayeffi run RECIPE --out DIR --resume``: continue a run whose driver died.
+
+What survives a dead driver is on disk: ``DIR/summary.json`` (a stage's entry is
+written only once the stage is complete), ``DIR/progress.jsonl`` (every epoch line as
+it arrived) and the Ray Train checkpoints under the storage (``DIR/ray`` or
+``--storage``), one per epoch, the last two kept. The plan, made before Ray starts:
+
+- the recipe must be the one the run was started with (the summary holds it);
+- the leading stages whose entries are complete and whose artifacts exist are skipped,
+  their artifacts handed on as if they had just run;
+- the first other stage continues from its newest readable checkpoint (model,
+  optimizer, scheduler, RNG, techniques; a file cut short by the crash is passed
+  over), its history up to that epoch taken from ``progress.jsonl``. A Tune stage,
+  a local-mode stage (its checkpoints stay in the driver's temporary directory) or
+  a stage with no checkpoint yet starts again from its beginning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayeffi.errors import UserError
+from rayeffi.recipe.models import Recipe, StageConfig
+from rayeffi.storage import load_state, read_state_bytes, resolve_storage, stage_checkpoints
+
+SUMMARY_FILE = "summary.json"
+PROGRESS_FILE = "progress.jsonl"
+RESUME_CHECKPOINT = "resume.pt"
+
+
+@dataclass
+class ResumePlan:
+    storage: str
+    completed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Summary entries of the stages to skip, by name."""
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    """The interrupted stage -> a local copy of the checkpoint it continues from."""
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The interrupted stage -> its epoch metrics up to that checkpoint."""
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    """Every resume of this run directory so far, this one last (for ``summary.json``)."""
+
+
+def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> ResumePlan:
+    summary = read_summary(out_dir)
+    check_same_recipe(recipe.model_dump(mode="json"), summary.get("recipe", {}), out_dir)
+    storage = resolve_storage(storage, out_dir) if storage else summary.get("storage") or str(out_dir / "ray")
+    plan = ResumePlan(storage=storage)
+    for stage, entry in zip(recipe.stages, summary.get("stages", [])):
+        if entry.get("name") != stage.name or not Path(entry.get("checkpoint", "")).is_file():
+            break
+        plan.completed[stage.name] = entry
+    record: dict[str, Any] = {"skipped": list(plan.completed), "stage": None, "from_epoch": 0}
+    remaining = [stage for stage in recipe.stages if stage.name not in plan.completed]
+    if remaining:
+        stage = remaining[0]
+        record["stage"] = stage.name
+        found = None if stage.tune is not None else last_checkpoint(storage, stage)
+        if found is not None:
+            data, epoch = found
+            local = out_dir / "stages" / stage.name / RESUME_CHECKPOINT
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            plan.checkpoints[stage.name] = str(local)
+            plan.histories[stage.name] = logged_history(out_dir / PROGRESS_FILE, stage.name, epoch)
+            record["from_epoch"] = epoch
+    plan.resumes = [*summary.get("resumes", []), record]
+    return plan
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / SUMMARY_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: {path} does not exist, so there is no run to continue: drop --resume "
+                        "to start one, or give the --out of an earlier run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--resume: {path} is not valid JSON ({exc}): start a new run with another --out") from None
+
+
+def check_same_recipe(now: dict[str, Any], then: dict[str, Any], out_dir: Path) -> None:
+    """A resumed run must be the same run: name the first key that differs."""
+    now = json.loads(json.dumps(now))  # tuples -> lists, as the summary stores them
+    difference = first_difference(then, now)
+    if difference is not None:
+        key, old, new = difference
+        raise UserError(
+            f"--resume: {key} is {new!r} now but was {old!r} when {out_dir} was run: resume with the same "
+            "recipe, --set and --smoke, or start a new run with another --out"
+        )
+
+
+def first_difference(a: Any, b: Any, key: str = "recipe") -> tuple[str, Any, Any] | None:
+    """``(dotted key, a's value, b's value)`` of the first place two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(name), b.get(name), f"{key}.{name}" if key != "recipe" else name)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b)):
+            label = x.get("name", index) if key == "stages" and isinstance(x, dict) else index
+            found = first_difference(x, y, f"{key}.{label}")
+            if found:
+                return found
+        return None
+    return None if a == b else (key, a, b)
+
+
+def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int] | None:
+    """The newest readable checkpoint of ``stage`` that leaves an epoch to run: ``(bytes, epoch)``.
+
+    A checkpoint of the final epoch is passed over for the one before it: the driver
+    died before publishing it, and re-running one epoch is what makes the stage report.
+    """
+    best: tuple[bytes, int] | None = None
+    for directory in stage_checkpoints(storage, stage.name):
+        data = read_state_bytes(storage, directory)
+        state = load_state(data) if data is not None else None
+        if state is None:
+            continue
+        epoch = int(state["epoch"])
+        if epoch < stage.total_epochs and (best is None or epoch > best[1]):
+            best = (data, epoch)
+    return best
+
+
+def logged_history(progress_file: Path, stage_name: str, up_to_epoch: int) -> list[dict[str, Any]]:
+    """The stage's epochs ``1..up_to_epoch`` from the epoch log, the last line of each winning."""
+    if not progress_file.is_file():
+        return []
+    epochs: dict[int, dict[str, Any]] = {}
+    for line in progress_file.read_text().splitlines():
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:  # the line being written when the driver died
+            continue
+        if message.get("stage") == stage_name and "event" not in message and int(message["epoch"]) <= up_to_epoch:
+            epochs[int(message["epoch"])] = {k: v for k, v in message.items() if k != "stage"}
+    return [epochs[epoch] for epoch in sorted(epochs)]

@@ -1,0 +1,51 @@
+"""A Tune trial that crashes mid-training is reported as failed; its sibling runs to the end.
+
+Its own module, so its own private Ray: a test that expects failures keeps them there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from helpers.ray_head import helpers_importable_by_workers
+from rayeffi.recipe import validate_recipe
+from rayeffi.run import run_recipe
+from rayeffi.stages.ray_session import start_ray
+from rayeffi.worker.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.ray
+
+CRASH_AFTER, NEVER = 10, 10_000  # training batches before the model raises
+
+
+@pytest.fixture(scope="module")
+def ray_with_test_models():
+    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+    with helpers_importable_by_workers():
+        start_ray(address=None, num_cpus_needed=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.usefixtures("ray_with_test_models")
+def test_a_crashing_trial_leaves_its_sibling_running(tmp_path):
+    recipe = validate_recipe({
+        "data": {"max_samples": 256, "batch_size": 32},  # 8 batches per epoch on one worker
+        "model": {"name": "helpers.user_models:crashing", "kwargs": {"crash_after": NEVER, "sleep_s": 0.05}},
+        "scaling": {"num_workers": 1},
+        "stages": [{"name": "search", "kind": "train", "epochs": 3,
+                    "tune": {"search_space": {"model.kwargs.crash_after": {"grid": [CRASH_AFTER, NEVER]}},
+                             "num_samples": 1,
+                             "max_concurrent_trials": 2}}],
+    })
+    summary = run_recipe(recipe, tmp_path, echo=lambda line: None)
+    assert summary["status"] == "complete"
+    (stage,) = summary["stages"]
+    trials = {trial["config"]["model.kwargs.crash_after"]: trial for trial in stage["trials"]}
+    crashed, sibling = trials[CRASH_AFTER], trials[NEVER]
+    assert crashed["status"] == "error" and "injected crash" in crashed["error"]
+    assert crashed["epochs_run"] == 1  # epoch 1 reported, epoch 2 crashed
+    assert sibling["status"] == "done" and sibling["epochs_run"] == 3
+    assert stage["best_trial"] == sibling["trial_id"] and stage["best_config"] == {"model.kwargs.crash_after": NEVER}
+    assert load_checkpoint(stage["checkpoint"])["epoch"] == 3
