@@ -36,10 +36,11 @@ from rayeffi.recipe.intra_layer import IntraLayerConfig
 
 
 def split_builtin_model(model: nn.Module, config: IntraLayerConfig, group: RankGroup) -> nn.Module:
-    """Split ``model`` (a built-in :class:`MLP` or :class:`ConvNet`) in place over ``group``."""
-    if isinstance(model, MLP):
+    """Split ``model`` in place over ``group``: a built-in :class:`MLP` or :class:`ConvNet`, or a
+    plain ``nn.Sequential`` (treated like the MLP's layers)."""
+    if isinstance(model, (MLP, nn.Sequential)):
         if config.fc == "split":
-            split_chain(model.layers, nn.Linear, group)
+            split_chain(model.layers if isinstance(model, MLP) else model, nn.Linear, group)
         return model
     if not isinstance(model, ConvNet):
         raise UserError(f"parallel.strategy intra_layer splits the built-in models (mlp, cnn), not {type(model).__name__}")

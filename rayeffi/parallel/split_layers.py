@@ -36,12 +36,12 @@ from rayeffi.parallel.halo import SpatialGrid, exchange_halo, gather_tiles, scat
 from rayeffi.parallel.mesh import RankGroup
 
 
-def _shard(parameter: torch.Tensor | None, dim: int, group: RankGroup) -> nn.Parameter | None:
-    return None if parameter is None else nn.Parameter(my_slice(parameter.detach(), dim, group))
-
-
-def _copy(parameter: torch.Tensor | None) -> nn.Parameter | None:
-    return None if parameter is None else nn.Parameter(parameter.detach().clone())
+# The split layers take over the unsplit layer's Parameter objects (sharded in place):
+# whatever already refers to them by identity (fp16-master's FP32 masters) keeps working.
+def _shard(parameter: nn.Parameter | None, dim: int, group: RankGroup) -> nn.Parameter | None:
+    if parameter is not None:
+        parameter.data = my_slice(parameter.data, dim, group)
+    return parameter
 
 
 class ColumnParallelLinear(nn.Module):
@@ -69,7 +69,7 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.group = group
         self.weight = _shard(linear.weight, 1, group)
-        self.bias = _copy(linear.bias)  # added once, after the sum
+        self.bias = linear.bias  # added once, after the sum
 
     def forward(self, x_split):
         y = reduce_from_group(F.linear(x_split, self.weight), self.group)
@@ -105,7 +105,7 @@ class InChannelConv2d(nn.Module):
         super().__init__()
         self.group, self.options = group, _conv_options(conv)
         self.weight = _shard(conv.weight, 1, group)
-        self.bias = _copy(conv.bias)
+        self.bias = conv.bias
 
     def forward(self, x_split):
         y = reduce_from_group(F.conv2d(x_split, self.weight, None, **self.options), self.group)
@@ -121,8 +121,8 @@ class SpatialConv2d(nn.Module):
         super().__init__()
         self.grid = grid
         self.halo_h, self.halo_w = conv.padding
-        self.weight = _copy(conv.weight)
-        self.bias = _copy(conv.bias)
+        self.weight = conv.weight
+        self.bias = conv.bias
 
     def forward(self, tile):
         extended = exchange_halo(tile, self.grid, self.halo_h, self.halo_w)

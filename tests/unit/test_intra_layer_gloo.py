@@ -103,8 +103,7 @@ def _layer_cases():
     return cases
 
 
-def _layer_parity_rank(rank, port, out_dir):
-    _init(rank, WORLD, port)
+def _layer_parity(rank, out_dir):
     group = RankGroup(tuple(range(WORLD)), rank)  # group=None: the default (world) process group
     errors = {}
     for seed, (name, build, shape, (how, arg)) in enumerate(_layer_cases()):
@@ -118,11 +117,26 @@ def _layer_parity_rank(rank, port, out_dir):
             split = split_spatial(split, SpatialGrid(*arg, group))
         errors[name] = _compare(reference, split, shape, group, seed)
     torch.save(errors, out_dir / f"layers{rank}.pt")
+
+
+def _rank(rank, port, out_dir):
+    _init(rank, WORLD, port)
+    _layer_parity(rank, out_dir)
+    _training(rank, out_dir)
     dist.destroy_process_group()
 
 
-def test_every_split_mode_matches_the_unsplit_layer(tmp_path):
-    mp.spawn(_layer_parity_rank, args=(_free_port(), tmp_path), nprocs=WORLD)
+@pytest.fixture(scope="module")
+def gloo_run(tmp_path_factory):
+    """One spawn of 4 gloo ranks for both tests (starting the processes costs most of the time)."""
+    out_dir = tmp_path_factory.mktemp("intra_layer")
+    _train(0, 1, None, out_dir / "single.pt")  # the plain model in one process
+    mp.spawn(_rank, args=(_free_port(), out_dir), nprocs=WORLD)
+    return out_dir
+
+
+def test_every_split_mode_matches_the_unsplit_layer(gloo_run):
+    tmp_path = gloo_run
     for rank in range(WORLD):
         errors = torch.load(tmp_path / f"layers{rank}.pt")
         assert len(errors) == len(_layer_cases())
@@ -156,8 +170,7 @@ def _train(rank, world_size, config, out):
         torch.save({"state": state, "losses": losses}, out)
 
 
-def _training_rank(rank, port, out_dir):
-    _init(rank, WORLD, port)
+def _training(rank, out_dir):
     layouts = {
         "2x2 tiles, fc split": IntraLayerConfig(conv="spatial", fc="split"),
         "1x2 tiles x 2 replicas": IntraLayerConfig(conv="spatial", fc="none", model_parallel_size=2),
@@ -165,12 +178,10 @@ def _training_rank(rank, port, out_dir):
     }
     for index, (name, config) in enumerate(layouts.items()):
         _train(rank, WORLD, config, out_dir / f"train{index}.pt")
-    dist.destroy_process_group()
 
 
-def test_spatially_split_cnn_trains_like_one_process(tmp_path):
-    _train(0, 1, None, tmp_path / "single.pt")  # the plain model in one process
-    mp.spawn(_training_rank, args=(_free_port(), tmp_path), nprocs=WORLD)
+def test_spatially_split_cnn_trains_like_one_process(gloo_run):
+    tmp_path = gloo_run
     single = torch.load(tmp_path / "single.pt")
     initial = _cnn().state_dict()
     for index in range(3):
