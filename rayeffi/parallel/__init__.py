@@ -10,8 +10,8 @@ from rayeffi.parallel.intra_layer import IntraLayer, check_intra_layer_stage
 from rayeffi.recipe.parallel import ParallelConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel}
-STRATEGIES["intra_layer"] = IntraLayer
 """``parallel.strategy`` -> its class. ``pipeline``, ``param_server`` and ``intra_layer`` join here."""
+STRATEGIES["intra_layer"] = IntraLayer
 
 
 STRATEGY_CHECKS = {"intra_layer": check_intra_layer_stage}
