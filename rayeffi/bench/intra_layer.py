@@ -2,8 +2,8 @@
 
 For every split mode and group size P (2 and 4 gloo processes under
 ``torch.multiprocessing``, one torch thread each), every rank times forward +
-backward of the unsplit layer and of its split, in the same run, alternating, with a
-barrier before each timed iteration; the figure is the median over iterations of the
+backward of the unsplit layer and of its split, in the same run, alternating one
+iteration of each, with a barrier before each timed iteration; the figure is the median over iterations of the
 slowest rank. Bytes are what one rank sends per forward + backward, counted by
 ``parallel/collectives.py: TRAFFIC`` at the standard algorithms' volume (ring
 all-reduce, all-gather, exact halo sends). The ideal speed-up is P; with fewer cores
@@ -69,15 +69,16 @@ def _split(module: nn.Module, how: str, group: RankGroup) -> nn.Module:
     return split_spatial(module, grid)
 
 
-def _time(module: nn.Module, inputs: torch.Tensor, steps: int) -> list[float]:
-    times = []
+def _time_alternating(unsplit: nn.Module, unsplit_inputs, split: nn.Module, split_inputs, steps: int):
+    """Per-iteration seconds of both layers, alternating, so changing machine load hits both alike."""
+    times: dict[str, list[float]] = {"unsplit": [], "split": []}
     for step in range(steps + 2):  # two untimed warm-up iterations
-        dist.barrier()
-        start = time.perf_counter()
-        module(inputs).sum().backward()
-        elapsed = time.perf_counter() - start
-        if step >= 2:
-            times.append(elapsed)
+        for kind, module, inputs in (("unsplit", unsplit, unsplit_inputs), ("split", split, split_inputs)):
+            dist.barrier()
+            start = time.perf_counter()
+            module(inputs).sum().backward()
+            if step >= 2:
+                times[kind].append(time.perf_counter() - start)
     return times
 
 
@@ -92,13 +93,12 @@ def _rank(rank: int, world_size: int, port: int, steps: int, out_dir: str) -> No
         unsplit = build()
         split = _split(build(), how, group)
         inputs = torch.randn(*shape)
-        unsplit_times = _time(unsplit, inputs, steps)
-        TRAFFIC.clear()
+        split_inputs = inputs
         if how == "spatial-layer":
-            inputs = take_tile(inputs, SpatialGrid(*squarest_grid(world_size), group))
-        split_times = _time(split, inputs, steps)
-        results[name] = {"unsplit": unsplit_times, "split": split_times,
-                         "bytes": {k: v // (steps + 2) for k, v in TRAFFIC.items()}}
+            split_inputs = take_tile(inputs, SpatialGrid(*squarest_grid(world_size), group))
+        TRAFFIC.clear()  # only the split layer communicates (barriers are not counted)
+        results[name] = _time_alternating(unsplit, inputs, split, split_inputs, steps)
+        results[name]["bytes"] = {k: v // (steps + 2) for k, v in TRAFFIC.items()}
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -150,7 +150,7 @@ def channel_picture(num_channels: int, num_ranks: int, label: str) -> str:
 def run(args) -> None:
     steps = 3 if args.quick else 15
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gloo, 1 torch thread per process, "
-          f"median of {steps} forward+backward iterations (slowest rank), unsplit measured on every rank in the same run")
+          f"median of {steps} forward+backward iterations (slowest rank), unsplit and split alternating on every rank")
     print(f"{'mode':42s} {'P':>2s} {'unsplit ms':>10s} {'split ms':>9s} {'speed-up':>8s}  bytes sent per rank per step")
     for world_size in (2, 4):
         results = measure(world_size, steps)
