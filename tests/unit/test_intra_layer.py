@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from rayeffi.parallel.split_model import check_spatial, split_chain
 from rayeffi.recipe import load_recipe, validate_recipe
 from rayeffi.recipe.intra_layer import IntraLayerConfig, squarest_grid
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "intra_layer.yaml"
 DIGITS = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=1437, num_val=360)
 
 
@@ -101,10 +104,10 @@ def test_bad_intra_layer_stage_exits_2_before_ray(tmp_path, capsys):
 
 
 def test_example_loads_with_four_workers_and_smokes_on_two():
-    stage = load_recipe("examples/intra_layer.yaml").stages[0]
+    stage = load_recipe(EXAMPLE).stages[0]
     assert (stage.scaling.num_workers, stage.parallel.strategy, stage.parallel.conv) == (4, "intra_layer", "spatial")
     assert stage.parallel.spatial_grid(stage.parallel.group_size(4)) == (2, 2)
-    smoke = load_recipe("examples/intra_layer.yaml", smoke=True).stages[0]
+    smoke = load_recipe(EXAMPLE, smoke=True).stages[0]
     assert smoke.scaling.num_workers == 2 and smoke.parallel.spatial_grid(smoke.parallel.group_size(2)) == (1, 2)
     check_intra_layer_stage(stage, DIGITS)
     check_intra_layer_stage(smoke, DIGITS)

@@ -11,6 +11,7 @@ strategy and ``train_step`` and compares the weights with single-process trainin
 from __future__ import annotations
 
 import copy
+import io
 import os
 import socket
 
@@ -152,22 +153,47 @@ def _cnn():
     return ConvNet((1, 8, 8), 10, channels=(4, 8), hidden=16)
 
 
-def _train(rank, world_size, config, out):
+def _parts(rank, world_size, config, seed=0):
     strategy = IntraLayer(rank, world_size, config=config) if config else Strategy()
-    model = strategy.setup_model(_cnn())
-    parts = StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), strategy, Precision())
+    torch.manual_seed(seed)
+    model = strategy.setup_model(ConvNet((1, 8, 8), 10, channels=(4, 8), hidden=16))
+    return StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), strategy, Precision())
+
+
+def _steps(parts, rank, world_size, steps):
     generator = torch.Generator().manual_seed(1)
     inputs = torch.rand(STEPS, GLOBAL_BATCH, 64, generator=generator)
     targets = torch.randint(0, 10, (STEPS, GLOBAL_BATCH), generator=generator)
     share = GLOBAL_BATCH // world_size
     losses = []
-    for step in range(STEPS):
+    for step in steps:
         rows = slice(rank * share, (rank + 1) * share)  # each worker its own shard, as Ray Train deals them
-        x, y, _ = strategy.group_batch(inputs[step, rows], targets[step, rows], {})
+        x, y, _ = parts.strategy.group_batch(inputs[step, rows], targets[step, rows], {})
         losses.append(float(train_step(parts, x, y)))
-    state = strategy.model_state_dict(model)  # a collective: every rank
+    return losses
+
+
+def _train(rank, world_size, config, out):
+    parts = _parts(rank, world_size, config)
+    losses = _steps(parts, rank, world_size, range(STEPS - 1))
+    strategy = parts.strategy
+    # a checkpoint round trip mid-run: whole model + per-rank optimizer state into a fresh split model
+    buffer = io.BytesIO()  # through bytes, as a checkpoint file: no tensor shared with the live run
+    torch.save((strategy.model_state_dict(parts.model), strategy.optimizer_state_dict(parts.optimizer)), buffer)
+    buffer.seek(0)
+    model_state, optimizer_state = torch.load(buffer, weights_only=True)
+    restored = _parts(rank, world_size, config, seed=1)
+    restored.strategy.load_model_state_dict(restored.model, model_state)
+    restored.strategy.load_optimizer_state_dict(restored.optimizer, optimizer_state)
+    losses += _steps(parts, rank, world_size, [STEPS - 1])
+    _steps(restored, rank, world_size, [STEPS - 1])
+    same = torch.tensor(float(all(torch.equal(a, b) for a, b in zip(parts.model.parameters(), restored.model.parameters()))))
+    if world_size > 1:
+        dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's shards, not only rank 0's
+    resumed_exactly = bool(same)
+    state = strategy.model_state_dict(parts.model)  # a collective: every rank
     if rank == 0:
-        torch.save({"state": state, "losses": losses}, out)
+        torch.save({"state": state, "losses": losses, "resumed_exactly": resumed_exactly}, out)
 
 
 def _training(rank, out_dir):
@@ -190,6 +216,8 @@ def test_spatially_split_cnn_trains_like_one_process(gloo_run):
         for name, value in single["state"].items():
             assert split["state"][name].shape == initial[name].shape
             torch.testing.assert_close(split["state"][name], value, rtol=0, atol=TOLERANCE)
+        assert split["resumed_exactly"], f"layout {index}: a resumed copy diverged"
         if index != 1:  # with 2 replicas each reports the loss of its own half of the batch
             assert split["losses"] == pytest.approx(single["losses"], abs=TOLERANCE)
+    assert single["resumed_exactly"]
     assert any((single["state"][name] != initial[name]).any() for name in initial)  # it did train
