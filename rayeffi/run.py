@@ -19,6 +19,7 @@ import ray
 from rayeffi.data.sources import DataSource, resolve_source
 from rayeffi.errors import UserError
 from rayeffi.models import check_model
+from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.resume import PROGRESS_FILE, plan_resume
 from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, Artifact, StageContext
@@ -118,6 +119,8 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
     check_model(stage.model, source.info)
     if stage.kind in STAGE_CHECKS:
         STAGE_CHECKS[stage.kind](stage, source.info)
+    if stage.parallel.strategy in STRATEGY_CHECKS:
+        STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
     return source
 
 

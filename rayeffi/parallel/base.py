@@ -15,10 +15,12 @@ class Strategy:
 
     name = "single"
 
-    def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+    def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None, config=None):
         self.world_rank = world_rank
         self.world_size = world_size
         self.device = device or torch.device("cpu")
+        self.config = config
+        """The stage's ``parallel`` section (its strategy's own config class)."""
 
     @property
     def is_rank_zero(self) -> bool:
@@ -39,6 +41,24 @@ class Strategy:
     def all_gather_object(self, obj):
         """Every worker's ``obj``, in rank order."""
         return [obj]
+
+    def group_batch(self, inputs: torch.Tensor, targets: torch.Tensor, extras: dict[str, torch.Tensor]):
+        """The rows this worker computes on, from its own data shard (identity: its shard)."""
+        return inputs, targets, extras
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's weights for a checkpoint; every rank calls it (it may be a collective)."""
+        return self.unwrap(model).state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        self.unwrap(model).load_state_dict(state)
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer):
+        """The optimizer state for a checkpoint; every rank calls it (it may be a collective)."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state) -> None:
+        optimizer.load_state_dict(state)
 
     def teardown(self) -> None:
         """Undo :meth:`setup_model` side effects."""

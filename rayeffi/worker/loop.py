@@ -119,6 +119,7 @@ def _train_epoch(parts: StepParts, shard, batch_size: int, stage: StageConfig, e
     for batch in _batches(shard, batch_size, seed):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
+        inputs, targets, extras = parts.strategy.group_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
@@ -132,6 +133,7 @@ def _evaluate(parts: StepParts, shard, batch_size: int) -> torch.Tensor:
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in _batches(shard, batch_size, None):
         inputs, targets = batch["features"].to(device, torch.float32), batch["label"].to(device, torch.int64)
+        inputs, targets, _ = parts.strategy.group_batch(inputs, targets, {})
         loss_sum, correct = eval_step(parts, inputs, targets)
         sums += torch.tensor([loss_sum.item(), correct.item(), len(targets)], dtype=torch.float64)
     return sums
@@ -153,14 +155,16 @@ def _epoch_metrics(totals: torch.Tensor, train_s: float, epoch: int, lr: float) 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     rng_by_rank = parts.strategy.all_gather_object(rng_state())
+    model_state = parts.strategy.model_state_dict(parts.model)  # every rank: it may gather shards
+    optimizer_state = parts.strategy.optimizer_state_dict(parts.optimizer)
     if not parts.strategy.is_rank_zero:
         ray.train.report(metrics)
         return
     state = {
         "format": FORMAT_VERSION,
         "epoch": epoch,
-        "model": parts.strategy.unwrap(parts.model).state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": rng_by_rank,
         "precision": parts.precision.state_dict(),
@@ -187,8 +191,8 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
     else:
         torch.manual_seed(spec.stage.seed + 1 + rank)  # dropout differs per rank
         return 0
-    parts.strategy.unwrap(parts.model).load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.strategy.load_model_state_dict(parts.model, state["model"])
+    parts.strategy.load_optimizer_state_dict(parts.optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     parts.precision.load_state_dict(state.get("precision", {}))
     for technique in parts.techniques:

@@ -127,3 +127,21 @@ def test_distill_example_tunes_students_and_hands_the_best_on(smoke_run):
 
     cache = pq.read_table(student["cache"]["path"] + "/train")
     assert cache.column_names[-1] == "teacher_logits" and len(cache["teacher_logits"][0]) == 10
+
+
+def test_intra_layer_example_splits_and_checkpoints_the_whole_cnn(smoke_run):
+    _, summary = smoke_run("intra_layer")
+    stage = summary["stages"][0]
+    assert stage["num_workers"] == 2  # --smoke: the 2x2 grid becomes 1x2
+    assert summary["recipe"]["stages"][0]["parallel"]["strategy"] == "intra_layer"
+    state = torch.load(stage["checkpoint"], weights_only=True)
+    plain = {"features.0.weight": (16, 1, 3, 3), "features.2.weight": (32, 16, 3, 3),
+             "classifier.1.weight": (64, 32 * 4 * 4), "classifier.3.weight": (10, 64)}
+    for name, shape in plain.items():
+        assert tuple(state["model"][name].shape) == shape  # whole tensors, not one worker's shard
+
+
+def test_intra_layer_example_reaches_the_quickstart_floor(tmp_path):
+    summary = run_recipe(load_recipe(EXAMPLES["intra_layer"]), tmp_path)  # 4 workers, 2x2 tiles
+    assert summary["stages"][0]["num_workers"] == 4
+    assert summary["stages"][0]["metrics"]["val_accuracy"] >= QUICKSTART_FLOOR
