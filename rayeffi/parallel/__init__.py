@@ -6,14 +6,17 @@ import torch
 
 from rayeffi.parallel.base import Strategy
 from rayeffi.parallel.data_parallel import DataParallel
+from rayeffi.parallel.pipeline import Pipeline
 from rayeffi.recipe.parallel import ParallelConfig
 
-STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel}
+STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel, "pipeline": Pipeline}
 """``parallel.strategy`` -> its class. ``pipeline``, ``param_server`` and ``intra_layer`` join here."""
 
 
-def build_strategy(config: ParallelConfig, world_rank: int, world_size: int, device: torch.device) -> Strategy:
-    return STRATEGIES[config.strategy](world_rank, world_size, device)
+def build_strategy(
+    config: ParallelConfig, world_rank: int, world_size: int, device: torch.device, info=None
+) -> Strategy:
+    return STRATEGIES[config.strategy].from_config(config, world_rank, world_size, device, info)
 
 
-__all__ = ["STRATEGIES", "DataParallel", "Strategy", "build_strategy"]
+__all__ = ["STRATEGIES", "DataParallel", "Pipeline", "Strategy", "build_strategy"]

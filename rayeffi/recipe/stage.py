@@ -132,4 +132,5 @@ class StageConfig(Section):
                 "a stage with a tune block runs each trial as a Ray Train run, which reports to Tune "
                 "from its workers: set scaling.num_workers >= 1 (local mode has no workers)"
             )
+        self.parallel.check_stage(self)
         return self

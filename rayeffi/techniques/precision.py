@@ -71,6 +71,10 @@ class Precision:
         """Backward pass (a loss-scaling policy multiplies ``loss`` first)."""
         loss.backward()
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss backward starts from (a pipeline's schedule runs backward itself)."""
+        return loss
+
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Apply the gradients; return False where the step was skipped (overflow)."""
         optimizer.step()
@@ -134,6 +138,10 @@ class BF16(Precision):
         self.telemetry.load_state_dict(state.get("telemetry", {}))
 
 
+def _local_overflow(overflow: bool) -> bool:
+    return overflow
+
+
 class FP16(Precision):
     """FP16 autocast over FP32 weights, with dynamic or static loss scaling.
 
@@ -166,6 +174,9 @@ class FP16(Precision):
         self.device_type = "cpu"
         self.scaler: torch.amp.GradScaler | None = None
         self.telemetry = PrecisionTelemetry()
+        # DDP ranks hold identical all-reduced gradients, so a local check agrees already; a
+        # pipeline stage sees only its own gradients and sets an any-rank reduction here
+        self.agree_overflow = _local_overflow
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
@@ -174,14 +185,17 @@ class FP16(Precision):
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device_type, dtype=torch.float16)
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss.float())  # S applied in FP32
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss.float()).backward()  # S applied in FP32; DDP all-reduces x S gradients
+        self.scale_loss(loss).backward()  # DDP all-reduces x S gradients
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         self._grads_to_optimizer()
         self.scaler.unscale_(optimizer)  # FP32: g / S
         grads = optimizer_grads(optimizer)
-        overflow = has_non_finite(grads)  # host sync; the same on every rank (gradients are all-reduced)
+        overflow = self.agree_overflow(has_non_finite(grads))  # host sync; the same on every rank
         if not overflow:
             if self.telemetry.wants_sample:
                 self.telemetry.record_sample(underflow_fraction(grads))
