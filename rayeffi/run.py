@@ -19,6 +19,7 @@ import ray
 from rayeffi.data.sources import DataSource, resolve_source
 from rayeffi.errors import UserError
 from rayeffi.models import check_model
+from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, StageContext
 from rayeffi.stages.progress import Progress
@@ -87,6 +88,8 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
     check_model(stage.model, source.info)
+    if stage.parallel.strategy in STRATEGY_CHECKS:
+        STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
     if stage.kind in STAGE_CHECKS:
         STAGE_CHECKS[stage.kind](stage, source.info)
     return source

@@ -6,11 +6,14 @@ import torch
 
 from rayeffi.parallel.base import Strategy
 from rayeffi.parallel.data_parallel import DataParallel
-from rayeffi.parallel.pipeline import Pipeline
+from rayeffi.parallel.pipeline import Pipeline, check_pipeline_stage
 from rayeffi.recipe.parallel import ParallelConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel, "pipeline": Pipeline}
 """``parallel.strategy`` -> its class. ``pipeline``, ``param_server`` and ``intra_layer`` join here."""
+
+STRATEGY_CHECKS = {"pipeline": check_pipeline_stage}
+"""``parallel.strategy`` -> a driver-side check of a stage (UserError before Ray starts)."""
 
 
 def build_strategy(
@@ -19,4 +22,4 @@ def build_strategy(
     return STRATEGIES[config.strategy].from_config(config, world_rank, world_size, device, info)
 
 
-__all__ = ["STRATEGIES", "DataParallel", "Pipeline", "Strategy", "build_strategy"]
+__all__ = ["STRATEGIES", "STRATEGY_CHECKS", "DataParallel", "Pipeline", "Strategy", "build_strategy"]

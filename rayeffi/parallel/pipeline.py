@@ -278,3 +278,12 @@ class Pipeline(Strategy):
 
     def stage_state(self, state: dict[str, Any]) -> dict[str, Any]:
         return state.get("pipeline_stages", [state] * self.num_stages)[self.pp_rank]
+
+
+def check_pipeline_stage(stage, info) -> None:
+    """On the driver, before any worker starts: the model can be cut as the recipe asks."""
+    from rayeffi.models import build_model
+
+    config = stage.parallel
+    units = pipeline_units(build_model(stage.model, info))
+    plan_chunks(units, config.num_chunks, config.split_points, parameter_costs(units))

@@ -119,6 +119,7 @@ class StageConfig(Section):
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> StageConfig:
+        self.parallel.check_stage(self)  # the strategy's own layout first: its message names its keys
         num_workers = max(self.scaling.num_workers, 1)
         if self.data.batch_size % num_workers:
             raise ValueError(
@@ -132,5 +133,4 @@ class StageConfig(Section):
                 "a stage with a tune block runs each trial as a Ray Train run, which reports to Tune "
                 "from its workers: set scaling.num_workers >= 1 (local mode has no workers)"
             )
-        self.parallel.check_stage(self)
         return self
