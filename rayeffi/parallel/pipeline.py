@@ -126,13 +126,23 @@ class Pipeline(Strategy):
         self.precision = precision
         for chunk in self.local.chunks:
             chunk.autocast = precision.autocast
-        if hasattr(precision, "agree_overflow"):
-            precision.agree_overflow = self._any_rank
+        # GradScaler creates its scale at the first scale(): stages without the loss need it too
+        precision.scale_loss(torch.zeros((), device=self.device))
 
-    def _any_rank(self, local_overflow: bool) -> bool:
-        flag = torch.tensor([float(local_overflow)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point: all stages of all pipelines agree
-        return bool(flag.item())
+    def _agree_on_overflow(self) -> None:
+        """One loss scale for the whole mesh: if any stage's gradients hold an inf/NaN, every
+        stage skips the step and backs off the scale.
+
+        Each stage sees only its own gradients. Where another stage overflowed, an inf is
+        written into one local gradient, so the precision policy's own path (``unscale_``
+        records it, the step is skipped, ``update`` backs off) runs the same everywhere.
+        """
+        grads = [p.grad for p in self.local.parameters() if p.grad is not None]
+        local = any(not torch.isfinite(g).all() for g in grads)
+        flag = torch.tensor([float(local)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point: all stages of all pipelines
+        if flag.item() and not local and grads:
+            grads[0].view(-1)[0] = float("inf")
 
     def _build_schedule(self):
         stages = [
@@ -183,7 +193,9 @@ class Pipeline(Strategy):
         self._average_gradients()  # sync point across the data-parallel replicas of this stage
         for technique in parts.techniques:
             technique.after_backward(parts.model)
-        parts.precision.step(parts.optimizer)  # may skip: the overflow flag is agreed by every rank
+        if hasattr(parts.precision, "scaler"):  # loss-scaled policies skip steps on overflow
+            self._agree_on_overflow()
+        parts.precision.step(parts.optimizer)
         for technique in parts.techniques:
             technique.after_step(parts.model)
         parts.optimizer.zero_grad(set_to_none=True)

@@ -138,10 +138,6 @@ class BF16(Precision):
         self.telemetry.load_state_dict(state.get("telemetry", {}))
 
 
-def _local_overflow(overflow: bool) -> bool:
-    return overflow
-
-
 class FP16(Precision):
     """FP16 autocast over FP32 weights, with dynamic or static loss scaling.
 
@@ -174,9 +170,6 @@ class FP16(Precision):
         self.device_type = "cpu"
         self.scaler: torch.amp.GradScaler | None = None
         self.telemetry = PrecisionTelemetry()
-        # DDP ranks hold identical all-reduced gradients, so a local check agrees already; a
-        # pipeline stage sees only its own gradients and sets an any-rank reduction here
-        self.agree_overflow = _local_overflow
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
@@ -195,7 +188,7 @@ class FP16(Precision):
         self._grads_to_optimizer()
         self.scaler.unscale_(optimizer)  # FP32: g / S
         grads = optimizer_grads(optimizer)
-        overflow = self.agree_overflow(has_non_finite(grads))  # host sync; the same on every rank
+        overflow = has_non_finite(grads)  # host sync; the same on every rank (gradients are all-reduced)
         if not overflow:
             if self.telemetry.wants_sample:
                 self.telemetry.record_sample(underflow_fraction(grads))
