@@ -16,16 +16,23 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import ConvNet
+from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
 
-STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 12, 4
+STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 16, 4
 
 
-def _model(depth: int = 4):
+def _model(depth=4):
     torch.manual_seed(0)
+    if depth == "cnn":
+        return ConvNet((1, 4, 4), CLASSES, (4, 8), hidden=16)
+    if depth == "transformer":
+        return TransformerClassifier(FEATURES, CLASSES, num_tokens=4, width=8, num_layers=2, num_heads=2)
     layers = [torch.nn.Linear(FEATURES, 16), torch.nn.Tanh()]
     for _ in range(depth - 2):
         layers += [torch.nn.Linear(16, 16), torch.nn.Tanh()]
@@ -56,7 +63,8 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        strategy = Pipeline(rank, world_size, torch.device("cpu"), PipelineConfig(**config_kwargs))
+        info = DatasetInfo(FEATURES, CLASSES, None, STEPS * GLOBAL_BATCH, GLOBAL_BATCH)
+        strategy = Pipeline(rank, world_size, torch.device("cpu"), PipelineConfig(**config_kwargs), info)
         model = strategy.setup_model(_model(depth))
         precision = Precision()
         optimizer = _optimizer(model)
@@ -107,3 +115,12 @@ def test_four_stages_match_one_process(tmp_path):
 
 def test_data_parallel_times_pipeline_matches_one_process(tmp_path):
     _check(tmp_path, 4, num_stages=2, num_microbatches=2, schedule="1f1b")
+
+
+@pytest.mark.parametrize("model", ["cnn", "transformer"])
+def test_cnn_and_transformer_match_one_process(tmp_path, model):
+    _check(tmp_path, 2, depth=model, num_stages=2, num_microbatches=2, schedule="1f1b")
+
+
+def test_split_balanced_by_measured_time_matches_one_process(tmp_path):
+    _check(tmp_path, 2, num_stages=2, num_microbatches=2, schedule="gpipe", balance="time")
