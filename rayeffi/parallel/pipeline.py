@@ -139,7 +139,7 @@ class Pipeline(Strategy):
         """
         grads = [p.grad for p in self.local.parameters() if p.grad is not None]
         local = any(not torch.isfinite(g).all() for g in grads)
-        flag = torch.tensor([float(local)])
+        flag = torch.tensor([float(local)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point: all stages of all pipelines
         if flag.item() and not local and grads:
             grads[0].view(-1)[0] = float("inf")
@@ -201,7 +201,7 @@ class Pipeline(Strategy):
         parts.optimizer.zero_grad(set_to_none=True)
         # the last M: at the first step the stage's shape inference calls the loss function too
         last = self._losses[-self.config.num_microbatches:]
-        loss = torch.stack(last).mean() if self.has_last else torch.zeros(())
+        loss = torch.stack(last).mean() if self.has_last else torch.zeros((), device=self.device)
         return self._from_last(loss)
 
     def _from_first(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -249,7 +249,7 @@ class Pipeline(Strategy):
                 outputs = x
             elif self.holders[c + 1] != self.pp_rank:
                 self._send(x, self.holders[c + 1])
-        sums = torch.zeros(2)
+        sums = torch.zeros(2, device=self.device)  # on the device: nccl broadcasts device tensors
         if outputs is not None:
             sums[0] = torch.nn.functional.cross_entropy(outputs.float(), targets, reduction="sum")
             sums[1] = (outputs.argmax(dim=1) == targets).sum()
