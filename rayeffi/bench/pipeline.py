@@ -1,7 +1,8 @@
 """``rayeffi bench pipeline``: step time, measured bubble and throughput of the pipeline strategy.
 
-Workload: 8 equal ``Linear(512, 512) + ReLU`` blocks and a classifier (balanced by
-parameters into K stages), global batch 256, SGD, random data. For K in ``--stages``
+Workload: 8 equal ``Linear(1024, 1024) + ReLU`` blocks and a classifier (balanced by
+parameters into K stages), global batch 512, SGD, random data: large enough that a
+micro-batch's compute outweighs sending its activations. For K in ``--stages``
 and M in {1, 2, 4, 8, 16} micro-batches, K gloo processes (one thread each) run
 ``Pipeline.train_step`` (the code Ray Train workers run; Ray itself is left out so
 the figures are the pipeline's, not Ray's start-up).
@@ -37,7 +38,7 @@ from rayeffi.report.gantt import plot_pipeline_gantt
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
 
-WIDTH, BLOCKS, CLASSES, BATCH = 512, 8, 10, 256
+WIDTH, BLOCKS, CLASSES, BATCH = 1024, 8, 10, 512
 MICROBATCHES = (1, 2, 4, 8, 16)
 GANTT_MICROBATCHES = 8
 
