@@ -22,7 +22,7 @@ from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
 from rayeffi.techniques import Precision
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.step import StepParts, eval_step, train_step
 
 STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 16, 4
 
@@ -55,7 +55,8 @@ def _single(depth: int):
     parts = StepParts(model, _optimizer(model), DataParallel(), Precision())
     inputs, targets = _data()
     losses = [train_step(parts, inputs[s], targets[s]).item() for s in range(STEPS)]
-    return losses, model.state_dict()
+    evaluated = torch.stack(eval_step(parts, inputs[0, :20], targets[0, :20])).float()
+    return losses, model.state_dict(), evaluated
 
 
 def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
@@ -79,8 +80,11 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
         # each pipeline returns its share's mean loss; the loop averages the pipelines the same way
         losses = strategy.all_reduce_sum(torch.tensor(losses)) / strategy.data_parallel_size
         full = strategy.model_state_dict(model)
+        eval_inputs, eval_targets = strategy.local_rows(inputs[0, :20], targets[0, :20])  # any row count
+        evaluated = torch.stack(strategy.eval_step(parts, eval_inputs, eval_targets))
+        evaluated = strategy.all_reduce_sum(evaluated)
         if rank == 0:
-            torch.save({"losses": losses.tolist(), "model": full}, out_dir / "pipeline.pt")
+            torch.save({"losses": losses.tolist(), "model": full, "eval": evaluated}, out_dir / "pipeline.pt")
     finally:
         dist.destroy_process_group()
 
@@ -95,9 +99,10 @@ def _check(tmp_path, world_size, depth=4, **config_kwargs):
     # fork: the ranks inherit the imported modules (a spawned rank spends seconds importing)
     mp.start_processes(_pipeline_rank, args=(world_size, _free_port(), config_kwargs, depth, tmp_path),
                        nprocs=world_size, start_method="fork")
-    single_losses, single = _single(depth)
+    single_losses, single, single_eval = _single(depth)
     result = torch.load(tmp_path / "pipeline.pt")
     torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(single_losses), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result["eval"], single_eval, rtol=0, atol=1e-4)  # [loss sum, correct]
     assert result["model"].keys() == single.keys()
     for name in single:
         torch.testing.assert_close(result["model"][name], single[name], rtol=0, atol=1e-5)
