@@ -139,3 +139,17 @@ def test_smoke_keeps_whole_pipelines():
 
     config = PipelineConfig(num_stages=4)
     assert config.smoke_num_workers(8, 2) == 4 and PipelineConfig(num_stages=2).smoke_num_workers(8, 2) == 2
+
+
+def test_a_pipelined_dsd_checkpoint_exports_every_stage():
+    from rayeffi.export.stage import sparse_phase
+
+    def part(names):
+        return {"techniques": {"dsd": {"sparse": {"round": 0, "sparsity": 0.5,
+                                                  "model": {n: torch.ones(2) for n in names},
+                                                  "masks": {n: torch.ones(2, dtype=torch.bool) for n in names}}}}}
+
+    stage0, stage1 = part(["0.weight", "0.bias"]), part(["2.weight"])
+    merged = sparse_phase({**stage0, "pipeline_stages": [stage0, stage1]})
+    assert set(merged["model"]) == {"0.weight", "0.bias", "2.weight"} and set(merged["masks"]) == set(merged["model"])
+    assert sparse_phase(stage0)["model"].keys() == {"0.weight", "0.bias"}  # data parallel: as before
