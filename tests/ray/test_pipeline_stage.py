@@ -42,21 +42,22 @@ def test_pipeline_example_reaches_the_quickstart_floor_and_assembles(tmp_path):
     assert accuracy == pytest.approx(stage["metrics"]["val_accuracy"], abs=1e-6)
 
 
-def _recipe(num_workers: int, parallel: dict) -> dict:
+def _recipe(num_workers: int, parallel: dict, cpus_per_worker: float = 1.0) -> dict:
     return validate_recipe({
         "seed": 0,
         "data": {"dataset": "digits", "batch_size": 64, "max_samples": 512},  # 8 whole batches per epoch
         "model": {"name": "mlp", "hidden_sizes": [32, 32]},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-        "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 1}},
+        "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": cpus_per_worker}},
         "parallel": parallel,
         "stages": [{"name": "train", "kind": "train", "epochs": 2}],
     })
 
 
-def test_pipelined_run_matches_local_mode(tmp_path):
-    pipelined = run_recipe(_recipe(2, {"strategy": "pipeline", "num_stages": 2, "num_microbatches": 4,
-                                       "schedule": "gpipe"}), tmp_path / "pipeline")
+@pytest.mark.parametrize("num_workers", [2, 4], ids=["2-stages", "2-pipelines-x-2-stages"])
+def test_pipelined_run_matches_local_mode(tmp_path, num_workers):
+    parallel = {"strategy": "pipeline", "num_stages": 2, "num_microbatches": 4, "schedule": "gpipe"}
+    pipelined = run_recipe(_recipe(num_workers, parallel, cpus_per_worker=2 / num_workers), tmp_path / "pipeline")
     local = run_recipe(_recipe(0, {"strategy": "data_parallel"}), tmp_path / "local")
     ours, theirs = (torch.load(run["stages"][0]["checkpoint"], weights_only=True) for run in (pipelined, local))
     assert ours["model"].keys() == theirs["model"].keys()
