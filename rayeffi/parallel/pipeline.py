@@ -117,7 +117,10 @@ class Pipeline(Strategy):
             return parameter_costs(units)
         costs = [None]
         if self.world_rank == 0:  # one worker measures, all use its figures: every rank must cut alike
-            costs = [measured_costs(units, torch.randn(TIMING_ROWS, self.info.num_features))]
+            for _, module in units:
+                module.to(self.device)
+            sample = torch.randn(TIMING_ROWS, self.info.num_features, device=self.device)
+            costs = [measured_costs(units, sample)]
         dist.broadcast_object_list(costs, src=0)  # sync point
         return costs[0]
 

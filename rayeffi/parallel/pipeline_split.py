@@ -117,6 +117,8 @@ def measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int = 3
             out = module(inputs)
             if out.requires_grad:
                 out.float().sum().backward()
+            if out.is_cuda:
+                torch.cuda.synchronize()  # kernels run asynchronously: wait before reading the clock
             best = min(best, time.perf_counter() - start)
         module.zero_grad(set_to_none=True)
         costs.append(best if best < inf else 0.0)
