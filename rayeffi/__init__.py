@@ -5,7 +5,7 @@ your own loop. Everything else is internal and may change.
 """
 
 from rayeffi.errors import UserError
-from rayeffi.parallel import DataParallel, Strategy
+from rayeffi.parallel import DataParallel, Pipeline, Strategy
 from rayeffi.recipe import Recipe, StageConfig, load_recipe
 from rayeffi.run import run_recipe
 from rayeffi.techniques import Precision, Technique
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataParallel",
+    "Pipeline",
     "Precision",
     "Recipe",
     "StageConfig",

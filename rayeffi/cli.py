@@ -58,14 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: RUN_DIR/stages/STAGE/sparse-FORMAT.pt)")
 
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
-    bench.add_argument("name", choices=["ddp", "dsd", "precision", "distill", "intra-layer"],
+    bench.add_argument("name", choices=["ddp", "dsd", "precision", "distill", "intra-layer", "pipeline"],
                        help="ddp: the train stage against native PyTorch DDP; dsd: DSD against dense baselines; "
                             "precision: fp32 vs bf16; distill: distilled student against the student alone; "
-                            "intra-layer: split layers against unsplit, time and bytes")
+                            "intra-layer: split layers against unsplit, time and bytes; "
+                            "pipeline: step time and bubble per micro-batch count against the unsplit model")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill: paired seeds")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
+    bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
+    bench.add_argument("--out", help="pipeline: where the JSON and Gantt charts go (default: runs/bench-pipeline)")
     return parser
 
 

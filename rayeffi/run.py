@@ -117,10 +117,10 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
     check_model(stage.model, source.info)
-    if stage.kind in STAGE_CHECKS:
-        STAGE_CHECKS[stage.kind](stage, source.info)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
+    if stage.kind in STAGE_CHECKS:
+        STAGE_CHECKS[stage.kind](stage, source.info)
     return source
 
 

@@ -1,8 +1,14 @@
 """Benchmarks: each measures its baseline in the same run and prints the ratio."""
 
-from rayeffi.bench import ddp, distill, dsd, intra_layer, precision
+from rayeffi.bench import ddp, distill, dsd, intra_layer, pipeline, precision
 
-BENCHMARKS = {"ddp": ddp.run, "dsd": dsd.run, "precision": precision.run, "distill": distill.run}
-BENCHMARKS["intra-layer"] = intra_layer.run
+BENCHMARKS = {
+    "ddp": ddp.run,
+    "dsd": dsd.run,
+    "precision": precision.run,
+    "distill": distill.run,
+    "intra-layer": intra_layer.run,
+    "pipeline": pipeline.run,
+}
 
 __all__ = ["BENCHMARKS"]

@@ -24,6 +24,18 @@ def _serialized_size(body) -> int:
     return buffer.tell()
 
 
+def sparse_phase(checkpoint: dict) -> dict | None:
+    """The dsd stage's last sparse phase; a pipelined stage's is the union of its stages' parts
+    (each holds its own layers, under the full model's names)."""
+    parts = [s.get("techniques", {}).get("dsd", {}).get("sparse") for s in checkpoint.get("pipeline_stages", [checkpoint])]
+    if not all(parts):
+        return None
+    merged = dict(parts[0])
+    for key in ("model", "masks"):
+        merged[key] = {name: value for part in parts for name, value in part[key].items()}
+    return merged
+
+
 def export_stage(run_dir: str | Path, stage: str, fmt: str, out: str | Path | None = None) -> dict:
     """Write ``run_dir/stages/STAGE/sparse-FMT.pt``; return sizes, sparsity and the check."""
     run_dir = Path(run_dir)
@@ -35,7 +47,7 @@ def export_stage(run_dir: str | Path, stage: str, fmt: str, out: str | Path | No
         raise UserError(f"run {run_dir} has no stage {stage!r}; stages: {', '.join(stages) or 'none'}")
     if stages[stage]["kind"] != "dsd":
         raise UserError(f"stage {stage!r} is a {stages[stage]['kind']} stage: export needs a dsd stage's sparse phase")
-    sparse = load_checkpoint(stages[stage]["checkpoint"]).get("techniques", {}).get("dsd", {}).get("sparse")
+    sparse = sparse_phase(load_checkpoint(stages[stage]["checkpoint"]))
     if not sparse:
         raise UserError(f"stage {stage!r} has no completed sparse phase to export")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -34,3 +35,23 @@ class ConvNet(nn.Module):
         # rows arrive flat from Parquet: restore [N, C, H, W]
         x = x.reshape(x.shape[0], *self.image_shape)
         return self.classifier(self.features(x))
+
+    def pipeline_units(self):
+        """The layers in order, for the pipeline strategy (``parallel/pipeline_split.py``);
+        the first unit restores the image shape, as ``forward`` does."""
+        from rayeffi.parallel.pipeline_split import sequential_units
+
+        return [("image", ToImage(self.image_shape))] + sequential_units(self.features, "features.") + sequential_units(
+            self.classifier, "classifier."
+        )
+
+
+class ToImage(nn.Module):
+    """Flat rows ``[N, C*H*W]`` -> images ``[N, C, H, W]`` (no parameters)."""
+
+    def __init__(self, image_shape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)

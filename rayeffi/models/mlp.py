@@ -25,3 +25,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
+    def pipeline_units(self):
+        """The layers in order, for the pipeline strategy (``parallel/pipeline_split.py``)."""
+        from rayeffi.parallel.pipeline_split import sequential_units
+
+        return sequential_units(self.layers, "layers.")

@@ -14,6 +14,10 @@ class Strategy:
     """Single-process behaviour; subclasses override what their parallelism changes."""
 
     name = "single"
+    drop_last = False
+    """Skip each epoch's last, partial training batch (a pipeline's micro-batch shapes are fixed)."""
+    min_world_size = 1
+    """Workers the strategy needs (a pipeline needs one per stage)."""
 
     def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None, config=None):
         self.world_rank = world_rank
@@ -21,6 +25,11 @@ class Strategy:
         self.device = device or torch.device("cpu")
         self.config = config
         """The stage's ``parallel`` section (its strategy's own config class)."""
+
+    @classmethod
+    def from_config(cls, config, world_rank: int, world_size: int, device: torch.device, info=None) -> Strategy:
+        """Build from the recipe's ``parallel`` section and the dataset's shape."""
+        return cls(world_rank, world_size, device, config=config)
 
     @property
     def is_rank_zero(self) -> bool:
@@ -62,3 +71,27 @@ class Strategy:
 
     def teardown(self) -> None:
         """Undo :meth:`setup_model` side effects."""
+
+    def setup_precision(self, precision) -> None:
+        """Called once after ``precision.setup`` (a pipeline runs each stage under its autocast)."""
+
+    def step_functions(self):
+        """``(train_step, eval_step)`` for a strategy that owns forward+backward (a pipeline
+        schedule), or None for the shared ones in ``worker/step.py``."""
+        return None
+
+    def rows_per_read(self, global_batch_size: int) -> int:
+        """Rows this worker reads from its dataset shard per step."""
+        return global_batch_size // max(self.world_size, 1)
+
+    def local_rows(self, *tensors: torch.Tensor):
+        """This worker's rows of a batch it read (all of them, by default)."""
+        return tensors
+
+    def gather_stage_states(self, local: dict) -> list[dict] | None:
+        """Per-stage optimizer/precision/technique states where the model is split (collective), else None."""
+        return None
+
+    def stage_state(self, state: dict) -> dict:
+        """This worker's optimizer/precision/technique states in a checkpoint."""
+        return state

@@ -119,6 +119,7 @@ class StageConfig(Section):
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> StageConfig:
+        self.parallel.check_stage(self)  # the strategy's own layout first: its message names its keys
         num_workers = max(self.scaling.num_workers, 1)
         if self.data.batch_size % num_workers:
             raise ValueError(

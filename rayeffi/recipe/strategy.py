@@ -14,3 +14,11 @@ class StrategyConfig(Section):
         """Workers a ``--smoke`` run keeps. A strategy whose layout fixes the worker count
         (pipeline stages, spatial tiles) overrides this to keep a valid layout."""
         return min(num_workers, max_workers)
+
+    def splits_data_per_worker(self) -> bool:
+        """Whether Ray Train gives each worker its own shard of the datasets (else every
+        worker reads all rows and the strategy picks its share)."""
+        return True
+
+    def check_stage(self, stage) -> None:
+        """Checks that need the whole stage (workers, batch size, kind); raise ValueError."""

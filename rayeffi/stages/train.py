@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
@@ -50,6 +50,8 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
         datasets=build_ray_datasets(context.source, stage.data, stage.seed),
+        # a pipeline's stages all read every row (the strategy picks each replica's share)
+        dataset_config=None if stage.parallel.splits_data_per_worker() else DataConfig(datasets_to_split=[]),
     )
 
 

@@ -71,6 +71,10 @@ class Precision:
         """Backward pass (a loss-scaling policy multiplies ``loss`` first)."""
         loss.backward()
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss backward starts from (a pipeline's schedule runs backward itself)."""
+        return loss
+
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Apply the gradients; return False where the step was skipped (overflow)."""
         optimizer.step()
@@ -174,8 +178,11 @@ class FP16(Precision):
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device_type, dtype=torch.float16)
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss.float())  # S applied in FP32
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss.float()).backward()  # S applied in FP32; DDP all-reduces x S gradients
+        self.scale_loss(loss).backward()  # DDP all-reduces x S gradients
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         self._grads_to_optimizer()

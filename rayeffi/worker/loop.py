@@ -60,7 +60,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
 
     torch.manual_seed(stage.seed)  # identical initial weights on every rank
-    strategy = build_strategy(stage.parallel, rank, world_size, ray.train.torch.get_device())
+    strategy = build_strategy(stage.parallel, rank, world_size, ray.train.torch.get_device(), spec.info)
     model = build_model(stage.model, spec.info)
     if spec.init_checkpoint:
         model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
@@ -68,6 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = strategy.setup_model(precision.prepare_model(model))  # dtype fixed before DDP sizes its buckets
     optimizer = build_optimizer(stage.optimizer, model)
     precision.setup(model, optimizer)
+    strategy.setup_precision(precision)
     techniques = build_techniques(stage, spec.info)
     for technique in techniques:  # entered in list order, torn down in reverse
         technique.setup(strategy.unwrap(model), optimizer)
@@ -79,7 +80,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch})
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    batch_size = stage.data.batch_size // max(world_size, 1)
+    batch_size = strategy.rows_per_read(stage.data.batch_size)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
             for technique in techniques:
@@ -100,9 +101,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.teardown()
 
 
-def _batches(shard, batch_size: int, shuffle_seed: int | None):
+def _batches(shard, batch_size: int, shuffle_seed: int | None, drop_last: bool = False):
     return shard.iter_torch_batches(
         batch_size=batch_size,
+        drop_last=drop_last,
         local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
         local_shuffle_seed=shuffle_seed,
     )
@@ -115,12 +117,14 @@ def _train_epoch(parts: StepParts, shard, batch_size: int, stage: StageConfig, e
     loss_sum = torch.zeros((), dtype=torch.float64)
     num_rows = 0
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
+    step = (parts.strategy.step_functions() or (train_step, eval_step))[0]
     start = time.perf_counter()
-    for batch in _batches(shard, batch_size, seed):
+    for batch in _batches(shard, batch_size, seed, parts.strategy.drop_last):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
+        inputs, targets = parts.strategy.local_rows(inputs, targets)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
         inputs, targets, extras = parts.strategy.group_batch(inputs, targets, extras)
-        loss = train_step(parts, inputs, targets, extras)
+        loss = step(parts, inputs, targets, extras)
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
     return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
@@ -131,10 +135,12 @@ def _evaluate(parts: StepParts, shard, batch_size: int) -> torch.Tensor:
     parts.model.eval()
     device = parts.strategy.device
     sums = torch.zeros(3, dtype=torch.float64)
+    evaluate = (parts.strategy.step_functions() or (train_step, eval_step))[1]
     for batch in _batches(shard, batch_size, None):
         inputs, targets = batch["features"].to(device, torch.float32), batch["label"].to(device, torch.int64)
+        inputs, targets = parts.strategy.local_rows(inputs, targets)
         inputs, targets, _ = parts.strategy.group_batch(inputs, targets, {})
-        loss_sum, correct = eval_step(parts, inputs, targets)
+        loss_sum, correct = evaluate(parts, inputs, targets)
         sums += torch.tensor([loss_sum.item(), correct.item(), len(targets)], dtype=torch.float64)
     return sums
 
@@ -155,8 +161,13 @@ def _epoch_metrics(totals: torch.Tensor, train_s: float, epoch: int, lr: float) 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     rng_by_rank = parts.strategy.all_gather_object(rng_state())
-    model_state = parts.strategy.model_state_dict(parts.model)  # every rank: it may gather shards
-    optimizer_state = parts.strategy.optimizer_state_dict(parts.optimizer)
+    model_state = parts.strategy.model_state_dict(parts.model)  # every rank: it may gather shards or stages
+    local = {
+        "optimizer": parts.strategy.optimizer_state_dict(parts.optimizer),  # every rank: it may gather shards
+        "precision": parts.precision.state_dict(),
+        "techniques": {t.name: t.state_dict() for t in parts.techniques},
+    }
+    stage_states = parts.strategy.gather_stage_states(local)  # collective where the model is pipelined
     if not parts.strategy.is_rank_zero:
         ray.train.report(metrics)
         return
@@ -164,13 +175,15 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
         "format": FORMAT_VERSION,
         "epoch": epoch,
         "model": model_state,
-        "optimizer": optimizer_state,
+        "optimizer": local["optimizer"],
         "scheduler": scheduler.state_dict(),
         "rng": rng_by_rank,
-        "precision": parts.precision.state_dict(),
-        "techniques": {t.name: t.state_dict() for t in parts.techniques},
+        "precision": local["precision"],
+        "techniques": local["techniques"],
         "metrics": metrics,
     }
+    if stage_states is not None:
+        state["pipeline_stages"] = stage_states  # each stage's optimizer, precision, techniques
     directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
     save_atomic(state, Path(directory) / CHECKPOINT_FILE)
     if spec.progress is not None:
@@ -192,11 +205,12 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
         torch.manual_seed(spec.stage.seed + 1 + rank)  # dropout differs per rank
         return 0
     parts.strategy.load_model_state_dict(parts.model, state["model"])
-    parts.strategy.load_optimizer_state_dict(parts.optimizer, state["optimizer"])
+    local = parts.strategy.stage_state(state)
+    parts.strategy.load_optimizer_state_dict(parts.optimizer, local["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    parts.precision.load_state_dict(state.get("precision", {}))
+    parts.precision.load_state_dict(local.get("precision", {}))
     for technique in parts.techniques:
-        technique.load_state_dict(state.get("techniques", {}).get(technique.name, {}))
+        technique.load_state_dict(local.get("techniques", {}).get(technique.name, {}))
     rng = state["rng"]
     set_rng_state(rng[rank] if rank < len(rng) else rng[0])
     return int(state["epoch"])

@@ -6,6 +6,7 @@ import rayeffi
 def test_public_api_is_pinned():
     assert sorted(rayeffi.__all__) == [
         "DataParallel",
+        "Pipeline",
         "Precision",
         "Recipe",
         "StageConfig",
