@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rayeffi.recipe.sections import Section
 
 
@@ -14,3 +16,12 @@ class StrategyConfig(Section):
         """Workers a ``--smoke`` run keeps. A strategy whose layout fixes the worker count
         (pipeline stages, spatial tiles) overrides this to keep a valid layout."""
         return min(num_workers, max_workers)
+
+    @classmethod
+    def resolve_stage_raw(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite a stage's raw dict before it is validated (e.g. move a count into
+        ``scaling``); raise ValueError for a contradiction. Default: unchanged."""
+        return raw
+
+    def check_stage(self, stage: Any) -> None:
+        """Raise ValueError if this strategy cannot run with the rest of ``stage``."""
