@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: RUN_DIR/stages/STAGE/sparse-FORMAT.pt)")
 
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
-    bench.add_argument("name", choices=["ddp", "dsd", "precision"],
+    bench.add_argument("name", choices=["ddp", "dsd", "precision", "ps"],
                        help="ddp: the train stage against native PyTorch DDP; dsd: DSD against dense baselines; precision: fp32 vs bf16")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
     bench.add_argument("--seeds", type=int, default=5, help="dsd: paired seeds per regime")

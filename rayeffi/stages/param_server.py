@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
@@ -46,7 +46,7 @@ def _max_restarts(stage: StageConfig) -> int:
 
 
 def start_actors(stage: StageConfig, context: StageContext, run_id: str, init_checkpoint: str | None):
-    """The server shards and the gradient workers, each worker with its Ray Data shards."""
+    """The server shards, the gradient workers (each with its Ray Data shards) and the data they hold."""
     config, scaling = stage.parallel, stage.scaling
     shard_dir = Path(context.storage_path) / f"{stage.name}-{run_id}"
     servers = [
@@ -69,7 +69,9 @@ def start_actors(stage: StageConfig, context: StageContext, run_id: str, init_ch
                  train_shards[i], val_shards[i])
         for i in range(scaling.num_workers)
     ]
-    return servers, workers
+    # the driver owns the shards' blocks: holding them keeps a restarted worker's
+    # constructor arguments alive (Ray re-runs it with the same ones)
+    return servers, workers, (datasets, train_shards, val_shards)
 
 
 class _Failures:
@@ -100,9 +102,23 @@ def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, con
         except RayActorError as error:
             failures.record(f"gradient worker {index}", error)
             ray.get([server.forget.remote(index) for server in servers])  # its in-flight gradient never comes
+            _wait_until_restarted(workers[index])
             skip = _batches_done(servers, index, start, config)
             pending[workers[index].run_epoch.remote(epoch, start["version"], skip)] = index  # Ray restarted it
     return [part for index in sorted(results) for part in results[index]]
+
+
+def _wait_until_restarted(actor, timeout_s: float = 300.0) -> None:
+    """Ray restarts a dead actor in the background; calls before it is up fail as unavailable."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.current_lr.remote())
+            return
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> int:
@@ -150,7 +166,7 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
                         "use init_from to start from its weights")
     run_id = uuid.uuid4().hex[:8]
     start_time = time.perf_counter()
-    servers, workers = start_actors(stage, context, run_id, init_checkpoint(stage, context))
+    servers, workers, _data = start_actors(stage, context, run_id, init_checkpoint(stage, context))
     failures = _Failures(stage)
     artifact_path = str(Path(context.stage_dir) / ARTIFACT_FILE)
     total: Counter[int] = Counter()
@@ -188,4 +204,7 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
             "worker_restarts": failures.count,
         },
     }
+    if context.progress is not None:
+        histogram = ", ".join(f"{k}: {v}" for k, v in extra["param_server"]["staleness_histogram"].items())
+        context.progress.echo(f"[{stage.name}] staleness of applied gradients (versions: count): {histogram}")
     return StageResult(stage.name, stage.kind, Artifact(artifact_path, metrics), history, wall_s, extra)

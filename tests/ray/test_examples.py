@@ -93,3 +93,11 @@ def test_dsd_tune_example_searches_schedules(smoke_run):
         assert 0.0 <= trial["metrics"]["val_accuracy"] <= 1.0
     assert dsd["best_trial"] in {t["trial_id"] for t in dsd["trials"]}
     assert [r["target_sparsity"] for r in dsd["rounds"] if r["phase"] == "sparse"] == dsd["best_config"]["dsd.rounds"]
+
+
+def test_param_server_example_reports_its_staleness_histogram(smoke_run):
+    _, summary = smoke_run("param_server")
+    stage = summary["stages"][0]
+    assert stage["param_server"]["mode"] == "async" and stage["param_server"]["num_servers"] == 2
+    histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
+    assert histogram and max(histogram) <= 2  # the example's max_staleness
