@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.parallel.param_server.plan import shard_plan
 from rayeffi.parallel.param_server.staleness import StalenessGate
-from rayeffi.parallel.param_server.wire import decode_gradients
+from rayeffi.parallel.param_server.wire import decode_gradients, to_wire
 from rayeffi.recipe.models import StageConfig
 from rayeffi.techniques.sparsity import apply_masks, mask_optimizer_state
 from rayeffi.worker.checkpoint import load_checkpoint, save_atomic
@@ -147,8 +148,8 @@ class ServerShard:
         self.staleness[staleness] += 1
         self.total_staleness[staleness] += 1
 
-    def _weights(self) -> dict[str, torch.Tensor]:
-        return {name: param.detach().clone() for name, param in self.params.items()}
+    def _weights(self) -> dict[str, np.ndarray]:
+        return {name: to_wire(param.detach().clone()) for name, param in self.params.items()}
 
     # -- epoch boundaries (no pushes in flight) ---------------------------------------
 
@@ -175,7 +176,7 @@ class ServerShard:
     def state(self) -> dict[str, Any]:
         return {
             "names": list(self.names),
-            "params": self._weights(),
+            "params": {name: param.detach().clone() for name, param in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
             "version": self.version,
             "pushes": dict(self.pushes),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,16 +25,28 @@ def _fp16_scale(grad: torch.Tensor) -> float:
     return 2.0 ** (_FP16_TARGET_EXPONENT - math.ceil(math.log2(largest)))
 
 
-def encode_gradients(grads: dict[str, torch.Tensor], dtype: str) -> dict[str, tuple[torch.Tensor, float]]:
-    """``name -> (tensor in the wire dtype, scale)``; the true gradient is ``tensor / scale``."""
+def to_wire(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy array (Ray ships those without pickling each tensor); BF16 travels as its int16 bits."""
+    tensor = tensor.detach().contiguous()
+    return tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+
+
+def from_wire(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(array))  # a writable copy of Ray's read-only buffer
+    return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
+
+
+def encode_gradients(grads: dict[str, torch.Tensor], dtype: str) -> dict[str, tuple[np.ndarray, float, str]]:
+    """``name -> (array in the wire dtype, scale, dtype)``; the true gradient is ``array / scale``."""
     wire = WIRE_DTYPES[dtype]
     encoded = {}
     for name, grad in grads.items():
         scale = _fp16_scale(grad) if dtype == "fp16" else 1.0
-        encoded[name] = ((grad.float() * scale).to(wire), scale)
+        encoded[name] = (to_wire((grad.float() * scale).to(wire)), scale, dtype)
     return encoded
 
 
-def decode_gradients(encoded: dict[str, tuple[torch.Tensor, float]]) -> dict[str, torch.Tensor]:
+def decode_gradients(encoded: dict[str, tuple[np.ndarray, float, str]]) -> dict[str, torch.Tensor]:
     """Back to FP32 (the division by the scale happens in FP32)."""
-    return {name: tensor.float() / scale for name, (tensor, scale) in encoded.items()}
+    return {name: from_wire(array, WIRE_DTYPES[dtype]).float() / scale
+            for name, (array, scale, dtype) in encoded.items()}

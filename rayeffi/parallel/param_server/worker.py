@@ -41,8 +41,9 @@ IN_MEMORY_BYTES = 256 * 2**20
 class PushOptimizer(torch.optim.SGD):
     """Plain SGD for the local update, which also adds every gradient it applies to ``accrued``."""
 
-    def __init__(self, params, lr: float):
+    def __init__(self, params, lr: float, local_update: bool = True):
         super().__init__(params, lr=lr)
+        self.local_update = local_update
         self.accrued: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -52,7 +53,8 @@ class PushOptimizer(torch.optim.SGD):
                 if param.grad is not None:
                     accrued = self.accrued.get(param)
                     self.accrued[param] = param.grad.detach().clone() if accrued is None else accrued.add_(param.grad)
-        return super().step(closure)
+        # the local update only matters between fetches: a pull after every step overwrites it
+        return super().step(closure) if self.local_update else None
 
     def take_accrued(self) -> dict[torch.Tensor, torch.Tensor]:
         accrued, self.accrued = self.accrued, {}
@@ -79,7 +81,8 @@ class GradientWorker:
             model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
         self.precision = build_precision(stage.precision)
         model = self.precision.prepare_model(model)
-        self.optimizer = PushOptimizer(model.parameters(), lr=stage.optimizer.lr)
+        self.optimizer = PushOptimizer(model.parameters(), lr=stage.optimizer.lr,
+                                       local_update=self.config.fetch_every > 1)
         self.precision.setup(model, self.optimizer)
         self.techniques = build_techniques(stage, spec.info)
         for technique in self.techniques:
@@ -102,7 +105,7 @@ class GradientWorker:
             for shard, (version, weights) in enumerate(replies):
                 self.versions[shard] = version
                 for name, value in weights.items():
-                    self.params[name].copy_(value)
+                    self.params[name].copy_(torch.from_numpy(value))  # FP32 from the shard
 
     def _pull(self, min_version: int = 0, register: bool = True) -> None:
         self._load(ray.get([s.pull.remote(self.spec.index, min_version, register) for s in self.servers]))
