@@ -32,6 +32,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
+from rayeffi.parallel.param_server.calls import get_all
 from rayeffi.parallel.param_server.server import ServerShard, ServerSpec
 from rayeffi.parallel.param_server.worker import GradientWorker, GradientWorkerSpec
 from rayeffi.recipe.models import StageConfig
@@ -89,9 +90,9 @@ class _Failures:
 
 def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config) -> list[dict[str, float]]:
     """One epoch over every worker's shard; a worker that dies runs the rest of its epoch again."""
-    start = ray.get(servers[0].progress.remote())
-    ray.get([worker.start_epoch.remote(epoch) for worker in workers])
-    ray.get(workers[0].publish_settings.remote())
+    start = get_all([servers[0].progress.remote])[0]
+    get_all([lambda w=worker: w.start_epoch.remote(epoch) for worker in workers])
+    get_all([workers[0].publish_settings.remote])
     pending = {workers[i].run_epoch.remote(epoch, start["version"]): i for i in range(len(workers))}
     results: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(workers))}
     while pending:
@@ -101,7 +102,7 @@ def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, con
             results[index].append(ray.get(ready))
         except RayActorError as error:
             failures.record(f"gradient worker {index}", error)
-            ray.get([server.forget.remote(index) for server in servers])  # its in-flight gradient never comes
+            get_all([lambda s=server: s.forget.remote(index) for server in servers])  # its in-flight gradient never comes
             _wait_until_restarted(workers[index])
             skip = _batches_done(servers, index, start, config)
             pending[workers[index].run_epoch.remote(epoch, start["version"], skip)] = index  # Ray restarted it
@@ -123,7 +124,7 @@ def _wait_until_restarted(actor, timeout_s: float = 300.0) -> None:
 
 def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> int:
     """Batches of this epoch the shards have from worker ``index`` (sync: rounds complete on all)."""
-    now = ray.get([server.progress.remote() for server in servers])
+    now = get_all([server.progress.remote for server in servers])
     if config.mode == "sync":
         return min(p["version"] for p in now) - start["version"]
     pushes = min(p["pushes"].get(index, 0) for p in now) - start["pushes"].get(index, 0)
@@ -175,15 +176,15 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
         versions = 0
         for epoch in range(stage.total_epochs):
             parts = run_epoch(epoch, servers, workers, failures, stage.parallel)
-            lr = ray.get(workers[0].current_lr.remote())
-            ray.get([server.checkpoint.remote() for server in servers])
-            val = ray.get([worker.evaluate.remote() for worker in workers])
-            stats = ray.get([server.epoch_stats.remote() for server in servers])
+            lr = get_all([workers[0].current_lr.remote])[0]
+            get_all([server.checkpoint.remote for server in servers])
+            val = get_all([worker.evaluate.remote for worker in workers])
+            stats = get_all([server.epoch_stats.remote for server in servers])
             metrics = epoch_metrics(parts, val, stats, epoch + 1, lr, versions)
             versions = sum(s["version"] for s in stats) / len(stats)
-            metrics.update(ray.get(workers[0].epoch_metrics.remote()))
+            metrics.update(get_all([workers[0].epoch_metrics.remote])[0])
             total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})
-            ray.get(workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:]))
+            get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
             if context.progress_queue is not None:
                 context.progress_queue.put({"stage": stage.name, **metrics})
     finally:

@@ -109,7 +109,7 @@ def _named_actor(suffix: str):
 
 
 def _kill_when(suffix: str, server, min_version: int, kill) -> None:
-    deadline = time.monotonic() + 600  # actor start-up is slow on a loaded machine
+    deadline = time.monotonic() + 300  # actor start-up is slow on a loaded machine
     while time.monotonic() < deadline:
         actor, shard = _named_actor(suffix), _named_actor(server)
         if actor is not None and shard is not None:
@@ -124,19 +124,19 @@ def _kill_when(suffix: str, server, min_version: int, kill) -> None:
 
 
 def test_training_goes_on_after_a_worker_and_a_server_shard_are_killed(tmp_path):
-    recipe = _recipe({"mode": "async", "max_staleness": 2, "checkpoint_every": 10}, 6)
+    recipe = _recipe({"mode": "async", "max_staleness": 2, "checkpoint_every": 10}, 16)
     done: dict = {}
     runner = threading.Thread(target=lambda: done.update(summary=run_recipe(recipe, tmp_path)))
     runner.start()
-    # a worker in epoch 1 (ray.kill: Ray restarts it), then shard 1 in epoch 3 (SIGKILL of its process)
+    # a worker in epoch 1 (ray.kill: Ray restarts it), then shard 1 in epoch 6 of 16 (SIGKILL of its process)
     _kill_when("-worker-1", "-server-0", 30, lambda actor: ray.kill(actor, no_restart=False))
-    _kill_when("-server-1", "-server-0", 120, lambda actor: os.kill(ray.get(actor.pid.remote()), signal.SIGKILL))
+    _kill_when("-server-1", "-server-0", 250, lambda actor: os.kill(ray.get(actor.pid.remote()), signal.SIGKILL))
     runner.join(timeout=600)
     stage = done["summary"]["stages"][0]
     assert done["summary"]["status"] == "complete"
     assert stage["param_server"]["worker_restarts"] == 1
     assert sum(row["server_restores"] for row in stage["history"]) == 1
-    assert [row["epoch"] for row in stage["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [row["epoch"] for row in stage["history"]] == list(range(1, 17))
     assert stage["metrics"]["val_accuracy"] >= 0.85
 
 

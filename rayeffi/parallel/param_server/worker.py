@@ -26,6 +26,7 @@ import torch
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.parallel.base import Strategy
+from rayeffi.parallel.param_server.calls import get_all
 from rayeffi.parallel.param_server.plan import shard_plan
 from rayeffi.parallel.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
@@ -108,19 +109,20 @@ class GradientWorker:
                     self.params[name].copy_(torch.from_numpy(value))  # FP32 from the shard
 
     def _pull(self, min_version: int = 0, register: bool = True) -> None:
-        self._load(ray.get([s.pull.remote(self.spec.index, min_version, register) for s in self.servers]))
+        index = self.spec.index
+        self._load(get_all([lambda s=s: s.pull.remote(index, min_version, register) for s in self.servers]))
 
     def _push(self, round_: int | None, pull: bool) -> None:
         accrued = {name: self.optimizer.accrued.get(param) for name, param in self.params.items()}
         self.optimizer.take_accrued()
         grads = {name: g if g is not None else torch.zeros_like(self.params[name], dtype=torch.float32)
                  for name, g in accrued.items()}  # an overflow-skipped step still answers its sync round
-        refs = []
+        calls = []
         for shard, names in enumerate(self.plan):
             encoded = encode_gradients({name: grads[name] for name in names}, self.wire_dtype)
             tag = round_ if round_ is not None else self.versions[shard]
-            refs.append(self.servers[shard].push.remote(self.spec.index, tag, encoded, pull))
-        replies = ray.get(refs)  # sync point: every shard has applied (async) or collected (sync) it
+            calls.append(lambda s=self.servers[shard], t=tag, e=encoded: s.push.remote(self.spec.index, t, e, pull))
+        replies = get_all(calls)  # sync point: every shard has applied (async) or collected (sync) it
         if pull:
             self._load(replies)
 
@@ -143,7 +145,7 @@ class GradientWorker:
         for technique in self.techniques:
             masks.update(getattr(technique, "masks", None) or {})
         lr = self.optimizer.param_groups[0]["lr"]
-        ray.get([server.set_epoch_settings.remote(lr, masks or None) for server in self.servers])
+        get_all([lambda s=server: s.set_epoch_settings.remote(lr, masks or None) for server in self.servers])
 
     def run_epoch(self, epoch: int, start_version: int, skip: int = 0) -> dict[str, float]:
         """Train on this worker's shard; ``skip`` batches already done (a replaced worker)."""
@@ -223,7 +225,7 @@ class GradientWorker:
 
     def write_checkpoint(self, path: str, epoch: int, metrics: dict[str, Any], others: list) -> str:
         """Worker 0: the stage checkpoint, in the data-parallel format, from the shards' states."""
-        shard_states = ray.get([server.state.remote() for server in self.servers])
+        shard_states = get_all([lambda s=server: s.state.remote() for server in self.servers])
         self._pull(register=False)
         state = {
             "format": FORMAT_VERSION,
