@@ -187,6 +187,7 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
             get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
             if context.progress_queue is not None:
                 context.progress_queue.put({"stage": stage.name, **metrics})
+        restarted = sum(get_all([worker.was_restarted.remote for worker in workers]))
     finally:
         for actor in [*workers, *servers]:
             ray.kill(actor, no_restart=True)
@@ -202,7 +203,8 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
             "num_servers": stage.parallel.num_servers,
             "max_staleness": stage.parallel.max_staleness,
             "staleness_histogram": {str(k): total[k] for k in sorted(total)},
-            "worker_restarts": failures.count,
+            "worker_restarts": restarted,  # workers Ray started again (mid-epoch or between calls)
+            "epochs_rerun": failures.count,  # run_epoch calls that died and were run again
         },
     }
     if context.progress is not None:

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 NUM_ROWS, STEPS, LR, MOMENTUM = 256, 5, 0.1, 0.9
 ASYNC_FLOOR = 0.9
+COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,7 @@ def test_sync_matches_single_process_sgd_on_the_global_batch(small_digits, tmp_p
 
 
 def test_async_reaches_the_floor_within_the_staleness_bound(tmp_path):
-    summary = run_recipe(_recipe({"mode": "async", "max_staleness": 1}, 8,
-                                 optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9,
-                                            "schedule": {"name": "cosine"}}), tmp_path)
+    summary = run_recipe(_recipe({"mode": "async", "max_staleness": 1}, 8, optimizer=COSINE), tmp_path)
     stage = summary["stages"][0]
     assert stage["metrics"]["val_accuracy"] >= ASYNC_FLOOR
     histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
@@ -124,7 +123,7 @@ def _kill_when(suffix: str, server, min_version: int, kill) -> None:
 
 
 def test_training_goes_on_after_a_worker_and_a_server_shard_are_killed(tmp_path):
-    recipe = _recipe({"mode": "async", "max_staleness": 2, "checkpoint_every": 10}, 16)
+    recipe = _recipe({"mode": "async", "max_staleness": 2, "checkpoint_every": 10}, 16, optimizer=COSINE)
     done: dict = {}
     runner = threading.Thread(target=lambda: done.update(summary=run_recipe(recipe, tmp_path)))
     runner.start()

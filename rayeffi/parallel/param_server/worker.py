@@ -214,6 +214,10 @@ class GradientWorker:
         metrics.update(self.precision.metrics())
         return metrics
 
+    def was_restarted(self) -> bool:
+        """True in a process Ray started again after this worker died."""
+        return ray.get_runtime_context().was_current_actor_reconstructed
+
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
