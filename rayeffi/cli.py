@@ -58,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: RUN_DIR/stages/STAGE/sparse-FORMAT.pt)")
 
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
-    bench.add_argument("name", choices=["ddp", "dsd", "precision", "distill", "intra-layer", "pipeline"],
+    bench.add_argument("name", choices=["ddp", "dsd", "precision", "distill", "intra-layer", "pipeline", "ps"],
                        help="ddp: the train stage against native PyTorch DDP; dsd: DSD against dense baselines; "
                             "precision: fp32 vs bf16; distill: distilled student against the student alone; "
                             "intra-layer: split layers against unsplit, time and bytes; "
-                            "pipeline: step time and bubble per micro-batch count against the unsplit model")
+                            "pipeline: step time and bubble per micro-batch count against the unsplit model; "
+                            "ps: parameter server sync/async against data parallelism and a one-actor baseline")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill: paired seeds")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")

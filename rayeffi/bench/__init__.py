@@ -1,6 +1,6 @@
 """Benchmarks: each measures its baseline in the same run and prints the ratio."""
 
-from rayeffi.bench import ddp, distill, dsd, intra_layer, pipeline, precision
+from rayeffi.bench import ddp, distill, dsd, intra_layer, pipeline, precision, ps
 
 BENCHMARKS = {
     "ddp": ddp.run,
@@ -9,6 +9,7 @@ BENCHMARKS = {
     "distill": distill.run,
     "intra-layer": intra_layer.run,
     "pipeline": pipeline.run,
+    "ps": ps.run,
 }
 
 __all__ = ["BENCHMARKS"]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
+from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
 from rayeffi.recipe.sections import (
     DataConfig,
     ModelConfig,
@@ -109,6 +109,14 @@ class StageConfig(Section):
         """Shrink this stage's raw dict to a CI-sized run (``--smoke``)."""
         raw["epochs"] = min(self.epochs, max_epochs)
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_resolves_raw(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        config = PARALLEL_CONFIGS.get(_strategy_name(raw.get("parallel") or {}))
+        return config.resolve_stage_raw(raw) if config else raw
 
     @field_validator("name")
     @classmethod

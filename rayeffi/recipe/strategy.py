@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rayeffi.recipe.sections import Section
 
 
@@ -20,5 +22,11 @@ class StrategyConfig(Section):
         worker reads all rows and the strategy picks its share)."""
         return True
 
-    def check_stage(self, stage) -> None:
+    @classmethod
+    def resolve_stage_raw(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite a stage's raw dict before it is validated (e.g. move a count into
+        ``scaling``); raise ValueError for a contradiction. Default: unchanged."""
+        return raw
+
+    def check_stage(self, stage: Any) -> None:
         """Checks that need the whole stage (workers, batch size, kind); raise ValueError."""

@@ -94,4 +94,6 @@ def format_epoch_line(stage: str, metrics: dict) -> str:
     )
     if "dsd_phase" in metrics:
         line += f"  [{metrics['dsd_phase']} r{metrics['dsd_round']}, sparsity {metrics['sparsity']:.3f}]"
+    if "staleness_max" in metrics:  # parameter server
+        line += f"  [{metrics['server_updates']:.0f} server updates, staleness max {metrics['staleness_max']}]"
     return line

@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.param_server import run_param_server_stage
 from rayeffi.stages.tune import run_tuned_stage
 from rayeffi.worker.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
@@ -56,6 +57,8 @@ def build_trainer(
 
 
 def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
+    if stage.parallel.strategy == "param_server":  # Ray actors, not a Train run (stages/param_server.py)
+        return run_param_server_stage(stage, context)
     if stage.tune is not None:
         return run_tuned_stage(stage, context, publish_checkpoint)
     local_mode = stage.scaling.num_workers == 0

@@ -145,3 +145,11 @@ def test_intra_layer_example_reaches_the_quickstart_floor(tmp_path):
     summary = run_recipe(load_recipe(EXAMPLES["intra_layer"]), tmp_path)  # 4 workers, 2x2 tiles
     assert summary["stages"][0]["num_workers"] == 4
     assert summary["stages"][0]["metrics"]["val_accuracy"] >= QUICKSTART_FLOOR
+
+
+def test_param_server_example_reports_its_staleness_histogram(smoke_run):
+    _, summary = smoke_run("param_server")
+    stage = summary["stages"][0]
+    assert stage["param_server"]["mode"] == "async" and stage["param_server"]["num_servers"] == 2
+    histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
+    assert histogram and max(histogram) <= 2  # the example's max_staleness

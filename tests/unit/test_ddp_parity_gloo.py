@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
+from helpers.gloo import end_rank
 
 STEPS, GLOBAL_BATCH = 6, 32
 
@@ -46,7 +47,7 @@ def _train(rank, world_size, port, out):
     if rank == 0:
         torch.save(strategy.unwrap(model).state_dict(), out)
     if world_size > 1:
-        dist.destroy_process_group()
+        end_rank()
 
 
 def _free_port():
@@ -84,7 +85,7 @@ def _dsd_rank(rank, world_size, port, out_dir):
         for step in range(STEPS):
             train_step(parts, inputs[step, rows], targets[step, rows])
     torch.save({"masks": technique.masks, "model": strategy.unwrap(model).state_dict()}, out_dir / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    end_rank()
 
 
 def test_dsd_masks_are_identical_on_every_rank(tmp_path):

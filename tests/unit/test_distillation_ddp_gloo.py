@@ -23,6 +23,7 @@ from rayeffi.recipe.sections import ModelConfig
 from rayeffi.techniques import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.worker.step import StepParts, train_step
+from helpers.gloo import end_rank
 
 INFO = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=64, num_val=16)
 STEPS, GLOBAL_BATCH = 5, 32
@@ -64,7 +65,7 @@ def _train(rank, world_size, port, out):
                f"{out}-rank{rank}.pt")
     technique.teardown()
     if world_size > 1:
-        dist.destroy_process_group()
+        end_rank()
 
 
 def _free_port():

@@ -30,6 +30,7 @@ from rayeffi.parallel.split_model import check_spatial, split_chain, split_spati
 from rayeffi.recipe.intra_layer import IntraLayerConfig
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
+from helpers.gloo import end_rank
 
 WORLD = 4
 TOLERANCE = 1e-5
@@ -124,7 +125,7 @@ def _rank(rank, port, out_dir):
     _init(rank, WORLD, port)
     _layer_parity(rank, out_dir)
     _training(rank, out_dir)
-    dist.destroy_process_group()
+    end_rank()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from rayeffi.recipe.dsd import DsdConfig
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.techniques import PRECISIONS, DenseSparseDense, Technique
 from rayeffi.worker.step import StepParts, train_step
+from helpers.gloo import end_rank
 
 STEPS, BATCH = 4, 32
 
@@ -113,7 +114,8 @@ def _pipeline_rank(rank, port, precision_name, techniques_kind, out_dir):
             torch.save({"losses": losses, "model": final, "resumed": resumed, "resumed_model": resumed_final,
                         "scale": scale, "masks": {k: v for t in parts.techniques for k, v in getattr(t, "masks", {}).items()}},
                        out_dir / "pipeline.pt")
-    finally:
+        end_rank()
+    finally:  # only reached on an error: end_rank leaves the process
         dist.destroy_process_group()
 
 

@@ -23,6 +23,7 @@ from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, eval_step, train_step
+from helpers.gloo import end_rank
 
 STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 16, 4
 
@@ -85,7 +86,8 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
         evaluated = strategy.all_reduce_sum(evaluated)
         if rank == 0:
             torch.save({"losses": losses.tolist(), "model": full, "eval": evaluated}, out_dir / "pipeline.pt")
-    finally:
+        end_rank()
+    finally:  # only reached on an error: end_rank leaves the process
         dist.destroy_process_group()
 
 

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques.precision import PRECISIONS
 from rayeffi.worker.step import StepParts, train_step
+from helpers.gloo import end_rank
 
 STEPS, GLOBAL_BATCH, POISONED_STEP = 5, 16, 2
 
@@ -31,7 +32,7 @@ def _worker(rank, world_size, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     for policy in POLICIES:  # one process group for both: spawning costs seconds
         _train(rank, world_size, policy, out)
-    dist.destroy_process_group()
+    end_rank()
 
 
 def _train(rank, world_size, policy, out):

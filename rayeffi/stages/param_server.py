@@ -1,0 +1,213 @@
+"""A train / distill / dsd stage with ``parallel.strategy: param_server``: Ray actors, not Ray Train.
+
+The driver starts ``num_servers`` :class:`ServerShard` actors and ``num_workers``
+:class:`GradientWorker` actors (fractional CPUs, so they do not starve each other or
+Ray Data), hands each worker its Ray Data shard, and runs the epochs:
+
+    start_epoch on every worker     fresh weights; techniques' epoch start (DSD masks)
+    publish_settings (worker 0)     the epoch's lr and masks to every shard
+    run_epoch on every worker       pulls and pushes go straight to the shards
+    checkpoint every shard          the restart point of a shard that dies
+    evaluate on every worker        validation shards, latest weights
+    write_checkpoint (worker 0)     the stage checkpoint, data-parallel format
+
+A worker that dies mid-epoch is restarted by Ray (``max_restarts``); the driver
+tells the shards to forget its in-flight gradient and runs the rest of its epoch
+(the batches it has not pushed). A shard that dies is restarted by Ray from its last
+checkpoint and in-flight calls are retried. Both count against
+``scaling.max_failures``. The driver never touches a tensor: only counts, floats and
+actor handles pass through it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from rayeffi.data.ray_datasets import build_ray_datasets
+from rayeffi.errors import UserError
+from rayeffi.parallel.param_server.calls import get_all
+from rayeffi.parallel.param_server.server import ServerShard, ServerSpec
+from rayeffi.parallel.param_server.worker import GradientWorker, GradientWorkerSpec
+from rayeffi.recipe.models import StageConfig
+from rayeffi.stages.base import Artifact, StageContext, StageResult
+
+ARTIFACT_FILE = "checkpoint.pt"
+ACTOR_PREFIX = "rayeffi-ps"
+
+
+def _max_restarts(stage: StageConfig) -> int:
+    return -1 if stage.scaling.max_failures < 0 else stage.scaling.max_failures
+
+
+def start_actors(stage: StageConfig, context: StageContext, run_id: str, init_checkpoint: str | None):
+    """The server shards, the gradient workers (each with its Ray Data shards) and the data they hold."""
+    config, scaling = stage.parallel, stage.scaling
+    shard_dir = Path(context.storage_path) / f"{stage.name}-{run_id}"
+    servers = [
+        ray.remote(ServerShard).options(
+            name=f"{ACTOR_PREFIX}-{run_id}-server-{k}", num_cpus=config.server_cpus,
+            max_restarts=_max_restarts(stage), max_task_retries=-1,
+        ).remote(ServerSpec(stage, context.source.info, k, str(shard_dir / f"shard-{k}.pt"), init_checkpoint))
+        for k in range(config.num_servers)
+    ]
+    datasets = build_ray_datasets(context.source, stage.data, stage.seed)
+    train_shards = datasets["train"].split(scaling.num_workers, equal=True)
+    val_shards = datasets["val"].split(scaling.num_workers)
+    options = {"num_cpus": scaling.resources_per_worker.get("CPU", 1.0),
+               "num_gpus": scaling.resources_per_worker.get("GPU", 0),
+               "resources": {k: v for k, v in scaling.resources_per_worker.items() if k not in ("CPU", "GPU")}}
+    workers = [
+        ray.remote(GradientWorker).options(
+            name=f"{ACTOR_PREFIX}-{run_id}-worker-{i}", max_restarts=_max_restarts(stage), **options,
+        ).remote(GradientWorkerSpec(stage, context.source.info, i, init_checkpoint), servers,
+                 train_shards[i], val_shards[i])
+        for i in range(scaling.num_workers)
+    ]
+    # the driver owns the shards' blocks: holding them keeps a restarted worker's
+    # constructor arguments alive (Ray re-runs it with the same ones)
+    return servers, workers, (datasets, train_shards, val_shards)
+
+
+class _Failures:
+    """Actor deaths seen so far against ``scaling.max_failures``."""
+
+    def __init__(self, stage: StageConfig):
+        self.limit, self.count, self.stage = stage.scaling.max_failures, 0, stage.name
+
+    def record(self, what: str, error: Exception) -> None:
+        self.count += 1
+        if 0 <= self.limit < self.count:
+            raise RuntimeError(f"stage {self.stage}: {what} died ({type(error).__name__}) after "
+                               f"{self.count - 1} restarts; raise scaling.max_failures to allow more") from error
+
+
+def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config) -> list[dict[str, float]]:
+    """One epoch over every worker's shard; a worker that dies runs the rest of its epoch again."""
+    start = get_all([servers[0].progress.remote])[0]
+    get_all([lambda w=worker: w.start_epoch.remote(epoch) for worker in workers])
+    get_all([workers[0].publish_settings.remote])
+    pending = {workers[i].run_epoch.remote(epoch, start["version"]): i for i in range(len(workers))}
+    results: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(workers))}
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready)
+        try:
+            results[index].append(ray.get(ready))
+        except RayActorError as error:
+            failures.record(f"gradient worker {index}", error)
+            get_all([lambda s=server: s.forget.remote(index) for server in servers])  # its in-flight gradient never comes
+            _wait_until_restarted(workers[index])
+            skip = _batches_done(servers, index, start, config)
+            pending[workers[index].run_epoch.remote(epoch, start["version"], skip)] = index  # Ray restarted it
+    return [part for index in sorted(results) for part in results[index]]
+
+
+def _wait_until_restarted(actor, timeout_s: float = 300.0) -> None:
+    """Ray restarts a dead actor in the background; calls before it is up fail as unavailable."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.current_lr.remote())
+            return
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> int:
+    """Batches of this epoch the shards have from worker ``index`` (sync: rounds complete on all)."""
+    now = get_all([server.progress.remote for server in servers])
+    if config.mode == "sync":
+        return min(p["version"] for p in now) - start["version"]
+    pushes = min(p["pushes"].get(index, 0) for p in now) - start["pushes"].get(index, 0)
+    return pushes * config.push_every
+
+
+def epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: list[dict], epoch: int,
+                  lr: float, versions_before: int) -> dict[str, Any]:
+    """The data-parallel metric keys, plus the parameter server's own."""
+    rows = sum(p["rows"] for p in parts)
+    seconds = max(max(p["seconds"] for p in parts), 1e-9)
+    val_loss, val_correct, val_rows = (sum(column) for column in zip(*val))
+    staleness: Counter[int] = Counter()
+    for shard in stats:
+        staleness.update({int(k): v for k, v in shard["staleness"].items()})
+    updates = sum(s["version"] for s in stats) / len(stats) - versions_before
+    applied = sum(staleness.values())
+    return {
+        "epoch": epoch,
+        "train_loss": sum(p["loss_sum"] for p in parts) / max(rows, 1),
+        "val_loss": val_loss / max(val_rows, 1),
+        "val_accuracy": val_correct / max(val_rows, 1),
+        "samples_per_s": rows / seconds,
+        "epoch_s": seconds,
+        "lr": lr,
+        "server_updates": updates,
+        "updates_per_s": updates / seconds,
+        "staleness_histogram": {str(k): staleness[k] for k in sorted(staleness)},
+        "staleness_max": max(staleness, default=0),
+        "staleness_mean": sum(k * v for k, v in staleness.items()) / max(applied, 1),
+        "server_restores": sum(s["restored"] for s in stats),
+    }
+
+
+def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageResult:
+    from rayeffi.stages.train import init_checkpoint
+
+    if context.resume_checkpoint:
+        raise UserError(f"stages.{stage.name}: resuming a param_server stage from a checkpoint is not supported; "
+                        "use init_from to start from its weights")
+    run_id = uuid.uuid4().hex[:8]
+    start_time = time.perf_counter()
+    servers, workers, _data = start_actors(stage, context, run_id, init_checkpoint(stage, context))
+    failures = _Failures(stage)
+    artifact_path = str(Path(context.stage_dir) / ARTIFACT_FILE)
+    total: Counter[int] = Counter()
+    metrics: dict[str, Any] = {}
+    try:
+        versions = 0
+        for epoch in range(stage.total_epochs):
+            parts = run_epoch(epoch, servers, workers, failures, stage.parallel)
+            lr = get_all([workers[0].current_lr.remote])[0]
+            get_all([server.checkpoint.remote for server in servers])
+            val = get_all([worker.evaluate.remote for worker in workers])
+            stats = get_all([server.epoch_stats.remote for server in servers])
+            metrics = epoch_metrics(parts, val, stats, epoch + 1, lr, versions)
+            versions = sum(s["version"] for s in stats) / len(stats)
+            metrics.update(get_all([workers[0].epoch_metrics.remote])[0])
+            total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})
+            get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
+            if context.progress_queue is not None:
+                context.progress_queue.put({"stage": stage.name, **metrics})
+        restarted = sum(get_all([worker.was_restarted.remote for worker in workers]))
+    finally:
+        for actor in [*workers, *servers]:
+            ray.kill(actor, no_restart=True)
+    wall_s = time.perf_counter() - start_time
+    history = []
+    if context.progress is not None:
+        context.progress.drain()
+        history = context.progress.stage_history(stage.name)
+    extra = {
+        "num_workers": stage.scaling.num_workers,
+        "param_server": {
+            "mode": stage.parallel.mode,
+            "num_servers": stage.parallel.num_servers,
+            "max_staleness": stage.parallel.max_staleness,
+            "staleness_histogram": {str(k): total[k] for k in sorted(total)},
+            "worker_restarts": restarted,  # workers Ray started again (mid-epoch or between calls)
+            "epochs_rerun": failures.count,  # run_epoch calls that died and were run again
+        },
+    }
+    if context.progress is not None:
+        histogram = ", ".join(f"{k}: {v}" for k, v in extra["param_server"]["staleness_histogram"].items())
+        context.progress.echo(f"[{stage.name}] staleness of applied gradients (versions: count): {histogram}")
+    return StageResult(stage.name, stage.kind, Artifact(artifact_path, metrics), history, wall_s, extra)

@@ -1,0 +1,163 @@
+"""The parameter server through real Ray actors: sync parity, async accuracy and the
+staleness bound, and training that goes on when a worker or a server shard is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+from rayeffi.data import builtin_digits_paths
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.recipe import validate_recipe
+from rayeffi.run import run_recipe
+from rayeffi.stages.param_server import ACTOR_PREFIX
+from rayeffi.worker.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+
+NUM_ROWS, STEPS, LR, MOMENTUM = 256, 5, 0.1, 0.9
+ASYNC_FLOOR = 0.9
+COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
+
+
+@pytest.fixture(scope="module")
+def small_digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    train, val = (pq.read_table(path) for path in builtin_digits_paths())
+    pq.write_table(train.slice(0, NUM_ROWS), root / "train.parquet")
+    pq.write_table(val.slice(0, 64), root / "val.parquet")
+    return root
+
+
+def _recipe(parallel, epochs, data=None, **sections):
+    return validate_recipe({
+        "seed": 0,
+        "data": data or {"batch_size": 64},
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2},
+        "parallel": {"strategy": "param_server", "num_servers": 2, **parallel},
+        **sections,
+        "stages": [{"name": "train", "kind": "train", "epochs": epochs}],
+    })
+
+
+def _single_process_sgd(root):
+    table = pq.read_table(root / "train.parquet")
+    inputs = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)))
+    targets = torch.tensor(table["label"].to_numpy())
+    torch.manual_seed(0)
+    model = build_model(_recipe({"mode": "sync"}, 1).stages[0].model, DatasetInfo(64, 10, None, NUM_ROWS, 64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    losses = []
+    for _ in range(STEPS):
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict(), losses
+
+
+def test_sync_matches_single_process_sgd_on_the_global_batch(small_digits, tmp_path):
+    # one full-batch step per epoch: each worker's 128 rows, averaged on the servers,
+    # must equal one process on all 256 rows (SGD with momentum 0.9 on the servers)
+    data = {"dataset": "parquet", "path": str(small_digits / "train.parquet"),
+            "val_path": str(small_digits / "val.parquet"), "batch_size": NUM_ROWS, "shuffle": False, "num_classes": 10}
+    summary = run_recipe(_recipe({"mode": "sync", "server_optimizer": "momentum"}, STEPS, data), tmp_path)
+    stage = summary["stages"][0]
+    params = load_checkpoint(stage["checkpoint"])["model"]
+    reference, losses = _single_process_sgd(small_digits)
+    for name, value in reference.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+    assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
+    assert [row["server_updates"] for row in stage["history"]] == [1] * STEPS
+    assert stage["param_server"]["staleness_histogram"] == {"0": 2 * 2 * STEPS}  # 2 workers x 2 shards x steps
+
+
+def test_async_reaches_the_floor_within_the_staleness_bound(tmp_path):
+    summary = run_recipe(_recipe({"mode": "async", "max_staleness": 1}, 8, optimizer=COSINE), tmp_path)
+    stage = summary["stages"][0]
+    assert stage["metrics"]["val_accuracy"] >= ASYNC_FLOOR
+    histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
+    assert max(histogram) <= 1 and histogram.get(1, 0) > 0  # the bound holds, and was reached
+    steps = 8 * 2 * -(-(1437 // 2) // 32)  # epochs x workers x batches per worker (shards of 718 rows)
+    assert sum(histogram.values()) == 2 * steps  # every push, on each of the 2 shards
+    for row in stage["history"]:
+        assert max(int(k) for k in row["staleness_histogram"]) <= row["staleness_max"] <= 1
+    state = torch.load(stage["checkpoint"], weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics", "param_server"}
+    assert state["epoch"] == 8 and len(state["optimizer"]["shards"]) == 2
+
+
+def _named_actor(suffix: str):
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"] if isinstance(entry, dict) else entry
+        if name.startswith(ACTOR_PREFIX) and name.endswith(suffix):
+            return ray.get_actor(name, namespace=entry.get("namespace") if isinstance(entry, dict) else None)
+    return None
+
+
+def _kill_when(suffix: str, server, min_version: int, kill) -> None:
+    deadline = time.monotonic() + 300  # actor start-up is slow on a loaded machine
+    while time.monotonic() < deadline:
+        actor, shard = _named_actor(suffix), _named_actor(server)
+        if actor is not None and shard is not None:
+            try:
+                if ray.get(shard.progress.remote(), timeout=5)["version"] >= min_version:
+                    kill(actor)
+                    return
+            except Exception:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {suffix} reach version {min_version}")
+
+
+def test_training_goes_on_after_a_worker_and_a_server_shard_are_killed(tmp_path):
+    recipe = _recipe({"mode": "async", "max_staleness": 2, "checkpoint_every": 10}, 16, optimizer=COSINE)
+    done: dict = {}
+    runner = threading.Thread(target=lambda: done.update(summary=run_recipe(recipe, tmp_path)))
+    runner.start()
+    # a worker in epoch 1 (ray.kill: Ray restarts it), then shard 1 in epoch 6 of 16 (SIGKILL of its process)
+    _kill_when("-worker-1", "-server-0", 30, lambda actor: ray.kill(actor, no_restart=False))
+    _kill_when("-server-1", "-server-0", 250, lambda actor: os.kill(ray.get(actor.pid.remote()), signal.SIGKILL))
+    runner.join(timeout=600)
+    stage = done["summary"]["stages"][0]
+    assert done["summary"]["status"] == "complete"
+    assert stage["param_server"]["worker_restarts"] == 1
+    assert sum(row["server_restores"] for row in stage["history"]) == 1
+    assert [row["epoch"] for row in stage["history"]] == list(range(1, 17))
+    assert stage["metrics"]["val_accuracy"] >= 0.85
+
+
+def test_dsd_masks_hold_on_the_servers(tmp_path):
+    """A dsd stage on the parameter server: pruned weights stay exactly zero through the
+    servers' momentum updates, at the target sparsity, where the technique's masks say."""
+    recipe = validate_recipe({
+        "seed": 0,
+        "data": {"batch_size": 64, "max_samples": 512},
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        "parallel": {"strategy": "param_server", "num_servers": 2, "mode": "async", "max_staleness": 2},
+        "stages": [{"name": "dsd", "kind": "dsd", "dsd": {"rounds": [0.5], "dense_epochs": 1, "sparse_epochs": 2,
+                                                          "redense_epochs": 0}}],
+    })
+    stage = run_recipe(recipe, tmp_path)["stages"][0]
+    assert [row["dsd_phase"] for row in stage["history"]] == ["dense", "sparse", "sparse"]
+    state = load_checkpoint(stage["checkpoint"])
+    masks = state["techniques"]["dsd"]["masks"]
+    assert set(masks) == {"layers.1.weight", "layers.3.weight"}
+    for name, mask in masks.items():
+        weight = state["model"][name]
+        assert torch.all(weight[~mask] == 0)  # pruned: exactly zero after every server update
+        assert abs((weight == 0).float().mean().item() - 0.5) < 0.01
