@@ -8,7 +8,6 @@ two 2-worker groups on 128 rows each, averaged by DDP over the data-parallel axi
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,6 +17,7 @@ from rayeffi.models import ConvNet
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.worker.checkpoint import load_checkpoint
+from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -47,20 +47,7 @@ def _recipe(root, num_workers, parallel):
 
 
 def _single_process_reference(root):
-    table = pq.read_table(root / "train.parquet")
-    inputs = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)))
-    targets = torch.tensor(table["label"].to_numpy())
-    torch.manual_seed(0)
-    model = ConvNet((1, 8, 8), 10, CHANNELS)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    losses = []
-    for _ in range(EPOCHS):
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.state_dict(), losses
+    return full_batch_sgd(root / "train.parquet", lambda: ConvNet((1, 8, 8), 10, CHANNELS), EPOCHS, LR, MOMENTUM)
 
 
 @pytest.mark.parametrize(("num_workers", "parallel"), [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,6 +15,7 @@ from rayeffi.stages import StageContext
 from rayeffi.stages.train import run_train_stage
 from rayeffi.data.sources import resolve_source
 from rayeffi.worker.checkpoint import load_checkpoint
+from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -48,21 +47,9 @@ def _full_batch_recipe(root, num_workers, **stage):
 
 
 def _single_process_reference(root):
-    table = pq.read_table(root / "train.parquet")
-    inputs = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)))
-    targets = torch.tensor(table["label"].to_numpy())
-    torch.manual_seed(0)
-    info = DatasetInfo(64, 10, None, NUM_ROWS, 64)
-    model = build_model(_full_batch_recipe(root, 0).stages[0].model, info)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    losses = []
-    for _ in range(EPOCHS):
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.state_dict(), losses
+    model = _full_batch_recipe(root, 0).stages[0].model
+    return full_batch_sgd(root / "train.parquet", lambda: build_model(model, DatasetInfo(64, 10, None, NUM_ROWS, 64)),
+                          EPOCHS, LR, MOMENTUM)
 
 
 @pytest.mark.parametrize("num_workers", [2, 0])

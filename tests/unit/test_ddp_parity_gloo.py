@@ -7,7 +7,6 @@ the check through a real Ray Train run.
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH = 6, 32
 
@@ -50,15 +49,9 @@ def _train(rank, world_size, port, out):
         end_rank()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_match_one_process(tmp_path):
     _train(0, 1, None, tmp_path / "single.pt")
-    mp.spawn(_train, args=(2, _free_port(), tmp_path / "ddp.pt"), nprocs=2)
+    mp.spawn(_train, args=(2, free_port(), tmp_path / "ddp.pt"), nprocs=2)
     single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=0, atol=1e-5)
@@ -89,7 +82,7 @@ def _dsd_rank(rank, world_size, port, out_dir):
 
 
 def test_dsd_masks_are_identical_on_every_rank(tmp_path):
-    mp.spawn(_dsd_rank, args=(2, _free_port(), tmp_path), nprocs=2)
+    mp.spawn(_dsd_rank, args=(2, free_port(), tmp_path), nprocs=2)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert rank0["masks"].keys() == rank1["masks"].keys() and rank0["masks"]
     for name in rank0["masks"]:

@@ -9,7 +9,6 @@ in bf16 inside the step's autocast, and the student still learns.
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -23,7 +22,7 @@ from rayeffi.recipe.sections import ModelConfig
 from rayeffi.techniques import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.worker.step import StepParts, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 INFO = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=64, num_val=16)
 STEPS, GLOBAL_BATCH = 5, 32
@@ -68,15 +67,9 @@ def _train(rank, world_size, port, out):
         end_rank()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_distil_like_one_process(tmp_path):
     _train(0, 1, None, tmp_path / "single")
-    mp.spawn(_train, args=(2, _free_port(), tmp_path / "ddp"), nprocs=2)
+    mp.spawn(_train, args=(2, free_port(), tmp_path / "ddp"), nprocs=2)
     single = torch.load(tmp_path / "single-rank0.pt")
     untrained, _ = _models()
     assert any(not torch.equal(single["student"][k], v) for k, v in untrained.state_dict().items())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import socket
 
 import pytest
 import torch
@@ -30,16 +29,10 @@ from rayeffi.parallel.split_model import check_spatial, split_chain, split_spati
 from rayeffi.recipe.intra_layer import IntraLayerConfig
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 WORLD = 4
 TOLERANCE = 1e-5
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init(rank, world_size, port):
@@ -133,7 +126,7 @@ def gloo_run(tmp_path_factory):
     """One spawn of 4 gloo ranks for both tests (starting the processes costs most of the time)."""
     out_dir = tmp_path_factory.mktemp("intra_layer")
     _train(0, 1, None, out_dir / "single.pt")  # the plain model in one process
-    mp.spawn(_rank, args=(_free_port(), out_dir), nprocs=WORLD)
+    mp.spawn(_rank, args=(free_port(), out_dir), nprocs=WORLD)
     return out_dir
 
 

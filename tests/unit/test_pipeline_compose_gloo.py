@@ -4,7 +4,6 @@ bf16 autocast per stage, and per-stage checkpoints that resume exactly (2 gloo r
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -15,7 +14,7 @@ from rayeffi.recipe.dsd import DsdConfig
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.techniques import PRECISIONS, DenseSparseDense, Technique
 from rayeffi.worker.step import StepParts, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 STEPS, BATCH = 4, 32
 
@@ -126,10 +125,7 @@ def _single(precision_name, techniques_kind):
 
 
 def _spawn(tmp_path, precision_name, techniques_kind):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_pipeline_rank, args=(port, precision_name, techniques_kind, tmp_path), nprocs=2,
+    mp.start_processes(_pipeline_rank, args=(free_port(), precision_name, techniques_kind, tmp_path), nprocs=2,
                        start_method="fork")
     return torch.load(tmp_path / "pipeline.pt")
 

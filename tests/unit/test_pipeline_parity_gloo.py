@@ -9,7 +9,6 @@ tests/ray repeats the check through a real Ray Train run.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
 from rayeffi.techniques import Precision
 from rayeffi.worker.step import StepParts, eval_step, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 16, 4
 
@@ -91,15 +90,9 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _check(tmp_path, world_size, depth=4, **config_kwargs):
     # fork: the ranks inherit the imported modules (a spawned rank spends seconds importing)
-    mp.start_processes(_pipeline_rank, args=(world_size, _free_port(), config_kwargs, depth, tmp_path),
+    mp.start_processes(_pipeline_rank, args=(world_size, free_port(), config_kwargs, depth, tmp_path),
                        nprocs=world_size, start_method="fork")
     single_losses, single, single_eval = _single(depth)
     result = torch.load(tmp_path / "pipeline.pt")

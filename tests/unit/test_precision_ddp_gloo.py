@@ -8,7 +8,6 @@ both ranks skip that step and halve the scale. fp16-master all-reduces FP16 grad
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import torch.multiprocessing as mp
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques.precision import PRECISIONS
 from rayeffi.worker.step import StepParts, train_step
-from helpers.gloo import end_rank
+from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH, POISONED_STEP = 5, 16, 2
 
@@ -65,16 +64,10 @@ def _step(parts, inputs):
     return parts.precision.telemetry.num_skipped == before
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp-precision")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2)
     return out
 
 

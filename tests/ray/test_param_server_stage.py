@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -21,6 +20,7 @@ from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages.param_server import ACTOR_PREFIX
 from rayeffi.worker.checkpoint import load_checkpoint
+from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -52,20 +52,9 @@ def _recipe(parallel, epochs, data=None, **sections):
 
 
 def _single_process_sgd(root):
-    table = pq.read_table(root / "train.parquet")
-    inputs = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)))
-    targets = torch.tensor(table["label"].to_numpy())
-    torch.manual_seed(0)
-    model = build_model(_recipe({"mode": "sync"}, 1).stages[0].model, DatasetInfo(64, 10, None, NUM_ROWS, 64))
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    losses = []
-    for _ in range(STEPS):
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.state_dict(), losses
+    model = _recipe({"mode": "sync"}, 1).stages[0].model
+    return full_batch_sgd(root / "train.parquet", lambda: build_model(model, DatasetInfo(64, 10, None, NUM_ROWS, 64)),
+                          STEPS, LR, MOMENTUM)
 
 
 def test_sync_matches_single_process_sgd_on_the_global_batch(small_digits, tmp_path):
