@@ -8,11 +8,9 @@ two 2-worker groups on 128 rows each, averaged by DDP over the data-parallel axi
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayeffi.data import builtin_digits_paths
 from rayeffi.models import ConvNet
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
@@ -22,15 +20,6 @@ from helpers.reference import full_batch_sgd
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 NUM_ROWS, EPOCHS, LR, MOMENTUM, CHANNELS = 256, 3, 0.1, 0.9, (4, 8)
-
-
-@pytest.fixture(scope="module")
-def small_digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    train, val = (pq.read_table(path) for path in builtin_digits_paths())
-    pq.write_table(train.slice(0, NUM_ROWS), root / "train.parquet")
-    pq.write_table(val.slice(0, 64), root / "val.parquet")
-    return root
 
 
 def _recipe(root, num_workers, parallel):

@@ -8,12 +8,10 @@ import signal
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
 
-from rayeffi.data import builtin_digits_paths
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
@@ -27,15 +25,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 NUM_ROWS, STEPS, LR, MOMENTUM = 256, 5, 0.1, 0.9
 ASYNC_FLOOR = 0.9
 COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
-
-
-@pytest.fixture(scope="module")
-def small_digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    train, val = (pq.read_table(path) for path in builtin_digits_paths())
-    pq.write_table(train.slice(0, NUM_ROWS), root / "train.parquet")
-    pq.write_table(val.slice(0, 64), root / "val.parquet")
-    return root
 
 
 def _recipe(parallel, epochs, data=None, **sections):

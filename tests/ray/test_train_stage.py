@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayeffi.data import builtin_digits_paths
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
@@ -20,16 +18,6 @@ from helpers.reference import full_batch_sgd
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 NUM_ROWS, EPOCHS, LR, MOMENTUM = 256, 4, 0.1, 0.9
-
-
-@pytest.fixture(scope="module")
-def small_digits(tmp_path_factory):
-    """The first 256 training digits and 64 validation digits as a user Parquet set."""
-    root = tmp_path_factory.mktemp("small")
-    train, val = (pq.read_table(path) for path in builtin_digits_paths())
-    pq.write_table(train.slice(0, NUM_ROWS), root / "train.parquet")
-    pq.write_table(val.slice(0, 64), root / "val.parquet")
-    return root
 
 
 def _full_batch_recipe(root, num_workers, **stage):
