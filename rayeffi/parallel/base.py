@@ -7,6 +7,7 @@ single process, so a strategy overrides only what it changes.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -48,8 +49,12 @@ class Strategy:
         return tensor
 
     def all_gather_object(self, obj):
-        """Every worker's ``obj``, in rank order."""
-        return [obj]
+        """Every worker's ``obj``, in rank order (a collective when there are several)."""
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def group_batch(self, inputs: torch.Tensor, targets: torch.Tensor, extras: dict[str, torch.Tensor]):
         """The rows this worker computes on, from its own data shard (identity: its shard)."""

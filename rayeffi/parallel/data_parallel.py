@@ -33,10 +33,3 @@ class DataParallel(Strategy):
         if self.world_size > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)  # sync point
         return tensor
-
-    def all_gather_object(self, obj):
-        if self.world_size == 1:
-            return [obj]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered

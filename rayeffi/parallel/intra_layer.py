@@ -20,7 +20,6 @@ rank 0 writes. Optimizer state of sharded parameters is kept per rank.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -131,13 +130,6 @@ class IntraLayer(Strategy):
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         # the ranks of a model-parallel group hold the same rows: sum over data-parallel replicas only
         return all_reduce(tensor, self.mesh.data_parallel)
-
-    def all_gather_object(self, obj):
-        if self.world_size == 1:
-            return [obj]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
 
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The unsplit model's state dict (a collective: every rank calls it)."""
