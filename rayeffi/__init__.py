@@ -9,7 +9,7 @@ from rayeffi.parallel import DataParallel, Pipeline, Strategy
 from rayeffi.recipe import Recipe, StageConfig, load_recipe
 from rayeffi.run import run_recipe
 from rayeffi.techniques import Precision, Technique
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 from rayeffi.worker.step import StepParts, train_step
 
 __version__ = "0.1.0"

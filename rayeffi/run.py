@@ -22,11 +22,12 @@ from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.resume import PROGRESS_FILE, plan_resume
-from rayeffi.stages import STAGE_CHECKS, STAGE_RUNNERS, Artifact, StageContext
+from rayeffi.stages import Artifact, StageContext, run_stage
 from rayeffi.stages.progress import Progress
 from rayeffi.stages.tune import check_search_space
 from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.storage import resolve_storage
+from rayeffi.techniques import TECHNIQUES
 
 SUMMARY_FILE = "summary.json"
 
@@ -90,7 +91,7 @@ def run_recipe(
             if context.resume_checkpoint:
                 progress.seed(stage.name, plan.histories[stage.name])
                 echo(f"[{stage.name}] resuming from the checkpoint of epoch {plan.resumes[-1]['from_epoch']}")
-            result = STAGE_RUNNERS[stage.kind](stage, context)
+            result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
             previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
@@ -119,8 +120,8 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
     check_model(stage.model, source.info)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
-    if stage.kind in STAGE_CHECKS:
-        STAGE_CHECKS[stage.kind](stage, source.info)
+    for key, config in stage.technique_keys():
+        TECHNIQUES[config.name].check(config, stage, source.info, key)
     return source
 
 

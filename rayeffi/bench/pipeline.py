@@ -4,7 +4,7 @@ Workload: 8 equal ``Linear(1024, 1024) + ReLU`` blocks and a classifier (balance
 parameters into K stages), global batch 512, SGD, random data: large enough that a
 micro-batch's compute outweighs sending its activations. For K in ``--stages``
 and M in {1, 2, 4, 8, 16} micro-batches, K gloo processes (one thread each) run
-``Pipeline.train_step`` (the code Ray Train workers run; Ray itself is left out so
+``train_step`` with the pipeline's ``forward_backward`` (the code Ray Train workers run; Ray itself is left out so
 the figures are the pipeline's, not Ray's start-up).
 
 Bubble: every stage's compute calls (forward, backward, weight-gradient) are timed
@@ -36,6 +36,7 @@ from rayeffi.parallel.pipeline_timeline import Timeline, busy_seconds, ideal_bub
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.report.gantt import plot_pipeline_gantt
 from rayeffi.techniques import Precision
+from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step
 
 WIDTH, BLOCKS, CLASSES, BATCH = 1024, 8, 10, 512
@@ -57,12 +58,7 @@ def _batch():
 
 
 def _parts(strategy) -> StepParts:
-    model = strategy.setup_model(_model())
-    precision = Precision()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    precision.setup(model, optimizer)
-    strategy.setup_precision(precision)
-    return StepParts(model, optimizer, strategy, precision)
+    return assemble(_model(), strategy, Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
 
 
 def _time_config(rank: int, num_stages: int, schedule: str, microbatches: int, steps: int, warmup: int) -> dict:
@@ -87,7 +83,7 @@ def _time_config(rank: int, num_stages: int, schedule: str, microbatches: int, s
         strategy.timeline.clear()
         dist.barrier()  # sync point: every worker starts the step together
         start = time.perf_counter()
-        strategy.train_step(parts, inputs, targets)
+        train_step(parts, inputs, targets)
         if step >= warmup:
             step_times.append(time.perf_counter() - start)
             events.append(list(strategy.timeline.events))
@@ -130,8 +126,8 @@ def _unsplit_samples_per_s(threads: int, steps: int, warmup: int) -> float:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = _model()
-        parts = StepParts(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), DataParallel(), Precision())
+        parts = assemble(_model(), DataParallel(), Precision(),
+                         lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
         inputs, targets = _batch()
         times = []
         for step in range(warmup + steps):

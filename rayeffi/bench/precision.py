@@ -29,7 +29,9 @@ from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques.precision import PRECISIONS, Precision
-from rayeffi.worker.step import StepParts, task_loss, train_step
+from rayeffi.task import task_loss
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import StepParts, train_step
 
 POLICIES = ("fp32", "bf16")
 BATCH = 256
@@ -51,11 +53,8 @@ WORKLOADS = (
 def _parts(workload: Workload, policy: str, device: torch.device) -> StepParts:
     torch.manual_seed(0)
     precision: Precision = PRECISIONS[policy]()
-    strategy = DataParallel(device=device)
-    model = strategy.setup_model(precision.prepare_model(workload.build()))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    precision.setup(model, optimizer)
-    return StepParts(model, optimizer, strategy, precision)
+    return assemble(workload.build(), DataParallel(device=device), precision,
+                    lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
 
 
 def _batch(workload: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from rayeffi.errors import UserError
 from rayeffi.export.formats import decode_state, encode_state
-from rayeffi.worker.checkpoint import load_checkpoint, save_atomic
+from rayeffi.checkpoint import load_checkpoint, save_atomic
 
 
 def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:

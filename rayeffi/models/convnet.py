@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rayeffi.models.units import sequential_units
+
 
 class ConvNet(nn.Module):
     """3x3 ``Conv -> ReLU`` blocks, a 2x2 max-pool after the last one, then an MLP head.
@@ -39,7 +41,6 @@ class ConvNet(nn.Module):
     def pipeline_units(self):
         """The layers in order, for the pipeline strategy (``parallel/pipeline_split.py``);
         the first unit restores the image shape, as ``forward`` does."""
-        from rayeffi.parallel.pipeline_split import sequential_units
 
         return [("image", ToImage(self.image_shape))] + sequential_units(self.features, "features.") + sequential_units(
             self.classifier, "classifier."

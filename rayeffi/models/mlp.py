@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from rayeffi.models.units import sequential_units
+
 
 class MLP(nn.Module):
     """``Linear -> ReLU (-> Dropout)`` per hidden width, then a linear classifier.
@@ -28,6 +30,5 @@ class MLP(nn.Module):
 
     def pipeline_units(self):
         """The layers in order, for the pipeline strategy (``parallel/pipeline_split.py``)."""
-        from rayeffi.parallel.pipeline_split import sequential_units
 
         return sequential_units(self.layers, "layers.")

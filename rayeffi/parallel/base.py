@@ -1,42 +1,76 @@
-"""The parallel strategy slot of the step: how a model and its gradients are spread.
+"""The parallel strategy slot of the step: how a model, its batch and its gradients are spread.
 
-Exactly one strategy runs per stage. Every hook has a default that is right for a
-single process, so a strategy overrides only what it changes.
+Exactly one strategy runs per stage, and it owns the stage's precision policy (Lightning
+Fabric's shape): :meth:`Strategy.setup` prepares the model and the optimizer under it. The
+interface is small, and every method has a default that is right for a single process:
+
+- building: :meth:`setup` (via :meth:`wrap`), :meth:`unwrap`;
+- data: :meth:`local_batch`, the rows this worker computes on (the stage's
+  :class:`~rayeffi.recipe.strategy.DataLayout` says what it reads);
+- the step: ``forward_backward`` / ``evaluate`` for a strategy that runs them itself (a
+  pipeline schedule; None: the step's own), :meth:`agree_on_gradients` before the
+  optimizer step;
+- metrics: :meth:`all_reduce_sum`, :meth:`all_gather_object`;
+- checkpoints: :meth:`training_state` / :meth:`load_training_state`, the whole training
+  state (collectives every rank enters).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from rayeffi.techniques.precision import FP32, Precision
 
 
 class Strategy:
     """Single-process behaviour; subclasses override what their parallelism changes."""
 
     name = "single"
-    drop_last = False
-    """Skip each epoch's last, partial training batch (a pipeline's micro-batch shapes are fixed)."""
     min_world_size = 1
     """Workers the strategy needs (a pipeline needs one per stage)."""
+    forward_backward: Callable | None = None
+    """``(parts, inputs, targets, extras) -> loss`` for a strategy that runs forward and
+    backward itself (a pipeline's schedule, as torchtitan's ``forward_backward_step``);
+    None: ``worker/step.py: forward_backward``."""
+    evaluate: Callable | None = None
+    """``(parts, inputs, targets) -> (loss_sum, correct)`` likewise; None: ``worker/step.py: evaluate``."""
 
-    def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None, config=None):
+    def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None, config=None,
+                 info: Any = None):
         self.world_rank = world_rank
         self.world_size = world_size
         self.device = device or torch.device("cpu")
         self.config = config
         """The stage's ``parallel`` section (its strategy's own config class)."""
+        self.info = info
+        """The dataset's shape (``DatasetInfo``), for strategies that probe the model."""
+        self.precision: Precision = FP32()
+        """The stage's precision policy, owned from :meth:`setup` on."""
 
     @classmethod
     def from_config(cls, config, world_rank: int, world_size: int, device: torch.device, info=None) -> Strategy:
         """Build from the recipe's ``parallel`` section and the dataset's shape."""
-        return cls(world_rank, world_size, device, config=config)
+        return cls(world_rank, world_size, device, config=config, info=info)
 
     @property
     def is_rank_zero(self) -> bool:
         return self.world_rank == 0
 
-    def setup_model(self, model: nn.Module) -> nn.Module:
+    # -- building -----------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, precision: Precision,
+              make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The model placed and wrapped, and its optimizer, under ``precision`` (owned from here on)."""
+        self.precision = precision
+        model = self.wrap(precision.prepare_model(model))  # dtype fixed before DDP sizes its buckets
+        optimizer = make_optimizer(model)
+        precision.setup(model, optimizer)
+        return model, optimizer
+
+    def wrap(self, model: nn.Module) -> nn.Module:
         """Place the model and wrap it for this strategy (called once, before the optimizer)."""
         return model.to(self.device)
 
@@ -44,6 +78,17 @@ class Strategy:
         """The plain module behind any wrapper, for checkpoints and techniques."""
         return model
 
+    # -- data ---------------------------------------------------------------------------------------------
+    def local_batch(self, inputs: torch.Tensor, targets: torch.Tensor, extras: dict[str, torch.Tensor]):
+        """The rows this worker computes on, from the rows it read (identity: all of them)."""
+        return inputs, targets, extras
+
+    # -- the step -----------------------------------------------------------------------------------------
+    def agree_on_gradients(self, parts) -> None:
+        """Before the optimizer step, after the techniques' ``after_backward``: make every rank
+        take the same decision (a pipeline's stages agree on a loss-scale overflow)."""
+
+    # -- metrics ------------------------------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum across workers (metrics, not gradients)."""
         return tensor
@@ -56,47 +101,30 @@ class Strategy:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    def group_batch(self, inputs: torch.Tensor, targets: torch.Tensor, extras: dict[str, torch.Tensor]):
-        """The rows this worker computes on, from its own data shard (identity: its shard)."""
-        return inputs, targets, extras
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def training_state(self, parts) -> dict[str, Any]:
+        """The whole model's weights, the optimizer, the precision policy's and the techniques'
+        states, for a checkpoint (``checkpoint.TRAINING_KEYS``); every rank calls it (it may be a
+        collective) and rank 0 writes what it returns."""
+        return {
+            "model": self.unwrap(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "techniques": {technique.name: technique.state_dict() for technique in parts.techniques},
+        }
 
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The whole model's weights for a checkpoint; every rank calls it (it may be a collective)."""
-        return self.unwrap(model).state_dict()
-
-    def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        self.unwrap(model).load_state_dict(state)
-
-    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer):
-        """The optimizer state for a checkpoint; every rank calls it (it may be a collective)."""
-        return optimizer.state_dict()
-
-    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state) -> None:
-        optimizer.load_state_dict(state)
+    def load_training_state(self, parts, state: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state`'s result (every rank calls it)."""
+        self.unwrap(parts.model).load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        load_slot_states(parts, self.precision, state)
 
     def teardown(self) -> None:
-        """Undo :meth:`setup_model` side effects."""
+        """Undo :meth:`setup` side effects."""
 
-    def setup_precision(self, precision) -> None:
-        """Called once after ``precision.setup`` (a pipeline runs each stage under its autocast)."""
 
-    def step_functions(self):
-        """``(train_step, eval_step)`` for a strategy that owns forward+backward (a pipeline
-        schedule), or None for the shared ones in ``worker/step.py``."""
-        return None
-
-    def rows_per_read(self, global_batch_size: int) -> int:
-        """Rows this worker reads from its dataset shard per step."""
-        return global_batch_size // max(self.world_size, 1)
-
-    def local_rows(self, *tensors: torch.Tensor):
-        """This worker's rows of a batch it read (all of them, by default)."""
-        return tensors
-
-    def gather_stage_states(self, local: dict) -> list[dict] | None:
-        """Per-stage optimizer/precision/technique states where the model is split (collective), else None."""
-        return None
-
-    def stage_state(self, state: dict) -> dict:
-        """This worker's optimizer/precision/technique states in a checkpoint."""
-        return state
+def load_slot_states(parts, precision: Precision, state: dict[str, Any]) -> None:
+    """The precision policy's and the techniques' states (absent entries: fresh state)."""
+    precision.load_state_dict(state.get("precision", {}))
+    for technique in parts.techniques:
+        technique.load_state_dict(state.get("techniques", {}).get(technique.name, {}))

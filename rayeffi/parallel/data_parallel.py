@@ -18,7 +18,7 @@ from rayeffi.parallel.base import Strategy
 class DataParallel(Strategy):
     name = "data_parallel"
 
-    def setup_model(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
         if self.world_size == 1:
             return model  # local mode or one worker: nothing to synchronise

@@ -7,7 +7,7 @@ The workers form a 2-D mesh (``mesh.py``): a model-parallel group of
 whose gradients DDP averages over the data-parallel axis.
 
 Data layout: every rank of a model-parallel group must compute on the *same* batch,
-but Ray Train hands each worker its own shard. :meth:`IntraLayer.group_batch` all-gathers
+but Ray Train hands each worker its own shard. :meth:`IntraLayer.local_batch` all-gathers
 the group's shards, so a group trains on ``batch_size / data_parallel_size`` rows, the
 same global batch the data-parallel strategy uses; metrics are summed over the
 data-parallel axis only (a group's ranks hold identical sums).
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
 from rayeffi.models import ConvNet, MLP, build_model
-from rayeffi.parallel.base import Strategy
+from rayeffi.parallel.base import Strategy, load_slot_states
 from rayeffi.parallel.collectives import all_gather, all_reduce, my_slice
 from rayeffi.parallel.halo import SpatialGrid
 from rayeffi.parallel.mesh import Mesh, RankGroup, build_mesh
@@ -54,34 +54,15 @@ def split_builtin_model(model: nn.Module, config: IntraLayerConfig, group: RankG
 
 
 def check_intra_layer_stage(stage, info: DatasetInfo) -> None:
-    """Driver-side checks of an intra_layer stage, before any worker starts (raises UserError)."""
+    """Driver-side check of an intra_layer stage that needs the built model: the spatial tiles
+    fit every convolution and pooling (the rest is checked when the recipe is validated)."""
     config: IntraLayerConfig = stage.parallel
     num_workers = stage.scaling.num_workers
-    if stage.model.name not in ("mlp", "cnn"):
-        raise UserError(f"parallel.strategy intra_layer splits the built-in models mlp and cnn, not {stage.model.name!r}")
-    if stage.model.dropout:
-        raise UserError(
-            "parallel.strategy intra_layer needs model.dropout=0: the ranks of a model-parallel group "
-            "hold replicated activations that would draw different dropout masks"
-        )
-    size = config.group_size(num_workers)
-    if num_workers and num_workers % size:
-        raise UserError(
-            f"parallel.model_parallel_size {size} does not divide scaling.num_workers {num_workers}: "
-            f"use a multiple of {size} workers"
-        )
-    sharded = (config.conv == "channels" and stage.model.name == "cnn") or config.fc == "split"
-    if stage.kind == "dsd" and sharded:
-        raise UserError(
-            "kind dsd chooses magnitude masks per whole layer, but parallel.conv=channels / parallel.fc=split "
-            "leave each rank a shard: use parallel.conv=spatial with parallel.fc=none, or data_parallel"
-        )
-    if stage.precision.policy != "fp32":
-        raise UserError(f"parallel.strategy intra_layer runs fp32 only, not {stage.precision.policy!r}: set precision=fp32")
     if stage.model.name == "cnn" and config.conv == "spatial" and num_workers:
         model = build_model(stage.model, info)
         try:
-            check_spatial(model.features, info.image_shape[1:], config.spatial_grid(size), "model.features")
+            check_spatial(model.features, info.image_shape[1:], config.spatial_grid(config.group_size(num_workers)),
+                          "model.features")
         except ValueError as exc:
             raise UserError(f"parallel.conv spatial: {exc}") from None
 
@@ -89,8 +70,8 @@ def check_intra_layer_stage(stage, info: DatasetInfo) -> None:
 class IntraLayer(Strategy):
     name = "intra_layer"
 
-    def __init__(self, world_rank=0, world_size=1, device=None, config: IntraLayerConfig | None = None):
-        super().__init__(world_rank, world_size, device, config)
+    def __init__(self, world_rank=0, world_size=1, device=None, config: IntraLayerConfig | None = None, info=None):
+        super().__init__(world_rank, world_size, device, config, info)
         self.config = config or IntraLayerConfig()
         self.mesh: Mesh | None = None
         self._shard_dims: dict[str, int] = {}
@@ -99,7 +80,7 @@ class IntraLayer(Strategy):
     def model_parallel(self) -> RankGroup:
         return self.mesh.model_parallel
 
-    def setup_model(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         size = self.config.group_size(self.world_size)
         if self.world_size == 1:
             self.mesh = Mesh(RankGroup.single(), RankGroup.single())
@@ -119,7 +100,7 @@ class IntraLayer(Strategy):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model
 
-    def group_batch(self, inputs, targets, extras):
+    def local_batch(self, inputs, targets, extras):
         """The model-parallel group's whole batch: every rank's shard, concatenated in rank order."""
         group = self.model_parallel
         if group.size == 1:
@@ -131,24 +112,21 @@ class IntraLayer(Strategy):
         # the ranks of a model-parallel group hold the same rows: sum over data-parallel replicas only
         return all_reduce(tensor, self.mesh.data_parallel)
 
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The unsplit model's state dict (a collective: every rank calls it)."""
-        state = self.unwrap(model).state_dict()
+    def training_state(self, parts) -> dict:
+        """The unsplit model (shards gathered: a collective every rank enters); the optimizer
+        state per rank where parameters are sharded (each rank's is of its own shards)."""
+        state = super().training_state(parts)
         for name, dim in self._shard_dims.items():
-            state[name] = torch.cat(all_gather(state[name], self.model_parallel), dim)
+            state["model"][name] = torch.cat(all_gather(state["model"][name], self.model_parallel), dim)
+        if self._shard_dims:
+            state["optimizer"] = {"by_rank": self.all_gather_object(state["optimizer"])}
         return state
 
-    def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        state = dict(state)
+    def load_training_state(self, parts, state: dict) -> None:
+        model = dict(state["model"])
         for name, dim in self._shard_dims.items():
-            state[name] = my_slice(state[name], dim, self.model_parallel)
-        self.unwrap(model).load_state_dict(state)
-
-    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer):
-        """Per rank when parameters are sharded (each rank's state is of its own shards)."""
-        if not self._shard_dims:
-            return optimizer.state_dict()
-        return {"by_rank": self.all_gather_object(optimizer.state_dict())}
-
-    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state) -> None:
-        optimizer.load_state_dict(state["by_rank"][self.world_rank] if "by_rank" in state else state)
+            model[name] = my_slice(model[name], dim, self.model_parallel)
+        self.unwrap(parts.model).load_state_dict(model)
+        optimizer = state["optimizer"]
+        parts.optimizer.load_state_dict(optimizer["by_rank"][self.world_rank] if "by_rank" in optimizer else optimizer)
+        load_slot_states(parts, self.precision, state)

@@ -30,7 +30,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.pipelining import schedules
 from torch.distributed.pipelining.stage import PipelineStage
 
-from rayeffi.parallel.base import Strategy
+from rayeffi.parallel.base import Strategy, load_slot_states
+from rayeffi.task import correct_count, task_loss
 from rayeffi.parallel.pipeline_split import (
     UnitChain,
     chunks_of_worker,
@@ -67,7 +68,7 @@ class LocalChunks(nn.Module):
             self.add_module(name, child)
 
     def forward(self, *args):
-        raise RuntimeError("a pipelined model runs through its schedule: use Pipeline.train_step / eval_step")
+        raise RuntimeError("a pipelined model runs through its schedule: use Pipeline.forward_backward / evaluate")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load this worker's slice of a full model state dict."""
@@ -77,27 +78,33 @@ class LocalChunks(nn.Module):
 
 class Pipeline(Strategy):
     name = "pipeline"
-    drop_last = True  # micro-batch shapes are fixed at the first step: a partial batch is skipped
     min_world_size = 2
 
     def __init__(self, world_rank: int, world_size: int, device: torch.device | None, config: PipelineConfig,
                  info: Any = None):
-        super().__init__(world_rank, world_size, device)
-        self.config = config
+        super().__init__(world_rank, world_size, device, config, info)
         self.num_stages = config.num_stages
         self.data_parallel_size = world_size // config.num_stages
         self.pp_rank, self.dp_rank = world_rank % config.num_stages, world_rank // config.num_stages
-        self.info = info
         self.timeline: Timeline | None = None
         self._losses: list[torch.Tensor] = []
-        self.precision = None
 
     @classmethod
     def from_config(cls, config, world_rank, world_size, device, info=None) -> Pipeline:
         return cls(world_rank, world_size, device, config, info)
 
     # -- building -------------------------------------------------------------------------------------------
-    def setup_model(self, model: nn.Module) -> nn.Module:
+    def setup(self, model, precision, make_optimizer):
+        """One loss scale for the whole pipeline: each chunk runs its forward under the policy's
+        autocast, and every stage skips a step when any stage overflowed."""
+        model, optimizer = super().setup(model, precision, make_optimizer)
+        for chunk in self.local.chunks:
+            chunk.autocast = precision.autocast
+        # GradScaler creates its scale at the first scale(): stages without the loss need it too
+        precision.scale_loss(torch.zeros((), device=self.device))
+        return model, optimizer
+
+    def wrap(self, model: nn.Module) -> nn.Module:
         mesh = init_device_mesh(self.device.type, (self.data_parallel_size, self.num_stages),
                                 mesh_dim_names=("dp", "pp"))
         self.pp_group, self.dp_group = mesh.get_group("pp"), mesh.get_group("dp")
@@ -124,13 +131,9 @@ class Pipeline(Strategy):
         dist.broadcast_object_list(costs, src=0)  # sync point
         return costs[0]
 
-    def setup_precision(self, precision) -> None:
-        """One loss scale for the whole pipeline: every stage skips a step when any stage overflowed."""
-        self.precision = precision
-        for chunk in self.local.chunks:
-            chunk.autocast = precision.autocast
-        # GradScaler creates its scale at the first scale(): stages without the loss need it too
-        precision.scale_loss(torch.zeros((), device=self.device))
+    def agree_on_gradients(self, parts) -> None:
+        if self.precision.skips_on_overflow:  # loss-scaled policies skip steps on overflow
+            self._agree_on_overflow()
 
     def _agree_on_overflow(self) -> None:
         """One loss scale for the whole mesh: if any stage's gradients hold an inf/NaN, every
@@ -160,9 +163,9 @@ class Pipeline(Strategy):
         return schedule_class(first, n_microbatches=self.config.num_microbatches, loss_fn=self._loss_fn)
 
     def _loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = torch.nn.functional.cross_entropy(outputs.float(), targets)  # FP32 reduction
+        loss = task_loss(outputs, targets)  # FP32 reduction
         self._losses.append(loss.detach())
-        return self.precision.scale_loss(loss) if self.precision is not None else loss
+        return self.precision.scale_loss(loss)
 
     # -- the step ------------------------------------------------------------------------------------------
     @property
@@ -173,20 +176,15 @@ class Pipeline(Strategy):
     def has_last(self) -> bool:
         return self.config.num_chunks - 1 in self.chunk_ids
 
-    def rows_per_read(self, global_batch_size: int) -> int:
-        return global_batch_size  # every pipeline reads the whole batch, then keeps its share
-
-    def local_rows(self, *tensors: torch.Tensor):
+    def local_batch(self, inputs, targets, extras):
         """This pipeline's ``1/D`` share of a batch read by every worker."""
-        share = tensors[0].shape[0] // self.data_parallel_size
-        return tuple(t[self.dp_rank * share:(self.dp_rank + 1) * share] for t in tensors)
+        share = inputs.shape[0] // self.data_parallel_size
+        rows = slice(self.dp_rank * share, (self.dp_rank + 1) * share)
+        return inputs[rows], targets[rows], {name: column[rows] for name, column in extras.items()}
 
-    def step_functions(self):
-        return self.train_step, self.eval_step
-
-    def train_step(self, parts, inputs, targets, extras=None) -> torch.Tensor:
-        """One optimizer step: the schedule runs forward+backward of all micro-batches, then the
-        data-parallel gradient average, the techniques' hooks and the precision policy's step."""
+    def forward_backward(self, parts, inputs, targets, extras=None) -> torch.Tensor:
+        """The schedule runs forward+backward of all micro-batches, then the data-parallel
+        gradient average; returns the loss (the mean over micro-batches, from the last stage)."""
         if self.schedule is None:
             self.schedule = self._build_schedule()
         targets = self._from_first(targets)
@@ -194,14 +192,6 @@ class Pipeline(Strategy):
         args = (inputs,) if self.has_first else ()
         self.schedule.step(*args, target=targets if self.has_last else None)
         self._average_gradients()  # sync point across the data-parallel replicas of this stage
-        for technique in parts.techniques:
-            technique.after_backward(parts.model)
-        if hasattr(parts.precision, "scaler"):  # loss-scaled policies skip steps on overflow
-            self._agree_on_overflow()
-        parts.precision.step(parts.optimizer)
-        for technique in parts.techniques:
-            technique.after_step(parts.model)
-        parts.optimizer.zero_grad(set_to_none=True)
         # the last M: at the first step the stage's shape inference calls the loss function too
         last = self._losses[-self.config.num_microbatches:]
         loss = torch.stack(last).mean() if self.has_last else torch.zeros((), device=self.device)
@@ -236,7 +226,7 @@ class Pipeline(Strategy):
                 offset += g.numel()
 
     @torch.no_grad()
-    def eval_step(self, parts, inputs, targets):
+    def evaluate(self, parts, inputs, targets):
         """Summed loss and correct predictions: the whole batch forward through the chunks in order."""
         targets = self._from_first(targets)
         x = inputs
@@ -254,8 +244,8 @@ class Pipeline(Strategy):
                 self._send(x, self.holders[c + 1])
         sums = torch.zeros(2, device=self.device)  # on the device: nccl broadcasts device tensors
         if outputs is not None:
-            sums[0] = torch.nn.functional.cross_entropy(outputs.float(), targets, reduction="sum")
-            sums[1] = (outputs.argmax(dim=1) == targets).sum()
+            sums[0] = task_loss(outputs, targets, reduction="sum")
+            sums[1] = correct_count(outputs, targets)
         sums = self._from_last(sums)
         return sums[0], sums[1]
 
@@ -279,20 +269,23 @@ class Pipeline(Strategy):
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The unsplit model's state dict, assembled from the first pipeline's stages (collective)."""
+    def training_state(self, parts) -> dict[str, Any]:
+        """The unsplit model assembled from the first pipeline's stages, this worker's optimizer,
+        precision and technique states, and every stage's under ``pipeline_stages`` by pipeline
+        rank (collectives)."""
         slices = self.all_gather_object({k: v.detach().cpu() for k, v in self.local.state_dict().items()})
-        full: dict[str, torch.Tensor] = {}
+        model: dict[str, torch.Tensor] = {}
         for pp_rank in range(self.num_stages):
-            full.update(slices[pp_rank])
-        return full
+            model.update(slices[pp_rank])
+        local = super().training_state(parts)
+        del local["model"]
+        return {"model": model, **local, "pipeline_stages": self.all_gather_object(local)[: self.num_stages]}
 
-    def gather_stage_states(self, local: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """Per-stage optimizer, precision and technique states, by pipeline rank (collective)."""
-        return self.all_gather_object(local)[: self.num_stages]
-
-    def stage_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return state.get("pipeline_stages", [state] * self.num_stages)[self.pp_rank]
+    def load_training_state(self, parts, state: dict[str, Any]) -> None:
+        self.local.load_state_dict(state["model"])  # this worker's slice
+        local = state.get("pipeline_stages", [state] * self.num_stages)[self.pp_rank]
+        parts.optimizer.load_state_dict(local["optimizer"])
+        load_slot_states(parts, self.precision, local)
 
 
 def check_pipeline_stage(stage, info) -> None:

@@ -25,20 +25,7 @@ import torch
 from torch import nn
 
 from rayeffi.errors import UserError
-
-Unit = tuple[str, nn.Module]
-
-
-def sequential_units(module: nn.Sequential, prefix: str = "") -> list[Unit]:
-    """The leaves of a (nested) ``nn.Sequential`` in order, named by their paths."""
-    units: list[Unit] = []
-    for name, child in module.named_children():
-        path = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            units += sequential_units(child, f"{path}.")
-        else:
-            units.append((path, child))
-    return units
+from rayeffi.models.units import Unit, sequential_units
 
 
 def pipeline_units(model: nn.Module) -> list[Unit]:

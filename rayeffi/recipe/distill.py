@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, field_validator, model_validator
 
 from rayeffi.recipe.sections import ModelConfig, Section
-from rayeffi.recipe.stage import StageConfig
 
 
 class TeacherConfig(Section):
@@ -54,8 +53,10 @@ class HintConfig(Section):
 
 
 class DistillConfig(Section):
-    """The distillation settings of one stage."""
+    """The distillation settings of one stage: ``distill: {...}`` of a ``kind: distill`` stage,
+    or ``{name: distill, ...}`` in any stage's ``techniques`` list."""
 
+    name: Literal["distill"] = "distill"
     teachers: tuple[TeacherConfig, ...] = Field(min_length=1)
     """Stage names (``[teacher]``) or ``{checkpoint, model}`` mappings. Several teachers
     form an ensemble whose soft targets are averaged."""
@@ -98,30 +99,18 @@ class DistillConfig(Section):
         return self
 
 
-class DistillStageConfig(StageConfig):
-    """``kind: distill``: the stage's ``model`` is the student."""
+    def fixed_epochs(self) -> None:
+        return None  # the stage's epochs
 
-    kind: Literal["distill"] = "distill"
-    distill: DistillConfig
-
-    @model_validator(mode="after")
-    def _supported(self) -> DistillStageConfig:
-        if self.distill.hints and self.precision.policy == "fp16-master":
-            # hint adapters join the optimizer after the FP32 masters are made
-            raise ValueError(
-                f"distill stage {self.name!r}: hints with precision fp16-master are not supported: "
-                "use fp32, bf16 or fp16"
-            )
-        if self.distill.hint_epochs >= self.epochs:
-            raise ValueError(
-                f"distill.hint_epochs {self.distill.hint_epochs} leaves no KD epochs of the stage's "
-                f"{self.epochs}: lower hint_epochs or raise epochs"
-            )
-        return self
-
-    def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
-        raw = super().smoke_raw(raw, max_epochs)
-        if raw["distill"]["hint_epochs"]:
-            raw["distill"]["hint_epochs"] = 1
-            raw["epochs"] = max(raw["epochs"], 2)
+    def smoke(self, raw: dict[str, Any]) -> dict[str, Any]:
+        if raw["hint_epochs"]:
+            raw["hint_epochs"] = 1
         return raw
+
+    def check_stage(self, stage: Any) -> None:
+        """Checks that need the whole stage; raise ValueError."""
+        if self.hint_epochs >= stage.total_epochs:
+            raise ValueError(
+                f"distill.hint_epochs {self.hint_epochs} leaves no KD epochs of the stage's "
+                f"{stage.total_epochs}: lower hint_epochs or raise epochs"
+            )

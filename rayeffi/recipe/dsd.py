@@ -21,7 +21,6 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from rayeffi.recipe.sections import Section
-from rayeffi.recipe.stage import StageConfig
 
 
 class DsdRound(Section):
@@ -35,8 +34,10 @@ class DsdRound(Section):
 
 
 class DsdConfig(Section):
-    """The DSD schedule of one stage."""
+    """The DSD schedule of one stage: ``dsd: {...}`` of a ``kind: dsd`` stage, or
+    ``{name: dsd, ...}`` in any stage's ``techniques`` list."""
 
+    name: Literal["dsd"] = "dsd"
     rounds: tuple[DsdRound, ...] = Field(min_length=1)
     """Per round a sparsity (``[0.5, 0.25]``) or a mapping with per-round settings."""
     dense_epochs: NonNegativeInt = 0
@@ -66,6 +67,28 @@ class DsdConfig(Section):
             if not 0.0 <= sparsity < 1.0:
                 raise ValueError(f"dsd.layer_sparsity.{pattern} must be in [0, 1), got {sparsity}")
         return overrides
+
+
+    def fixed_epochs(self) -> int:
+        """The stage's epoch count: the sum of the phases."""
+        last = dsd_phases(self)[-1]
+        return last.first_epoch + last.num_epochs
+
+    def smoke(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Shrink this technique's raw dict for ``--smoke``: one epoch per phase."""
+        raw["dense_epochs"] = min(raw["dense_epochs"], 1)
+        raw["sparse_epochs"], raw["redense_epochs"] = 1, min(raw["redense_epochs"], 1)
+        for item in raw["rounds"]:
+            item["sparse_epochs"] = item["redense_epochs"] = None
+        return raw
+
+    def check_stage(self, stage: Any) -> None:
+        """Checks that need the whole stage; raise ValueError."""
+        if stage.init_from is None and self.dense_epochs == 0:
+            raise ValueError(
+                f"dsd stage {stage.name!r} needs dense weights to prune: set init_from (previous, an earlier "
+                "stage or a checkpoint) or dsd.dense_epochs > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,48 +125,3 @@ def dsd_phases(config: DsdConfig) -> list[Phase]:
             phases.append(Phase("redense", number, epoch, redense_epochs, 0.0, factor))
             epoch += redense_epochs
     return phases
-
-
-class DsdStageConfig(StageConfig):
-    """``kind: dsd``: the stage's epochs are the sum of its phases (do not set ``epochs``)."""
-
-    kind: Literal["dsd"] = "dsd"
-    epochs: None = None  # type: ignore[assignment]
-    dsd: DsdConfig
-
-    @property
-    def total_epochs(self) -> int:
-        last = dsd_phases(self.dsd)[-1]
-        return last.first_epoch + last.num_epochs
-
-    def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
-        schedule = raw["dsd"]
-        schedule["dense_epochs"] = min(schedule["dense_epochs"], 1)
-        schedule["sparse_epochs"], schedule["redense_epochs"] = 1, min(schedule["redense_epochs"], 1)
-        for item in schedule["rounds"]:
-            item["sparse_epochs"] = item["redense_epochs"] = None
-        return raw
-
-    @model_validator(mode="before")
-    @classmethod
-    def _epochs_come_from_phases(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("epochs") is not None:
-            raise ValueError(
-                "a dsd stage's epochs are the sum of its phases: remove 'epochs' and set "
-                "dsd.dense_epochs, dsd.sparse_epochs and dsd.redense_epochs"
-            )
-        return raw
-
-    @model_validator(mode="after")
-    def _starts_dense(self) -> DsdStageConfig:
-        if self.init_from is None and self.dsd.dense_epochs == 0:
-            raise ValueError(
-                f"dsd stage {self.name!r} needs dense weights to prune: set init_from (previous, an earlier "
-                "stage or a checkpoint) or dsd.dense_epochs > 0"
-            )
-        if self.precision.policy == "fp16-master":
-            # the masks act on the model's weights; FP32 masters would bring pruned values back
-            raise ValueError(
-                f"dsd stage {self.name!r} does not support precision fp16-master yet: use fp32, bf16 or fp16"
-            )
-        return self

@@ -8,7 +8,7 @@ workers than one group, the groups are data-parallel replicas (a 2-D mesh).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import PositiveInt, model_validator
 
@@ -63,6 +63,24 @@ class IntraLayerConfig(StrategyConfig):
 
     def spatial_grid(self, group_size: int) -> tuple[int, int]:
         return self.grid or squarest_grid(group_size)
+
+    def check_stage(self, stage: Any) -> None:
+        """The model and worker count fit the layout (the tiles themselves are checked on the
+        driver, which builds the model: ``parallel/intra_layer.py: check_intra_layer_stage``)."""
+        if stage.model.name not in ("mlp", "cnn"):
+            raise ValueError(f"parallel.strategy intra_layer splits the built-in models mlp and cnn, not {stage.model.name!r}")
+        if stage.model.dropout:
+            raise ValueError(
+                "parallel.strategy intra_layer needs model.dropout=0: the ranks of a model-parallel group "
+                "hold replicated activations that would draw different dropout masks"
+            )
+        num_workers = stage.scaling.num_workers
+        size = self.group_size(num_workers)
+        if num_workers and num_workers % size:
+            raise ValueError(
+                f"parallel.model_parallel_size {size} does not divide scaling.num_workers {num_workers}: "
+                f"use a multiple of {size} workers"
+            )
 
     def smoke_num_workers(self, num_workers: int, max_workers: int) -> int:
         """Fewer workers only where the layout stays valid: a multiple of a pinned group

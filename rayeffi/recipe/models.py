@@ -8,12 +8,11 @@ tagged union, :data:`AnyStageConfig`; a new kind adds its config class there.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from rayeffi.recipe.distill import DistillStageConfig
-from rayeffi.recipe.dsd import DsdStageConfig
+from rayeffi.recipe.kinds import DistillStageConfig, DsdStageConfig, TrainStageConfig
 from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
 from rayeffi.recipe.sections import (
     DataConfig,
@@ -27,12 +26,6 @@ from rayeffi.recipe.stage import SearchDomain, StageConfig, TuneConfig  # noqa: 
 
 GLOBAL_SECTIONS = ("data", "model", "optimizer", "scaling", "precision", "parallel")
 """Recipe sections a stage inherits and may override."""
-
-class TrainStageConfig(StageConfig):
-    """``kind: train``: one data-parallel Ray Train run of plain supervised training."""
-
-    kind: Literal["train"] = "train"
-
 
 def _stage_kind(stage: Any) -> Any:
     return stage.get("kind") if isinstance(stage, dict) else getattr(stage, "kind", None)
@@ -97,7 +90,8 @@ class Recipe(Section):
                     "name an earlier stage"
                 )
             earlier = {s.name for s in self.stages[:index]}
-            for teacher in getattr(stage, "distill", None) and stage.distill.teachers or ():
+            teachers = [t for config in stage.technique_configs for t in getattr(config, "teachers", ())]
+            for teacher in teachers:
                 if teacher.stage is not None and teacher.stage not in earlier:
                     raise ValueError(
                         f"stage {stage.name!r}: teacher {teacher.stage!r} is not an earlier stage: "
@@ -125,15 +119,28 @@ def _resolve_stage(raw: dict[str, Any], stage: Any) -> Any:
 
 
 def _teacher_models(stage: Any, stages: list[Any]) -> Any:
-    """Give each teacher named by stage that stage's (merged) model config."""
-    if not isinstance(stage, dict) or stage.get("kind") != "distill" or not isinstance(stage.get("distill"), dict):
+    """Give each teacher named by stage that stage's (merged) model config, in the
+    ``distill:`` block and in every ``{name: distill}`` item of ``techniques``."""
+    if not isinstance(stage, dict):
         return stage
-    teachers = stage["distill"].get("teachers")
+    models = {s.get("name"): s.get("model") or {} for s in stages if isinstance(s, dict)}
+    stage = dict(stage)
+    if stage.get("kind") == "distill" and isinstance(stage.get("distill"), dict):
+        stage["distill"] = _with_teacher_models(stage["distill"], models)
+    if isinstance(stage.get("techniques"), list):
+        stage["techniques"] = [
+            _with_teacher_models(item, models) if isinstance(item, dict) and item.get("name") == "distill" else item
+            for item in stage["techniques"]
+        ]
+    return stage
+
+
+def _with_teacher_models(distill: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
+    teachers = distill.get("teachers")
     if isinstance(teachers, str):
         teachers = [teachers]
     if not isinstance(teachers, list):
-        return stage
-    models = {s.get("name"): s.get("model") or {} for s in stages if isinstance(s, dict)}
+        return distill
     resolved = []
     for teacher in teachers:
         if isinstance(teacher, str):
@@ -141,7 +148,7 @@ def _teacher_models(stage: Any, stages: list[Any]) -> Any:
         if isinstance(teacher, dict) and teacher.get("stage") in models and teacher.get("model") is None:
             teacher = {**teacher, "model": models[teacher["stage"]]}
         resolved.append(teacher)
-    return {**stage, "distill": {**stage["distill"], "teachers": resolved}}
+    return {**distill, "teachers": resolved}
 
 
 def deep_merge(base: Any, override: Any) -> Any:

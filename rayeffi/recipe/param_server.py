@@ -3,7 +3,7 @@
 After Dean et al., "Large Scale Distributed Deep Networks" (NIPS 2012): model
 replicas (worker actors) train on their own data shards and exchange gradients and
 weights with parameter-server shards (server actors). See
-``rayeffi/parallel/param_server/`` for the execution model.
+``rayeffi/param_server/`` for the execution model.
 
 Worker count: ``parallel.num_workers`` is shorthand for ``scaling.num_workers``
 (the worker actors, each reserving ``scaling.resources_per_worker``). A stage that
@@ -101,11 +101,6 @@ class ParamServerConfig(StrategyConfig):
             )
         if self.server_optimizer == "momentum" and stage.optimizer.momentum == 0:
             raise ValueError("parallel.server_optimizer 'momentum' needs optimizer.momentum > 0, e.g. 0.9")
-        if stage.precision.policy == "fp16-master":
-            raise ValueError(
-                "precision 'fp16-master' with param_server: the servers already hold the FP32 masters; "
-                "use precision=fp16 (FP16 compute, FP16 gradients on the wire)"
-            )
         if self.mode == "async" and self.max_staleness is not None and self.max_staleness < stage.scaling.num_workers - 1:
             raise ValueError(
                 f"parallel.max_staleness {self.max_staleness} is below num_workers - 1 = "

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from rayeffi.recipe.strategy import StrategyConfig
+from rayeffi.recipe.strategy import DataLayout, StrategyConfig
 
 SINGLE_STAGE_SCHEDULES = ("gpipe", "1f1b")
 """One model chunk per worker."""
@@ -103,9 +103,10 @@ class PipelineConfig(StrategyConfig):
         # a smaller run keeps whole pipelines: drop data-parallel replicas, never stages
         return self.num_stages * max(1, min(self.data_parallel_size(num_workers), max_workers // self.num_stages))
 
-    def splits_data_per_worker(self) -> bool:
-        # every stage of a pipeline needs the same batch (inputs first, labels last)
-        return False
+    def data_layout(self, batch_size: int, num_workers: int) -> DataLayout:
+        # every stage of a pipeline needs the same batch (inputs first, labels last), and the
+        # micro-batch shapes are fixed at the first step
+        return DataLayout(split_across_workers=False, rows_per_read=batch_size, drop_last=True)
 
     def check_stage(self, stage: Any) -> None:
         num_workers = stage.scaling.num_workers
@@ -119,9 +120,4 @@ class PipelineConfig(StrategyConfig):
             raise ValueError(
                 f"data.batch_size {stage.data.batch_size} does not split into {self.data_parallel_size(num_workers)} "
                 f"replica(s) x {self.num_microbatches} micro-batches: use a multiple of {rows}"
-            )
-        if stage.kind == "distill":
-            raise ValueError(
-                "parallel.strategy 'pipeline' does not run kind 'distill' (the distillation loss needs the "
-                "student's whole output and the teacher on one worker): train the student with data_parallel"
             )

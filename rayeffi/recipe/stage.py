@@ -1,7 +1,8 @@
-"""What every stage kind shares: a name, its resolved sections, how it starts, and Tune.
+"""What every stage kind shares: a name, its resolved sections, its techniques, how it
+starts, and Tune.
 
-Stage kinds subclass :class:`StageConfig` (``recipe/models.py`` has ``train``,
-``recipe/dsd.py`` has ``dsd``).
+Stage kinds subclass :class:`StageConfig` (``recipe/kinds.py``: ``train``, and ``distill``
+and ``dsd`` as sugar for a one-item techniques list).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from rayeffi.recipe.compat import check_compatibility
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
 from rayeffi.recipe.sections import (
     DataConfig,
@@ -20,6 +22,7 @@ from rayeffi.recipe.sections import (
     ScalingConfig,
     Section,
 )
+from rayeffi.recipe.techniques import TechniqueConfig
 
 _STAGE_NAME = re.compile(r"^[A-Za-z][\w-]*$")
 
@@ -92,6 +95,10 @@ class StageConfig(Section):
     """``previous`` (the stage before), the name of an earlier stage, or a checkpoint
     path: load that model's weights before training. Optimizer state starts fresh."""
     tune: TuneConfig | None = None
+    techniques: tuple[TechniqueConfig, ...] = ()
+    """Techniques the step applies, in list order: mappings with a ``name`` (``distill``,
+    ``dsd``) and that technique's keys. Tune addresses an item by position
+    (``techniques.0.rounds``)."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -101,13 +108,47 @@ class StageConfig(Section):
     parallel: ParallelConfig = DataParallelConfig()
 
     @property
+    def sugar_techniques(self) -> tuple[Any, ...]:
+        """The technique a ``kind: distill`` / ``kind: dsd`` stage's block stands for (none here)."""
+        return ()
+
+    @property
+    def technique_configs(self) -> tuple[Any, ...]:
+        """Every technique of the stage, in the order the step applies them."""
+        return self.sugar_techniques + self.techniques
+
+    def technique_keys(self):
+        """``(recipe key, config)`` of each technique: ``stages.S.distill`` for a kind's block,
+        ``stages.S.techniques.N`` for list items (error messages name them so)."""
+        for config in self.sugar_techniques:
+            yield f"stages.{self.name}.{config.name}", config
+        for index, config in enumerate(self.techniques):
+            yield f"stages.{self.name}.techniques.{index}", config
+
+    @property
+    def data_layout(self):
+        """How rows reach the workers (``recipe/strategy.py: DataLayout``), for driver and workers alike."""
+        return self.parallel.data_layout(self.data.batch_size, self.scaling.num_workers)
+
+    def with_technique_configs(self, configs) -> StageConfig:
+        """This stage with its techniques' configs replaced (after their driver-side ``prepare``)."""
+        num_sugar = len(self.sugar_techniques)
+        update: dict[str, Any] = {"techniques": tuple(configs[num_sugar:])}
+        for config in configs[:num_sugar]:
+            update[config.name] = config
+        return self.model_copy(update=update)
+
+    @property
     def total_epochs(self) -> int:
-        """Epochs the worker loop runs (a ``dsd`` stage sums its phases)."""
-        return self.epochs
+        """Epochs the worker loop runs: a technique that fixes them (DSD: its phases), else ``epochs``."""
+        fixed = [config.fixed_epochs() for config in self.technique_configs if config.fixed_epochs() is not None]
+        return fixed[0] if fixed else self.epochs
 
     def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
         """Shrink this stage's raw dict to a CI-sized run (``--smoke``)."""
-        raw["epochs"] = min(self.epochs, max_epochs)
+        if raw.get("epochs") is not None:
+            raw["epochs"] = min(self.epochs, max_epochs)
+        raw["techniques"] = [config.smoke(item) for config, item in zip(self.techniques, raw["techniques"])]
         return raw
 
     @model_validator(mode="before")
@@ -124,6 +165,24 @@ class StageConfig(Section):
         if not _STAGE_NAME.match(name):
             raise ValueError(f"stage name {name!r} must start with a letter and use letters, digits, '_' or '-'")
         return name
+
+    @model_validator(mode="after")
+    def _techniques_fit(self) -> StageConfig:
+        names = [config.name for config in self.technique_configs]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ValueError(f"technique {name!r} is given {names.count(name)} times: a stage applies each "
+                                 "technique once; merge them into one entry")
+        fixing = [config.name for config in self.technique_configs if config.fixed_epochs() is not None]
+        if fixing and "epochs" in self.model_fields_set and self.epochs is not None:
+            raise ValueError(
+                f"technique {fixing[0]!r} sets the stage's epochs (the sum of its phases): remove 'epochs' "
+                "and set the technique's epoch keys"
+            )
+        for config in self.technique_configs:
+            config.check_stage(self)
+        check_compatibility(self)  # one table of strategy x precision x technique (recipe/compat.py)
+        return self
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> StageConfig:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rayeffi.errors import UserError  # noqa: E402
-from rayeffi.report.dsd import plot_dsd_phases, plot_pruning_histograms  # noqa: E402
+from rayeffi.techniques.dsd.report import plot_dsd_phases, plot_pruning_histograms  # noqa: E402
 
 
 def read_summary(run_dir: str | Path) -> dict:

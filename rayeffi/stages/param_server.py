@@ -30,15 +30,17 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from rayeffi.checkpoint import ARTIFACT_FILE
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
-from rayeffi.parallel.param_server.calls import get_all
-from rayeffi.parallel.param_server.server import ServerShard, ServerSpec
-from rayeffi.parallel.param_server.worker import GradientWorker, GradientWorkerSpec
+from rayeffi.param_server.calls import get_all
+from rayeffi.param_server.server import ServerShard, ServerSpec
+from rayeffi.param_server.worker import GradientWorker, GradientWorkerSpec
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.train_run import init_checkpoint
+from rayeffi.worker.metrics import epoch_metrics
 
-ARTIFACT_FILE = "checkpoint.pt"
 ACTOR_PREFIX = "rayeffi-ps"
 
 
@@ -131,7 +133,7 @@ def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> i
     return pushes * config.push_every
 
 
-def epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: list[dict], epoch: int,
+def ps_epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: list[dict], epoch: int,
                   lr: float, versions_before: int) -> dict[str, Any]:
     """The data-parallel metric keys, plus the parameter server's own."""
     rows = sum(p["rows"] for p in parts)
@@ -142,14 +144,12 @@ def epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: 
         staleness.update({int(k): v for k, v in shard["staleness"].items()})
     updates = sum(s["version"] for s in stats) / len(stats) - versions_before
     applied = sum(staleness.values())
+    metrics: dict[str, Any] = epoch_metrics(
+        train_loss_sum=sum(p["loss_sum"] for p in parts), train_rows=rows, val_loss_sum=val_loss,
+        val_correct=val_correct, val_rows=val_rows, train_s=seconds, epoch=epoch, lr=lr,
+    )
     return {
-        "epoch": epoch,
-        "train_loss": sum(p["loss_sum"] for p in parts) / max(rows, 1),
-        "val_loss": val_loss / max(val_rows, 1),
-        "val_accuracy": val_correct / max(val_rows, 1),
-        "samples_per_s": rows / seconds,
-        "epoch_s": seconds,
-        "lr": lr,
+        **metrics,
         "server_updates": updates,
         "updates_per_s": updates / seconds,
         "staleness_histogram": {str(k): staleness[k] for k in sorted(staleness)},
@@ -160,8 +160,6 @@ def epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: 
 
 
 def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageResult:
-    from rayeffi.stages.train import init_checkpoint
-
     if context.resume_checkpoint:
         raise UserError(f"stages.{stage.name}: resuming a param_server stage from a checkpoint is not supported; "
                         "use init_from to start from its weights")
@@ -180,7 +178,7 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
             get_all([server.checkpoint.remote for server in servers])
             val = get_all([worker.evaluate.remote for worker in workers])
             stats = get_all([server.epoch_stats.remote for server in servers])
-            metrics = epoch_metrics(parts, val, stats, epoch + 1, lr, versions)
+            metrics = ps_epoch_metrics(parts, val, stats, epoch + 1, lr, versions)
             versions = sum(s["version"] for s in stats) / len(stats)
             metrics.update(get_all([workers[0].epoch_metrics.remote])[0])
             total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})

@@ -30,6 +30,7 @@ from rayeffi.recipe.load import set_dotted
 from rayeffi.recipe.models import SearchDomain, StageConfig
 from rayeffi.stages.base import StageContext, StageResult
 from rayeffi.stages.ray_session import TRIAL_RESOURCE
+from rayeffi.stages.train_run import build_trainer, init_checkpoint, publish_checkpoint
 from rayeffi.worker.loop import WorkerSpec
 
 
@@ -87,8 +88,6 @@ def _tune_domain(domain: SearchDomain):
 
 def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) -> None:
     """One trial: a driver that starts a Ray Train run of the stage variant."""
-    from rayeffi.stages.train import build_trainer, init_checkpoint
-
     trial_id = tune.get_context().get_trial_id()
     variant = stage_variant(stage, config)
     spec = WorkerSpec(
@@ -101,8 +100,8 @@ def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) ->
     build_trainer(variant, context, spec, callbacks=[TuneReportCallback()], run_name=f"{stage.name}-{trial_id}").fit()
 
 
-def run_tuned_stage(stage: StageConfig, context: StageContext, publish) -> StageResult:
-    """Run the stage's trials; ``publish(checkpoint_dir, stage_dir)`` makes the best one the artifact."""
+def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
+    """Run the stage's trials; the best one's checkpoint becomes the artifact."""
     settings = stage.tune
     if TRIAL_RESOURCE not in ray.cluster_resources():
         raise UserError(
@@ -146,7 +145,7 @@ def run_tuned_stage(stage: StageConfig, context: StageContext, publish) -> Stage
         first_error = next((t["error"] for t in trials if t.get("error")), "no trial reported a checkpoint")
         raise RuntimeError(f"stage {stage.name}: every Tune trial failed; first error: {first_error}")
     best = max(finished, key=lambda r: r.metrics[settings.metric] * (1 if settings.mode == "max" else -1))
-    artifact = publish(best.metrics[CHECKPOINT_PATH_KEY], context.stage_dir)
+    artifact = publish_checkpoint(best.metrics[CHECKPOINT_PATH_KEY], context.stage_dir)
     best_id = best.metrics["trial_id"]
     history = context.progress.stage_history(f"{stage.name}/{best_id}") if context.progress else []
     extra = {"num_workers": stage.scaling.num_workers, "best_trial": best_id,

@@ -1,36 +1,31 @@
-"""Techniques and precision policies: the pluggable parts of the step."""
+"""Techniques and precision policies: the pluggable parts of the step.
+
+A technique is a folder here (its maths, its adapter, its driver-side prepare/summarise,
+its report) plus its config in ``rayeffi/recipe/``, registered once below.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from rayeffi.data.info import DatasetInfo
-from rayeffi.recipe.models import StageConfig
-from rayeffi.techniques.base import Technique
-from rayeffi.techniques.distill import Distillation, load_teachers
+from rayeffi.techniques import distill, dsd
+from rayeffi.techniques.base import DriverInputs, Prepared, Technique, TechniquePlugin
+from rayeffi.techniques.distill import Distillation
 from rayeffi.techniques.dsd import DenseSparseDense
 from rayeffi.techniques.precision import FP32, PRECISIONS, Precision, build_precision
 
-
-def _distillation(stage, info: DatasetInfo) -> list[Technique]:
-    teachers = None if stage.distill.cache else load_teachers(stage.distill, info)
-    return [Distillation(stage.distill, teachers, info.num_features)]
-
-
-TECHNIQUES_BY_KIND: dict[str, Callable[[StageConfig, DatasetInfo], list[Technique]]] = {
-    "train": lambda stage, info: [],
-    "distill": _distillation,
-    "dsd": lambda stage, info: [DenseSparseDense(stage.dsd)],
+TECHNIQUES: dict[str, TechniquePlugin] = {
+    "distill": distill.PLUGIN,
+    "dsd": dsd.PLUGIN,
 }
-"""Stage kind -> the techniques its step runs, in order."""
+"""Technique name (the ``name`` of a ``techniques:`` item) -> its code."""
 
 
-def build_techniques(stage: StageConfig, info: DatasetInfo) -> list[Technique]:
+def build_techniques(stage, info: DatasetInfo) -> list[Technique]:
     """The techniques a stage runs, in the order the step applies them."""
-    return TECHNIQUES_BY_KIND[stage.kind](stage, info)
+    return [TECHNIQUES[config.name].build(config, info) for config in stage.technique_configs]
 
 
 __all__ = [
-    "DenseSparseDense", "Distillation", "FP32", "PRECISIONS", "Precision", "Technique", "build_precision",
-    "build_techniques",
+    "DenseSparseDense", "Distillation", "DriverInputs", "FP32", "PRECISIONS", "Precision", "Prepared", "TECHNIQUES",
+    "Technique", "TechniquePlugin", "build_precision", "build_techniques",
 ]

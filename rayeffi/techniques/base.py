@@ -7,7 +7,9 @@ lives in pure functions beside it; this adapter only plugs them into the loop.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -64,3 +66,47 @@ class Technique:
 
     def teardown(self) -> None:
         """Undo :meth:`setup` (remove hooks); called in reverse list order."""
+
+
+@dataclass(frozen=True)
+class DriverInputs:
+    """What a technique's driver-side ``prepare`` may use (no tensors, no Ray Train)."""
+
+    stage: Any
+    """The stage config (``rayeffi.recipe.StageConfig``)."""
+    checkpoints: dict[str, str]
+    """Checkpoint paths of the stages run so far, by stage name."""
+    source: Any
+    """The stage's checked data source (``rayeffi.data.DataSource``)."""
+    stage_dir: Path
+    """``OUT/stages/NAME``: where a technique may write what it prepares (a cache)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A technique's config and data source after ``prepare``, and what it adds to the summary."""
+
+    config: Any
+    source: Any
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _unchanged(config: Any, inputs: DriverInputs) -> Prepared:
+    return Prepared(config, inputs.source)
+
+
+@dataclass(frozen=True)
+class TechniquePlugin:
+    """Everything rayeffi needs of one technique; registered once in ``techniques.TECHNIQUES``.
+
+    Its config class is ``rayeffi.recipe.techniques.TECHNIQUE_CONFIGS[name]``.
+    """
+
+    build: Callable[[Any, Any], Technique]
+    """Worker side: ``(config, dataset info) -> Technique`` for the step."""
+    check: Callable[[Any, Any, Any, str], None] = lambda config, stage, info, key: None
+    """Driver, before Ray starts: ``(config, stage, dataset info, recipe key)``; raises UserError."""
+    prepare: Callable[[Any, DriverInputs], Prepared] = _unchanged
+    """Driver, before the stage's run (and before its Tune trials): resolve inputs, write caches."""
+    summarise: Callable[[Any, list[dict[str, Any]]], dict[str, Any]] = lambda config, history: {}
+    """Driver, after the run: entries for the stage's ``summary.json`` from the epoch history."""

@@ -54,6 +54,8 @@ class Precision:
     """Full FP32: forward, backward and the optimizer step all in float32."""
 
     name = "fp32"
+    skips_on_overflow = False
+    """True for the loss-scaled policies: a step with inf/NaN gradients is skipped."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Called once before the strategy wraps the model (e.g. cast weights to FP16:
@@ -153,6 +155,7 @@ class FP16(Precision):
     """
 
     name = "fp16"
+    skips_on_overflow = True
 
     def __init__(
         self,

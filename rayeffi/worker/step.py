@@ -1,15 +1,19 @@
 """The training step. Read this file first.
 
-One step = one parallel strategy x one precision policy x an ordered list of
-techniques. The order below is the contract every strategy, policy and technique
-is written against:
+One step = one parallel strategy (which owns the precision policy) x an ordered list of
+techniques. The order below is the contract every strategy, policy and technique is
+written against:
 
-    forward + task loss      under the precision policy's autocast
-    technique losses         in list order (e.g. distillation adds its KD term)
-    backward                 the policy may scale the loss; DDP all-reduces here
-    after_backward           in list order (e.g. mask the gradients of pruned weights)
-    optimizer step           the policy may unscale, and skip the step on overflow
-    after_step               in list order (e.g. re-apply masks to the weights)
+    forward_backward         the only part a strategy may replace (a pipeline's schedule):
+        forward + task loss      under the precision policy's autocast
+        technique losses         in list order (e.g. distillation adds its KD term)
+        backward                 the policy may scale the loss; DDP all-reduces here
+    finish_step              shared by every strategy:
+        after_backward           in list order (e.g. mask the gradients of pruned weights)
+        agree_on_gradients       the strategy makes every rank decide alike (pipeline overflow)
+        optimizer step           the policy may unscale, and skip the step on overflow
+        after_step               in list order (e.g. re-apply masks to the weights)
+        zero_grad
 """
 
 from __future__ import annotations
@@ -17,28 +21,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rayeffi.parallel.base import Strategy
+from rayeffi.task import correct_count, task_loss
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.precision import Precision
 
 
 @dataclass
 class StepParts:
-    """Everything a step touches; built once per stage by the worker loop."""
+    """Everything a step touches; built once per stage (``worker/build.py``)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     strategy: Strategy
-    precision: Precision
     techniques: list[Technique] = field(default_factory=list)
 
-
-def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # reductions in FP32 whatever dtype the forward ran in
-    return F.cross_entropy(outputs.float(), targets)
+    @property
+    def precision(self) -> Precision:
+        return self.strategy.precision  # the strategy owns the precision policy
 
 
 def train_step(
@@ -48,34 +50,40 @@ def train_step(
 
     ``extras``: the batch's columns beyond features and labels (e.g. cached teacher logits).
     """
-    model, precision, techniques = parts.model, parts.precision, parts.techniques
-    extras = extras or {}
+    run_forward_backward = parts.strategy.forward_backward or forward_backward
+    loss = run_forward_backward(parts, inputs, targets, extras or {})
+    finish_step(parts)
+    return loss
 
+
+def forward_backward(parts: StepParts, inputs, targets, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+    model, precision = parts.model, parts.precision
     with precision.autocast():
         outputs = model(inputs)
-        loss = task_loss(outputs, targets)
-        for technique in techniques:
+        loss = task_loss(outputs, targets)  # FP32 reduction whatever dtype the forward ran in
+        for technique in parts.techniques:
             loss = technique.loss(loss, outputs, inputs, targets, extras)
-
     precision.backward(loss)  # DDP all-reduces gradients during backward: sync point
-
-    for technique in techniques:
-        technique.after_backward(model)
-
-    precision.step(parts.optimizer)
-
-    for technique in techniques:
-        technique.after_step(model)
-
-    parts.optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def finish_step(parts: StepParts) -> None:
+    """Everything after the gradients exist, the same for every strategy."""
+    model = parts.model
+    for technique in parts.techniques:
+        technique.after_backward(model)
+    parts.strategy.agree_on_gradients(parts)  # sync point where the strategy needs one
+    parts.precision.step(parts.optimizer)  # may unscale, and skip the step on overflow
+    for technique in parts.techniques:
+        technique.after_step(model)
+    parts.optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
 def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed task loss and number of correct predictions on one batch."""
+    if parts.strategy.evaluate is not None:
+        return parts.strategy.evaluate(parts, inputs, targets)
     with parts.precision.autocast():
         outputs = parts.model(inputs)
-    loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum")
-    correct = (outputs.argmax(dim=1) == targets).sum()
-    return loss_sum, correct
+    return task_loss(outputs, targets, reduction="sum"), correct_count(outputs, targets)

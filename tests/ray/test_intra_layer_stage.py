@@ -14,7 +14,7 @@ import torch
 from rayeffi.models import ConvNet
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]

@@ -27,7 +27,7 @@ from helpers.ray_head import descendants, free_ports, helpers_importable_by_work
 from rayeffi.cli import main
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.ray
 

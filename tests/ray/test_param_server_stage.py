@@ -17,7 +17,7 @@ from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages.param_server import ACTOR_PREFIX
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]

@@ -8,8 +8,8 @@ from rayeffi.data.sources import resolve_source
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages import StageContext
-from rayeffi.stages.train import run_train_stage
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.stages import run_stage
+from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -53,7 +53,7 @@ def test_fp16_stage_reports_telemetry_and_resumes_the_scaler(tmp_path):
         source=resolve_source(resumed_stage.data, resumed_stage.seed, tmp_path), previous=None,
         resume_checkpoint=stage["checkpoint"],
     )
-    resumed = run_train_stage(resumed_stage, context)
+    resumed = run_stage(resumed_stage, context)
     third = load_checkpoint(resumed.artifact.checkpoint)
     history = third["metrics"]["loss_scale_history"]
     assert third["epoch"] == 3

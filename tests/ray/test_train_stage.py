@@ -10,9 +10,9 @@ from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages import StageContext
-from rayeffi.stages.train import run_train_stage
+from rayeffi.stages import run_stage
 from rayeffi.data.sources import resolve_source
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
@@ -82,7 +82,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
         source=resolve_source(stage.data, stage.seed, tmp_path), previous=None,
         resume_checkpoint=first_half["checkpoint"],
     )
-    resumed = run_train_stage(stage, context)
+    resumed = run_stage(stage, context)
     assert resumed.artifact.metrics["epoch"] == 4
     a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed.artifact.checkpoint)
     for name in a["model"]:

@@ -8,7 +8,7 @@ import pytest
 
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

@@ -12,7 +12,7 @@ from helpers.ray_head import helpers_importable_by_workers
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.ray
 

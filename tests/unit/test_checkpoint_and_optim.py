@@ -9,7 +9,7 @@ import torch
 
 from rayeffi.errors import UserError
 from rayeffi.recipe import OptimizerConfig
-from rayeffi.worker.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from rayeffi.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from rayeffi.worker.optim import build_optimizer, build_scheduler, lr_factor
 
 

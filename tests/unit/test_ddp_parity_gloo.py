@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques import Precision
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH = 6, 32
@@ -36,8 +37,8 @@ def _train(rank, world_size, port, out):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     strategy = DataParallel(rank, world_size)
-    model = strategy.setup_model(_model())
-    parts = StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), strategy, Precision())
+    parts = assemble(_model(), strategy, Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    model = parts.model
     inputs, targets = _data()
     share = GLOBAL_BATCH // world_size
     for step in range(STEPS):
@@ -65,11 +66,10 @@ def _dsd_rank(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     strategy = DataParallel(rank, world_size)
-    model = strategy.setup_model(_model())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     technique = DenseSparseDense(DsdConfig(rounds=[0.5], dense_epochs=1, sparse_epochs=1, redense_epochs=0))
-    technique.setup(strategy.unwrap(model), optimizer)
-    parts = StepParts(model, optimizer, strategy, Precision(), [technique])
+    parts = assemble(_model(), strategy, Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+                     [technique])
+    model, optimizer = parts.model, parts.optimizer
     inputs, targets = _data()
     share = GLOBAL_BATCH // world_size
     rows = slice(rank * share, (rank + 1) * share)  # each rank its own data

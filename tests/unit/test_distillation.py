@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayeffi.data.info import DatasetInfo
-from rayeffi.data.soft_labels import TEACHER_LOGITS, TeacherLogits
+from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, TeacherLogits
 from rayeffi.errors import UserError
 from rayeffi.models import build_model
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import validate_recipe
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import ModelConfig, PrecisionConfig
-from rayeffi.stages.distill import check_distill_stage
+from rayeffi.techniques.distill.driver import check_distill_stage
 from rayeffi.techniques import Precision
 from rayeffi.techniques.distill import Distillation, freeze
-from rayeffi.techniques.distillation import (
+from rayeffi.techniques.distill.losses import (
     FeatureCapture,
     build_adapter,
     hint_loss,
@@ -28,7 +28,8 @@ from rayeffi.techniques.distillation import (
     soft_target_loss,
     teacher_log_probs,
 )
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 
 INFO = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=64, num_val=16)
 STUDENT_LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
@@ -128,10 +129,8 @@ def _config(**settings):
 
 
 def _parts(student, techniques, lr=0.1):
-    optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
-    for technique in techniques:
-        technique.setup(student, optimizer)
-    return StepParts(student, optimizer, DataParallel(), Precision(), techniques)
+    return assemble(student, DataParallel(), Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+                    techniques)
 
 
 def test_alpha_zero_trains_exactly_like_cross_entropy():

@@ -21,7 +21,8 @@ from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import ModelConfig
 from rayeffi.techniques import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port
 
 INFO = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=64, num_val=16)
@@ -50,11 +51,10 @@ def _train(rank, world_size, port, out):
     if rank == 1:  # rank 0's adapter must win the broadcast in setup
         torch.manual_seed(99)
     strategy = DataParallel(rank, world_size)
-    model = strategy.setup_model(student)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     technique = Distillation(DistillConfig.model_validate(CONFIG), [teacher], INFO.num_features)
-    technique.setup(strategy.unwrap(model), optimizer)
-    parts = StepParts(model, optimizer, strategy, Precision(), [technique])
+    parts = assemble(student, strategy, Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+                     [technique])
+    model, optimizer = parts.model, parts.optimizer
     inputs, targets = _data()
     share = GLOBAL_BATCH // world_size
     rows = slice(rank * share, (rank + 1) * share)
@@ -85,12 +85,9 @@ def _distil_losses(policy, steps=20):
     seen = []
     teacher.classifier[-1].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
     config = DistillConfig.model_validate({**CONFIG, "hints": []})
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
     technique = Distillation(config, [teacher], INFO.num_features)
-    technique.setup(student, optimizer)
-    precision = PRECISIONS[policy]()
-    precision.setup(student, optimizer)
-    parts = StepParts(student, optimizer, DataParallel(), precision, [technique])
+    parts = assemble(student, DataParallel(), PRECISIONS[policy](),
+                     lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), [technique])
     inputs, targets = _data()
     return [train_step(parts, inputs[0], targets[0]).item() for _ in range(steps)], set(seen)
 

@@ -20,6 +20,8 @@ from rayeffi.parallel.split_layers import ColumnParallelLinear, RowParallelLinea
 from rayeffi.parallel.split_model import check_spatial, split_chain
 from rayeffi.recipe import load_recipe, validate_recipe
 from rayeffi.recipe.intra_layer import IntraLayerConfig, squarest_grid
+from rayeffi.techniques import Precision
+from rayeffi.worker.build import assemble
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "intra_layer.yaml"
 DIGITS = DatasetInfo(num_features=64, num_classes=10, image_shape=(1, 8, 8), num_train=1437, num_val=360)
@@ -152,7 +154,8 @@ def test_single_process_intra_layer_is_the_plain_model():
     plain = ConvNet((1, 8, 8), 10)
     torch.manual_seed(0)
     strategy = IntraLayer(config=IntraLayerConfig(conv="spatial", fc="split"))
-    split = strategy.setup_model(ConvNet((1, 8, 8), 10))
+    parts = assemble(ConvNet((1, 8, 8), 10), strategy, Precision(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+    split = parts.model
     inputs = torch.rand(5, 64)
     torch.testing.assert_close(split(inputs), plain(inputs), rtol=0, atol=1e-6)
-    assert strategy.model_state_dict(split).keys() == plain.state_dict().keys()
+    assert strategy.training_state(parts)["model"].keys() == plain.state_dict().keys()

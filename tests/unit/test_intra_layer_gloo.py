@@ -28,7 +28,8 @@ from rayeffi.parallel.mesh import RankGroup
 from rayeffi.parallel.split_model import check_spatial, split_chain, split_spatial
 from rayeffi.recipe.intra_layer import IntraLayerConfig
 from rayeffi.techniques import Precision
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port
 
 WORLD = 4
@@ -150,8 +151,8 @@ def _cnn():
 def _parts(rank, world_size, config, seed=0):
     strategy = IntraLayer(rank, world_size, config=config) if config else Strategy()
     torch.manual_seed(seed)
-    model = strategy.setup_model(ConvNet((1, 8, 8), 10, channels=(4, 8), hidden=16))
-    return StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), strategy, Precision())
+    return assemble(ConvNet((1, 8, 8), 10, channels=(4, 8), hidden=16), strategy, Precision(),
+                    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
 
 
 def _steps(parts, rank, world_size, steps):
@@ -162,7 +163,7 @@ def _steps(parts, rank, world_size, steps):
     losses = []
     for step in steps:
         rows = slice(rank * share, (rank + 1) * share)  # each worker its own shard, as Ray Train deals them
-        x, y, _ = parts.strategy.group_batch(inputs[step, rows], targets[step, rows], {})
+        x, y, _ = parts.strategy.local_batch(inputs[step, rows], targets[step, rows], {})
         losses.append(float(train_step(parts, x, y)))
     return losses
 
@@ -173,19 +174,18 @@ def _train(rank, world_size, config, out):
     strategy = parts.strategy
     # a checkpoint round trip mid-run: whole model + per-rank optimizer state into a fresh split model
     buffer = io.BytesIO()  # through bytes, as a checkpoint file: no tensor shared with the live run
-    torch.save((strategy.model_state_dict(parts.model), strategy.optimizer_state_dict(parts.optimizer)), buffer)
+    torch.save(strategy.training_state(parts), buffer)
     buffer.seek(0)
-    model_state, optimizer_state = torch.load(buffer, weights_only=True)
+    training_state = torch.load(buffer, weights_only=True)
     restored = _parts(rank, world_size, config, seed=1)
-    restored.strategy.load_model_state_dict(restored.model, model_state)
-    restored.strategy.load_optimizer_state_dict(restored.optimizer, optimizer_state)
+    restored.strategy.load_training_state(restored, training_state)
     losses += _steps(parts, rank, world_size, [STEPS - 1])
     _steps(restored, rank, world_size, [STEPS - 1])
     same = torch.tensor(float(all(torch.equal(a, b) for a, b in zip(parts.model.parameters(), restored.model.parameters()))))
     if world_size > 1:
         dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's shards, not only rank 0's
     resumed_exactly = bool(same)
-    state = strategy.model_state_dict(parts.model)  # a collective: every rank
+    state = strategy.training_state(parts)["model"]  # a collective: every rank
     if rank == 0:
         torch.save({"state": state, "losses": losses, "resumed_exactly": resumed_exactly}, out)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rayeffi.cli import main
-from rayeffi.parallel.param_server import StalenessGate, decode_gradients, encode_gradients, shard_plan
-from rayeffi.parallel.param_server.worker import PushOptimizer
+from rayeffi.param_server import StalenessGate, decode_gradients, encode_gradients, shard_plan
+from rayeffi.param_server.worker import PushOptimizer
 from rayeffi.recipe import validate_recipe
 
 

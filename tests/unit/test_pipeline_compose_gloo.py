@@ -13,7 +13,8 @@ from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.dsd import DsdConfig
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.techniques import PRECISIONS, DenseSparseDense, Technique
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port
 
 STEPS, BATCH = 4, 32
@@ -61,15 +62,8 @@ def _techniques(kind):
 
 
 def _build(strategy, precision_name, techniques_kind, seed=0):
-    precision = PRECISIONS[precision_name]()
-    model = strategy.setup_model(precision.prepare_model(_model(seed)))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    precision.setup(model, optimizer)
-    strategy.setup_precision(precision)
-    techniques = _techniques(techniques_kind)
-    for technique in techniques:
-        technique.setup(strategy.unwrap(model), optimizer)
-    return StepParts(model, optimizer, strategy, precision, techniques)
+    return assemble(_model(seed), strategy, PRECISIONS[precision_name](),
+                    lambda m: torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9), _techniques(techniques_kind))
 
 
 def _run(parts, steps, step_fn):
@@ -91,23 +85,16 @@ def _pipeline_rank(rank, port, precision_name, techniques_kind, out_dir):
         config = PipelineConfig(num_stages=2, num_microbatches=2, schedule="1f1b", split_points=["2"])
         strategy = Pipeline(rank, 2, torch.device("cpu"), config)
         parts = _build(strategy, precision_name, techniques_kind)
-        losses = _run(parts, range(STEPS), strategy.train_step)
-        local = {"optimizer": parts.optimizer.state_dict(), "precision": parts.precision.state_dict(),
-                 "techniques": {t.name: t.state_dict() for t in parts.techniques}}
-        checkpoint = {"model": strategy.model_state_dict(parts.model), "pipeline_stages": strategy.gather_stage_states(local)}
-        losses += _run(parts, range(STEPS, 2 * STEPS), strategy.train_step)
-        final = strategy.model_state_dict(parts.model)
+        losses = _run(parts, range(STEPS), train_step)
+        checkpoint = strategy.training_state(parts)
+        losses += _run(parts, range(STEPS, 2 * STEPS), train_step)
+        final = strategy.training_state(parts)["model"]
 
         # a fresh pipeline from other weights, restored from the checkpoint, continues identically
         restored = _build(Pipeline(rank, 2, torch.device("cpu"), config), precision_name, techniques_kind, seed=7)
-        restored.model.load_state_dict(checkpoint["model"])
-        mine = restored.strategy.stage_state(checkpoint)
-        restored.optimizer.load_state_dict(mine["optimizer"])
-        restored.precision.load_state_dict(mine["precision"])
-        for technique in restored.techniques:
-            technique.load_state_dict(mine["techniques"][technique.name])
-        resumed = _run(restored, range(STEPS, 2 * STEPS), restored.strategy.train_step)
-        resumed_final = restored.strategy.model_state_dict(restored.model)
+        restored.strategy.load_training_state(restored, checkpoint)
+        resumed = _run(restored, range(STEPS, 2 * STEPS), train_step)
+        resumed_final = restored.strategy.training_state(restored)["model"]
         if rank == 0:
             scale = parts.precision.scaler.get_scale() if hasattr(parts.precision, "scaler") else None
             torch.save({"losses": losses, "model": final, "resumed": resumed, "resumed_model": resumed_final,

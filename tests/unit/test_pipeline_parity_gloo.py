@@ -21,7 +21,8 @@ from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
 from rayeffi.techniques import Precision
-from rayeffi.worker.step import StepParts, eval_step, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import eval_step, train_step
 from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH, FEATURES, CLASSES = 4, 32, 16, 4
@@ -51,8 +52,8 @@ def _optimizer(model):
 
 
 def _single(depth: int):
-    model = _model(depth)
-    parts = StepParts(model, _optimizer(model), DataParallel(), Precision())
+    parts = assemble(_model(depth), DataParallel(), Precision(), _optimizer)
+    model = parts.model
     inputs, targets = _data()
     losses = [train_step(parts, inputs[s], targets[s]).item() for s in range(STEPS)]
     evaluated = torch.stack(eval_step(parts, inputs[0, :20], targets[0, :20])).float()
@@ -66,22 +67,17 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
     try:
         info = DatasetInfo(FEATURES, CLASSES, None, STEPS * GLOBAL_BATCH, GLOBAL_BATCH)
         strategy = Pipeline(rank, world_size, torch.device("cpu"), PipelineConfig(**config_kwargs), info)
-        model = strategy.setup_model(_model(depth))
-        precision = Precision()
-        optimizer = _optimizer(model)
-        precision.setup(model, optimizer)
-        strategy.setup_precision(precision)
-        parts = StepParts(model, optimizer, strategy, precision)
+        parts = assemble(_model(depth), strategy, Precision(), _optimizer)
         inputs, targets = _data()
         losses = []
         for s in range(STEPS):
-            step_inputs, step_targets = strategy.local_rows(inputs[s], targets[s])
-            losses.append(strategy.train_step(parts, step_inputs, step_targets).item())
+            step_inputs, step_targets, _ = strategy.local_batch(inputs[s], targets[s], {})
+            losses.append(train_step(parts, step_inputs, step_targets).item())
         # each pipeline returns its share's mean loss; the loop averages the pipelines the same way
         losses = strategy.all_reduce_sum(torch.tensor(losses)) / strategy.data_parallel_size
-        full = strategy.model_state_dict(model)
-        eval_inputs, eval_targets = strategy.local_rows(inputs[0, :20], targets[0, :20])  # any row count
-        evaluated = torch.stack(strategy.eval_step(parts, eval_inputs, eval_targets))
+        full = strategy.training_state(parts)["model"]
+        eval_inputs, eval_targets, _ = strategy.local_batch(inputs[0, :20], targets[0, :20], {})  # any row count
+        evaluated = torch.stack(eval_step(parts, eval_inputs, eval_targets))
         evaluated = strategy.all_reduce_sum(evaluated)
         if rank == 0:
             torch.save({"losses": losses.tolist(), "model": full, "eval": evaluated}, out_dir / "pipeline.pt")

@@ -24,7 +24,8 @@ from rayeffi.report.plots import loss_scale_points, write_report
 from rayeffi.techniques import Technique
 from rayeffi.techniques.loss_scaling import has_non_finite, underflow_fraction
 from rayeffi.techniques.precision import BF16, FP16, PRECISIONS, FP16Master, build_precision
-from rayeffi.worker.step import StepParts, eval_step, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import eval_step, train_step
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,11 +56,8 @@ class ScaleLoss(Technique):
 
 
 def _parts(precision, model, lr=0.1, momentum=0.0, techniques=(), optimizer_class=torch.optim.SGD):
-    strategy = DataParallel()
-    model = strategy.setup_model(precision.prepare_model(model))
-    optimizer = optimizer_class(model.parameters(), lr=lr, momentum=momentum)
-    precision.setup(model, optimizer)
-    return StepParts(model, optimizer, strategy, precision, list(techniques))
+    return assemble(model, DataParallel(), precision, lambda m: optimizer_class(m.parameters(), lr=lr, momentum=momentum),
+                    list(techniques))
 
 
 def _small_problem(seed=0):

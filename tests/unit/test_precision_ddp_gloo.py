@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 
 from rayeffi.parallel import DataParallel
 from rayeffi.techniques.precision import PRECISIONS
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port
 
 STEPS, GLOBAL_BATCH, POISONED_STEP = 5, 16, 2
@@ -39,10 +40,8 @@ def _train(rank, world_size, policy, out):
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     strategy = DataParallel(rank, world_size)
     precision = PRECISIONS[policy]()
-    model = strategy.setup_model(precision.prepare_model(model))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    precision.setup(model, optimizer)
-    parts = StepParts(model, optimizer, strategy, precision)
+    parts = assemble(model, strategy, precision, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    model = parts.model
     generator = torch.Generator().manual_seed(1)
     share = GLOBAL_BATCH // world_size
     stepped = []

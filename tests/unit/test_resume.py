@@ -12,7 +12,7 @@ from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
 from rayeffi.resume import PROGRESS_FILE, first_difference, plan_resume
 from rayeffi.storage import resolve_storage
-from rayeffi.worker.checkpoint import save_atomic
+from rayeffi.checkpoint import save_atomic
 
 
 def _recipe(second_epochs=4):

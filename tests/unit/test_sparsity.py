@@ -12,10 +12,11 @@ from rayeffi.parallel import DataParallel
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.dsd import DsdConfig, dsd_phases
 from rayeffi.techniques import DenseSparseDense, Precision
-from rayeffi.techniques.sparsity import layer_targets, magnitude_masks, measured_sparsity, prunable_weights
+from rayeffi.techniques.dsd.sparsity import layer_targets, magnitude_masks, measured_sparsity, prunable_weights
 from rayeffi.worker.optim import build_scheduler
 from rayeffi.recipe import OptimizerConfig
-from rayeffi.worker.step import StepParts, train_step
+from rayeffi.worker.build import assemble
+from rayeffi.worker.step import train_step
 
 
 def test_magnitude_masks_golden():
@@ -79,12 +80,12 @@ def _dsd_run(optimizer_name: str, config: DsdConfig, epochs_to_run: int, model=N
     """Train a small MLP with the DSD technique through the real train_step; record per-epoch facts."""
     torch.manual_seed(0)
     model = model or nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer_name == "sgd"
-                 else torch.optim.Adam(model.parameters(), lr=0.01))
+    make_optimizer = ((lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)) if optimizer_name == "sgd"
+                      else (lambda m: torch.optim.Adam(m.parameters(), lr=0.01)))
     technique = DenseSparseDense(config)
-    technique.setup(model, optimizer)
+    parts = assemble(model, DataParallel(), Precision(), make_optimizer, [technique])
+    optimizer = parts.optimizer
     scheduler = build_scheduler(OptimizerConfig(), optimizer, 100, [technique])
-    parts = StepParts(model, optimizer, DataParallel(), Precision(), [technique])
     inputs = torch.randn(64, 8)
     targets = inputs[:, :3].argmax(1)
     record = []

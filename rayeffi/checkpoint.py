@@ -18,7 +18,26 @@ import torch
 from rayeffi.errors import UserError
 
 CHECKPOINT_FILE = "state.pt"
+"""A per-epoch checkpoint's file name inside its directory (Ray Train's storage)."""
+ARTIFACT_FILE = "checkpoint.pt"
+"""A stage's artifact: ``OUT/stages/NAME/checkpoint.pt``."""
 FORMAT_VERSION = 1
+TRAINING_KEYS = ("model", "optimizer", "precision", "techniques")
+"""What a strategy saves and loads (``Strategy.training_state``); a pipeline adds ``pipeline_stages``."""
+
+
+def checkpoint_state(
+    *, epoch: int, training: dict[str, Any], scheduler: dict[str, Any], rng: list[dict[str, Any]],
+    metrics: dict[str, Any], **extra: Any,
+) -> dict[str, Any]:
+    """The checkpoint format, built in one place for every execution model.
+
+    ``training`` is the strategy's whole training state (:data:`TRAINING_KEYS`, plus
+    ``pipeline_stages`` for a pipeline); ``rng`` is every worker's random state in rank
+    order; ``extra`` holds an execution model's own entries (the parameter server's).
+    """
+    return {"format": FORMAT_VERSION, "epoch": epoch, **training, "scheduler": scheduler, "rng": rng,
+            "metrics": metrics, **extra}
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:

@@ -8,8 +8,8 @@ model replica and their data shard, and the stage runner
 FP16/BF16 on the wire) and :mod:`.staleness` (the bounded-staleness gate).
 """
 
-from rayeffi.parallel.param_server.plan import shard_plan
-from rayeffi.parallel.param_server.staleness import StalenessGate
-from rayeffi.parallel.param_server.wire import decode_gradients, encode_gradients
+from rayeffi.param_server.plan import shard_plan
+from rayeffi.param_server.staleness import StalenessGate
+from rayeffi.param_server.wire import decode_gradients, encode_gradients
 
 __all__ = ["StalenessGate", "decode_gradients", "encode_gradients", "shard_plan"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from rayeffi.recipe.dsd import DsdConfig, Phase, dsd_phases
 from rayeffi.techniques.base import Technique
-from rayeffi.techniques.sparsity import (
+from rayeffi.techniques.dsd.sparsity import (
     apply_masks,
     layer_targets,
     magnitude_histogram,

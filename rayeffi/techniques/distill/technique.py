@@ -1,9 +1,9 @@
-"""The distillation technique: plugs :mod:`rayeffi.techniques.distillation` into the step.
+"""The distillation technique: plugs :mod:`rayeffi.techniques.distill.losses` into the step.
 
 The teachers are frozen: eval mode, ``requires_grad`` off, run under ``torch.no_grad``
 inside the step's autocast, so they compute in bf16/fp16 when the precision policy
 does. With ``distill.cache`` the step never runs them: the batch brings each row's
-teacher logits (column ``teacher_logits``, written once by :mod:`rayeffi.data.soft_labels`).
+teacher logits (column ``teacher_logits``, written once by :mod:`rayeffi.techniques.distill.soft_labels`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import Technique
-from rayeffi.techniques.distillation import FeatureCapture, build_adapter, hint_loss, soft_target_loss
-from rayeffi.worker.checkpoint import load_checkpoint
+from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
+from rayeffi.checkpoint import load_checkpoint
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""

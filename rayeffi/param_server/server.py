@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from rayeffi.data.info import DatasetInfo
-from rayeffi.models import build_model
-from rayeffi.parallel.param_server.plan import shard_plan
-from rayeffi.parallel.param_server.staleness import StalenessGate
-from rayeffi.parallel.param_server.wire import decode_gradients, to_wire
+from rayeffi.param_server.plan import shard_plan
+from rayeffi.param_server.staleness import StalenessGate
+from rayeffi.param_server.wire import decode_gradients, to_wire
 from rayeffi.recipe.models import StageConfig
-from rayeffi.techniques.sparsity import apply_masks, mask_optimizer_state
-from rayeffi.worker.checkpoint import load_checkpoint, save_atomic
+from rayeffi.techniques.dsd.sparsity import apply_masks, mask_optimizer_state
+from rayeffi.checkpoint import save_atomic
+from rayeffi.worker.build import initial_model
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,8 @@ class ServerSpec:
 
 
 def initial_parameters(stage: StageConfig, info: DatasetInfo, init_checkpoint: str | None) -> dict[str, torch.Tensor]:
-    """The model's starting parameters, exactly as the Ray Train worker loop builds them."""
-    torch.manual_seed(stage.seed)
-    model = build_model(stage.model, info)
-    if init_checkpoint:
-        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+    """The model's starting parameters, exactly as every worker builds them (``worker/build.py``)."""
+    model = initial_model(stage, info, init_checkpoint)
     return {name: param.detach().float().clone() for name, param in model.named_parameters()}
 
 

@@ -1,4 +1,10 @@
-"""``kind: train``: one Ray Train V2 ``TorchTrainer`` run of the worker loop."""
+"""One Ray Train V2 ``TorchTrainer`` run of the worker loop: the leaf every stage path uses.
+
+The dispatcher (``stages/dispatch.py``) calls :func:`run_train` for a plain run; Tune trials
+(``stages/tune.py``) build their trainers with :func:`build_trainer`; the parameter server
+(``stages/param_server.py``) takes :func:`init_checkpoint`. Nothing here imports another
+stage module but ``stages/base.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,8 @@ from ray.train.torch import TorchTrainer
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
-from rayeffi.stages.param_server import run_param_server_stage
-from rayeffi.stages.tune import run_tuned_stage
-from rayeffi.worker.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
+from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
-
-ARTIFACT_FILE = "checkpoint.pt"
 
 
 def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
@@ -51,16 +53,13 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
         datasets=build_ray_datasets(context.source, stage.data, stage.seed),
-        # a pipeline's stages all read every row (the strategy picks each replica's share)
-        dataset_config=None if stage.parallel.splits_data_per_worker() else DataConfig(datasets_to_split=[]),
+        # the layout the workers use too: a pipeline's stages all read every row
+        dataset_config=None if stage.data_layout.split_across_workers else DataConfig(datasets_to_split=[]),
     )
 
 
-def run_train_stage(stage: StageConfig, context: StageContext) -> StageResult:
-    if stage.parallel.strategy == "param_server":  # Ray actors, not a Train run (stages/param_server.py)
-        return run_param_server_stage(stage, context)
-    if stage.tune is not None:
-        return run_tuned_stage(stage, context, publish_checkpoint)
+def run_train(stage: StageConfig, context: StageContext) -> StageResult:
+    """The stage as one Ray Train run; its last checkpoint becomes the artifact."""
     local_mode = stage.scaling.num_workers == 0
     spec = WorkerSpec(
         stage=stage,

@@ -23,18 +23,16 @@ from typing import Any
 import ray
 import torch
 
+from rayeffi.checkpoint import checkpoint_state, rng_state, save_atomic
 from rayeffi.data.info import DatasetInfo
-from rayeffi.models import build_model
 from rayeffi.parallel.base import Strategy
-from rayeffi.parallel.param_server.calls import get_all
-from rayeffi.parallel.param_server.plan import shard_plan
-from rayeffi.parallel.param_server.wire import encode_gradients
+from rayeffi.param_server.calls import get_all
+from rayeffi.param_server.plan import shard_plan
+from rayeffi.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
-from rayeffi.techniques import build_precision, build_techniques
-from rayeffi.worker.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_atomic
+from rayeffi.worker.build import build_worker
 from rayeffi.worker.loop import SHUFFLE_BUFFER_ROWS
-from rayeffi.worker.optim import build_scheduler
-from rayeffi.worker.step import StepParts, eval_step, train_step
+from rayeffi.worker.step import eval_step, train_step
 
 IN_MEMORY_BYTES = 256 * 2**20
 
@@ -76,21 +74,13 @@ class GradientWorker:
         stage = spec.stage
         self.spec, self.stage, self.config = spec, stage, stage.parallel
         self.servers, self.train_shard, self.val_shard = servers, train_shard, val_shard
-        torch.manual_seed(stage.seed)  # the servers build the same initial weights
-        model = build_model(stage.model, spec.info)
-        if spec.init_checkpoint:
-            model.load_state_dict(load_checkpoint(spec.init_checkpoint)["model"])
-        self.precision = build_precision(stage.precision)
-        model = self.precision.prepare_model(model)
-        self.optimizer = PushOptimizer(model.parameters(), lr=stage.optimizer.lr,
-                                       local_update=self.config.fetch_every > 1)
-        self.precision.setup(model, self.optimizer)
-        self.techniques = build_techniques(stage, spec.info)
-        for technique in self.techniques:
-            technique.setup(model, self.optimizer)
-        self.scheduler = build_scheduler(stage.optimizer, self.optimizer, stage.total_epochs, self.techniques)
-        self.parts = StepParts(model, self.optimizer, Strategy(), self.precision, self.techniques)
-        self.params = dict(model.named_parameters())
+        # the same build as a Ray Train worker (the shards start from the same weights), with a
+        # single-process strategy and an optimizer that accrues gradients for the shards
+        make_optimizer = lambda model: PushOptimizer(  # noqa: E731
+            model.parameters(), lr=stage.optimizer.lr, local_update=self.config.fetch_every > 1)
+        self.parts, self.scheduler = build_worker(stage, spec.info, Strategy(), spec.init_checkpoint, make_optimizer)
+        self.optimizer, self.precision, self.techniques = self.parts.optimizer, self.parts.precision, self.parts.techniques
+        self.params = dict(self.parts.model.named_parameters())
         self.plan = shard_plan({n: p.numel() for n, p in self.params.items()}, self.config.num_servers)
         self.wire_dtype = self.config.resolved_gradient_dtype(stage.precision.policy)
         self.versions = [0] * len(servers)
@@ -231,17 +221,12 @@ class GradientWorker:
         """Worker 0: the stage checkpoint, in the data-parallel format, from the shards' states."""
         shard_states = get_all([lambda s=server: s.state.remote() for server in self.servers])
         self._pull(register=False)
-        state = {
-            "format": FORMAT_VERSION,
-            "epoch": epoch,
-            "model": self.parts.model.state_dict(),
-            "optimizer": {"shards": [{"names": s["names"], **s["optimizer"]} for s in shard_states]},
-            "scheduler": self.scheduler.state_dict(),
-            "rng": [rng_state(), *ray.get([worker.rng_state.remote() for worker in others])],
-            "precision": self.precision.state_dict(),
-            "techniques": {t.name: t.state_dict() for t in self.techniques},
-            "metrics": metrics,
-            "param_server": {"versions": [s["version"] for s in shard_states], "plan": self.plan,
-                             "staleness": [s["staleness"] for s in shard_states]},
-        }
+        training = self.parts.strategy.training_state(self.parts)
+        training["optimizer"] = {"shards": [{"names": s["names"], **s["optimizer"]} for s in shard_states]}
+        state = checkpoint_state(
+            epoch=epoch, training=training, scheduler=self.scheduler.state_dict(),
+            rng=[rng_state(), *ray.get([worker.rng_state.remote() for worker in others])], metrics=metrics,
+            param_server={"versions": [s["version"] for s in shard_states], "plan": self.plan,
+                          "staleness": [s["staleness"] for s in shard_states]},
+        )
         return str(save_atomic(state, path))

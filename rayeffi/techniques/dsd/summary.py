@@ -1,32 +1,27 @@
-"""``kind: dsd``: a train run whose step carries the DSD technique, summarised per phase."""
+"""Driver side of DSD: the stage's rounds in ``summary.json``, from the epoch history."""
 
 from __future__ import annotations
 
 from itertools import groupby
 from typing import Any
 
-from rayeffi.recipe.dsd import DsdStageConfig
-from rayeffi.stages.base import StageContext, StageResult
-from rayeffi.stages.train import run_train_stage
 
-
-def run_dsd_stage(stage: DsdStageConfig, context: StageContext) -> StageResult:
-    result = run_train_stage(stage, context)
-    result.extra["rounds"] = phase_summaries(result.history)
-    return result
+def summarise(config: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"rounds": phase_summaries(history)}
 
 
 def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per phase (dense, then sparse and re-dense of each round), from epoch metrics.
 
     Each carries the target and the *measured* sparsity at the phase's last epoch, per
-    layer too, and the metrics at that epoch.
+    layer too, and the metrics at that epoch (the KD loss too when distillation trains
+    alongside).
     """
     phases = []
     for (kind, number), rows in groupby(history, key=lambda row: (row["dsd_phase"], row["dsd_round"])):
         rows = list(rows)
         last = rows[-1]
-        phases.append({
+        phase = {
             "phase": kind,
             "round": number,
             "epochs": [rows[0]["epoch"], last["epoch"]],
@@ -37,5 +32,8 @@ def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_loss": last["train_loss"],
             "val_loss": last["val_loss"],
             "val_accuracy": last["val_accuracy"],
-        })
+        }
+        if "kd_soft_loss" in last:
+            phase["kd_soft_loss"] = last["kd_soft_loss"]
+        phases.append(phase)
     return phases

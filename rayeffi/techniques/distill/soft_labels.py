@@ -30,7 +30,7 @@ class TeacherLogits:
 
     def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig):
         from rayeffi.techniques import build_precision
-        from rayeffi.techniques.distill import load_teachers
+        from rayeffi.techniques.distill.technique import load_teachers
 
         self.teachers = load_teachers(config, info)
         self.precision = build_precision(precision)

@@ -1,0 +1,98 @@
+"""Which strategy x precision x technique combinations run, in one table.
+
+Every rule that forbids a combination lives here, with its reason and its fix, and is
+checked in one place (:func:`check_compatibility`, called when a stage is validated).
+So ``load_recipe``, ``rayeffi run``, ``rayeffi submit`` and every Tune trial's stage
+variant agree on what is allowed. Rules that need the built model (a pipeline's split
+points, spatial tiles of a convolution) are the strategies' driver-side checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ANY = "*"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One forbidden combination: every named slot matches and ``when`` holds."""
+
+    reason: str
+    fix: str
+    strategy: str = ANY
+    precisions: tuple[str, ...] = (ANY,)
+    technique: str = ANY
+    when: Callable[[Any], bool] | None = None
+    """A further condition on the stage (None: the slots alone decide)."""
+
+    def matches_slots(self, strategy: str, precision: str, techniques: set[str]) -> bool:
+        return (
+            self.strategy in (ANY, strategy)
+            and (ANY in self.precisions or precision in self.precisions)
+            and (self.technique == ANY or self.technique in techniques)
+        )
+
+    def matches(self, stage: Any) -> bool:
+        techniques = {config.name for config in stage.technique_configs}
+        return (self.matches_slots(stage.parallel.strategy, stage.precision.policy, techniques)
+                and (self.when is None or self.when(stage)))
+
+    def describe(self) -> str:
+        slots = [f"parallel.strategy {self.strategy}" if self.strategy != ANY else "",
+                 f"precision {'/'.join(self.precisions)}" if ANY not in self.precisions else "",
+                 f"technique {self.technique}" if self.technique != ANY else ""]
+        return " with ".join(slot for slot in slots if slot)
+
+
+def _sharded_intra_layer(stage: Any) -> bool:
+    config = stage.parallel
+    return (config.conv == "channels" and stage.model.name == "cnn") or config.fc == "split"
+
+
+def _has_hints(stage: Any) -> bool:
+    return any(getattr(config, "hints", ()) for config in stage.technique_configs)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(strategy="pipeline", technique="distill",
+         reason="does not run kind 'distill' (the distillation loss needs the student's whole output and the "
+                "teacher on one worker)",
+         fix="train the student with parallel.strategy=data_parallel"),
+    Rule(strategy="intra_layer", precisions=("bf16", "fp16", "fp16-master"),
+         reason="runs fp32 only (its collectives were tested in FP32)", fix="set precision=fp32"),
+    Rule(strategy="intra_layer", technique="dsd", when=_sharded_intra_layer,
+         reason="chooses magnitude masks per whole layer, but parallel.conv=channels / parallel.fc=split leave "
+                "each rank a shard",
+         fix="use parallel.conv=spatial with parallel.fc=none, or data_parallel"),
+    Rule(strategy="param_server", precisions=("fp16-master",),
+         reason="the servers already hold the FP32 masters",
+         fix="use precision=fp16 (FP16 compute, FP16 gradients on the wire)"),
+    Rule(technique="dsd", precisions=("fp16-master",),
+         reason="is not supported yet (the masks act on the model's weights; FP32 masters would bring pruned "
+                "values back)",
+         fix="use fp32, bf16 or fp16"),
+    Rule(technique="distill", precisions=("fp16-master",), when=_has_hints,
+         reason="hints are not supported (hint adapters join the optimizer after the FP32 masters are made)",
+         fix="use fp32, bf16 or fp16, or remove the hints"),
+)
+"""Every forbidden combination; anything not listed here runs."""
+
+
+def check_compatibility(stage: Any) -> None:
+    """Raise ValueError naming the first rule ``stage`` breaks, its reason and its fix."""
+    for rule in RULES:
+        if rule.matches(stage):
+            raise ValueError(f"{rule.describe()}: {rule.reason}: {rule.fix}")
+
+
+def forbidden_slots(strategy: str, precision: str, techniques: set[str]) -> Rule | None:
+    """The first rule that forbids these slots whatever the rest of the stage says, or None."""
+    return next((rule for rule in RULES if rule.when is None and rule.matches_slots(strategy, precision, techniques)),
+                None)
+
+
+def compatibility_table() -> list[dict[str, str]]:
+    """The rules as rows (for the docs and ``rayeffi validate``)."""
+    return [{"combination": rule.describe(), "reason": rule.reason, "fix": rule.fix} for rule in RULES]

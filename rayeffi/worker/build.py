@@ -1,0 +1,66 @@
+"""One build of a worker's training parts, for every execution model.
+
+The Ray Train loop (``worker/loop.py``) and the parameter server's gradient worker
+(``param_server/worker.py``) both call :func:`build_worker`; the shards take their
+initial weights from :func:`initial_model`, so every replica starts from the same ones.
+The slots are entered in a fixed order (:func:`assemble`): the precision policy casts the
+model, the strategy places and wraps it, the optimizer is made and handed to the policy,
+then the techniques set up in list order (they are torn down in reverse).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rayeffi.checkpoint import load_checkpoint
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.parallel.base import Strategy
+from rayeffi.techniques import build_precision, build_techniques
+from rayeffi.techniques.base import Technique
+from rayeffi.techniques.precision import Precision
+from rayeffi.worker.optim import build_optimizer, build_scheduler
+from rayeffi.worker.step import StepParts
+
+
+def initial_model(stage, info: DatasetInfo, init_checkpoint: str | None) -> nn.Module:
+    """The model at the stage's seed (identical on every rank), with ``init_from``'s weights if any."""
+    torch.manual_seed(stage.seed)
+    model = build_model(stage.model, info)
+    if init_checkpoint:
+        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+    return model
+
+
+def assemble(
+    model: nn.Module,
+    strategy: Strategy,
+    precision: Precision,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    techniques: list[Technique] = (),
+) -> StepParts:
+    """The step's parts, with every slot set up in order."""
+    model, optimizer = strategy.setup(model, precision, make_optimizer)  # the strategy owns the precision
+    for technique in techniques:  # entered in list order, torn down in reverse
+        technique.setup(strategy.unwrap(model), optimizer)
+    return StepParts(model, optimizer, strategy, list(techniques))
+
+
+def build_worker(
+    stage,
+    info: DatasetInfo,
+    strategy: Strategy,
+    init_checkpoint: str | None = None,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+) -> tuple[StepParts, torch.optim.lr_scheduler.LRScheduler]:
+    """A worker's step parts and its learning-rate schedule (lr x every technique's factor)."""
+    model = initial_model(stage, info, init_checkpoint)
+    techniques = build_techniques(stage, info)
+    make_optimizer = make_optimizer or partial(build_optimizer, stage.optimizer)
+    parts = assemble(model, strategy, build_precision(stage.precision), make_optimizer, techniques)
+    scheduler = build_scheduler(stage.optimizer, parts.optimizer, stage.total_epochs, techniques)
+    return parts, scheduler

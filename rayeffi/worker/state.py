@@ -1,0 +1,39 @@
+"""The worker's side of checkpoints: what a Ray Train worker writes each epoch and reads back.
+
+The format itself is built in one place (``checkpoint.py: checkpoint_state``); the
+strategy saves and loads the whole training state (model, optimizer, precision,
+techniques: collectives where the model or the optimizer is split).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rayeffi.checkpoint import checkpoint_state, rng_state, set_rng_state
+from rayeffi.worker.step import StepParts
+
+
+def collect_state(parts: StepParts, scheduler, epoch: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint after ``epoch`` completed epochs; every rank calls it (collectives), rank 0 gets it."""
+    rng_by_rank = parts.strategy.all_gather_object(rng_state())
+    training = parts.strategy.training_state(parts)
+    if not parts.strategy.is_rank_zero:
+        return None
+    return checkpoint_state(epoch=epoch, training=training, scheduler=scheduler.state_dict(), rng=rng_by_rank,
+                            metrics=metrics)
+
+
+def restore_state(parts: StepParts, scheduler, state: dict[str, Any], rank: int) -> int:
+    """Continue from a checkpoint (every rank); return the epoch to start at."""
+    parts.strategy.load_training_state(parts, state)
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+    return int(state["epoch"])
+
+
+def fresh_start(seed: int, rank: int) -> int:
+    torch.manual_seed(seed + 1 + rank)  # dropout differs per rank
+    return 0
