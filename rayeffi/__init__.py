@@ -10,6 +10,7 @@ from rayeffi.recipe import Recipe, StageConfig, load_recipe
 from rayeffi.run import run_recipe
 from rayeffi.techniques import Precision, Technique
 from rayeffi.checkpoint import load_checkpoint
+from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "StepParts",
     "Technique",
     "UserError",
+    "assemble",
     "load_checkpoint",
     "load_recipe",
     "run_recipe",

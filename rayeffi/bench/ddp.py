@@ -57,7 +57,7 @@ def run(args) -> None:
     native_ms = steady_step_ms(native_ddp_epoch_seconds(stage, info, max(args.workers, 1)), steps)
 
     print(f"workload: MLP 256-1024-512-10, {num_train} synthetic rows, global batch {stage.data.batch_size}, "
-          f"{args.workers} workers, {stage.epochs} epochs ({steps} steps each)")
+          f"{args.workers} workers, {stage.total_epochs} epochs ({steps} steps each)")
     print(f"rayeffi train stage : {rayeffi_ms:8.2f} ms/step (steady state, Ray Data input, DDP on gloo)")
     print(f"native PyTorch DDP  : {native_ms:8.2f} ms/step (torch.multiprocessing, in-memory tensors)")
     print(f"ratio rayeffi/native: {rayeffi_ms / native_ms:8.2f}x")

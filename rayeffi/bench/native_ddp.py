@@ -33,7 +33,7 @@ def _worker(rank: int, world_size: int, port: int, stage: StageConfig, info: Dat
     optimizer = build_optimizer(stage.optimizer, model)
     batch = stage.data.batch_size // world_size
     epoch_seconds = []
-    for _ in range(stage.epochs):
+    for _ in range(stage.total_epochs):
         order = torch.randperm(len(targets))
         start = time.perf_counter()
         for first in range(0, len(order), batch):

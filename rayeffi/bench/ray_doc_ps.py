@@ -81,7 +81,7 @@ def run_baseline(stage: StageConfig, num_workers: int, target: float) -> dict[st
     current = server.get_weights.remote()
     ray.get([w.compute_gradients.remote(current) for w in workers])  # warm: actors up
     train_s, epoch_rates, time_to_target, accuracy = 0.0, [], None, 0.0
-    for _ in range(stage.epochs):
+    for _ in range(stage.total_epochs):
         start = time.perf_counter()
         for _ in range(steps_per_epoch):
             gradients = [worker.compute_gradients.remote(current) for worker in workers]

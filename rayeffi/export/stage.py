@@ -45,8 +45,8 @@ def export_stage(run_dir: str | Path, stage: str, fmt: str, out: str | Path | No
     stages = {s["name"]: s for s in json.loads(summary_path.read_text()).get("stages", [])}
     if stage not in stages:
         raise UserError(f"run {run_dir} has no stage {stage!r}; stages: {', '.join(stages) or 'none'}")
-    if stages[stage]["kind"] != "dsd":
-        raise UserError(f"stage {stage!r} is a {stages[stage]['kind']} stage: export needs a dsd stage's sparse phase")
+    if "rounds" not in stages[stage]:  # DSD's summary (a kind: dsd stage, or a dsd item in its techniques)
+        raise UserError(f"stage {stage!r} did not run the dsd technique: export needs a dsd stage's sparse phase")
     sparse = sparse_phase(load_checkpoint(stages[stage]["checkpoint"]))
     if not sparse:
         raise UserError(f"stage {stage!r} has no completed sparse phase to export")

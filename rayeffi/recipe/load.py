@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS
+from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
 
 SMOKE_MAX_EPOCHS = 2
 SMOKE_MAX_SAMPLES = 512
@@ -67,8 +68,8 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = _stage_by_name_or_index(node, part, key)
+        if isinstance(node, (list, tuple)):  # stages, or a stage's techniques: by name or by position
+            node = _item_by_name_or_index(node, part, key, parts[depth - 1] if depth else "")
             continue
         if not isinstance(node, dict):
             where = ".".join(parts[:depth])
@@ -77,7 +78,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         node = child
-    if isinstance(node, list):
+    if isinstance(node, (list, tuple)):
         raise UserError(f"--set {key}: address a stage key, e.g. stages.NAME.epochs=3")
     if not isinstance(node, dict):
         where = ".".join(parts[:-1])
@@ -85,14 +86,15 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _stage_by_name_or_index(stages: list[Any], part: str, key: str) -> Any:
-    names = [s.get("name") for s in stages if isinstance(s, dict)]
-    for stage in stages:
-        if isinstance(stage, dict) and stage.get("name") == part:
-            return stage
-    if part.isdigit() and int(part) < len(stages):
-        return stages[int(part)]
-    raise UserError(f"--set {key}: no stage named {part!r}; stages are: {', '.join(map(str, names))}")
+def _item_by_name_or_index(items: list[Any], part: str, key: str, list_key: str) -> Any:
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    what = "stage" if list_key == "stages" else f"{list_key} item"
+    raise UserError(f"--set {key}: no {what} named {part!r}; {list_key} are: {', '.join(map(str, names)) or 'none'}")
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -113,6 +115,8 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"unknown key '{key}': check its spelling{hint}"
     if kind == "missing":
         return f"'{key}' is required: add it to the recipe"
+    if kind in ("union_tag_invalid", "union_tag_not_found") and len(loc) > 1 and loc[-2] == "techniques":
+        return f"'{key}.name' must be one of: {', '.join(TECHNIQUE_CONFIGS)}"
     if kind == "union_tag_invalid" and loc[-1] == "parallel":
         return f"'{key}.strategy' must be one of: {', '.join(PARALLEL_CONFIGS)}"
     if kind == "union_tag_invalid":
@@ -150,6 +154,11 @@ def _dotted_location(loc: list[Any], raw: dict[str, Any]) -> str:
         # the parallel union puts the strategy in the location: skip it too
         if part == "parallel" and index < len(loc) and loc[index] in PARALLEL_CONFIGS:
             index += 1
+        # and the techniques union its item's name, after the position
+        if part == "techniques" and index + 1 < len(loc) and isinstance(loc[index], int) \
+                and loc[index + 1] in TECHNIQUE_CONFIGS:
+            parts.append(str(loc[index]))
+            index += 2
     return ".".join(parts)
 
 
@@ -166,6 +175,10 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
         if part == "parallel" and index + 1 < len(loc) and loc[index + 1] in PARALLEL_CONFIGS:
             model = PARALLEL_CONFIGS[loc[index + 1]]  # the parallel union's tag: the strategy
             index += 2
+            continue
+        if part == "techniques" and index + 2 < len(loc) and loc[index + 2] in TECHNIQUE_CONFIGS:
+            model = TECHNIQUE_CONFIGS[loc[index + 2]]  # position, then the union's tag: the name
+            index += 3
             continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None

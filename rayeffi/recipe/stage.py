@@ -24,6 +24,7 @@ from rayeffi.recipe.sections import (
 )
 from rayeffi.recipe.techniques import TechniqueConfig
 
+DEFAULT_EPOCHS = 10
 _STAGE_NAME = re.compile(r"^[A-Za-z][\w-]*$")
 
 
@@ -89,7 +90,8 @@ class StageConfig(Section):
 
     name: str
     kind: str
-    epochs: PositiveInt = 10
+    epochs: PositiveInt | None = None
+    """Epochs of the stage (default 10); not set where a technique sets them (DSD's phases)."""
     seed: int = 0
     init_from: str | None = None
     """``previous`` (the stage before), the name of an earlier stage, or a checkpoint
@@ -142,12 +144,12 @@ class StageConfig(Section):
     def total_epochs(self) -> int:
         """Epochs the worker loop runs: a technique that fixes them (DSD: its phases), else ``epochs``."""
         fixed = [config.fixed_epochs() for config in self.technique_configs if config.fixed_epochs() is not None]
-        return fixed[0] if fixed else self.epochs
+        return fixed[0] if fixed else (self.epochs or DEFAULT_EPOCHS)
 
     def smoke_raw(self, raw: dict[str, Any], max_epochs: int) -> dict[str, Any]:
         """Shrink this stage's raw dict to a CI-sized run (``--smoke``)."""
-        if raw.get("epochs") is not None:
-            raw["epochs"] = min(self.epochs, max_epochs)
+        if not any(config.fixed_epochs() for config in self.technique_configs):
+            raw["epochs"] = min(self.total_epochs, max_epochs)
         raw["techniques"] = [config.smoke(item) for config, item in zip(self.techniques, raw["techniques"])]
         return raw
 
@@ -174,7 +176,7 @@ class StageConfig(Section):
                 raise ValueError(f"technique {name!r} is given {names.count(name)} times: a stage applies each "
                                  "technique once; merge them into one entry")
         fixing = [config.name for config in self.technique_configs if config.fixed_epochs() is not None]
-        if fixing and "epochs" in self.model_fields_set and self.epochs is not None:
+        if fixing and self.epochs is not None:
             raise ValueError(
                 f"technique {fixing[0]!r} sets the stage's epochs (the sum of its phases): remove 'epochs' "
                 "and set the technique's epoch keys"

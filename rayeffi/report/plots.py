@@ -36,7 +36,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if not history:
             continue
         written.append(plot_stage(stage["name"], stage["kind"], history, out / f"{stage['name']}.png"))
-        if stage["kind"] == "dsd":
+        if "dsd_phase" in history[0]:  # the dsd technique ran (kind: dsd, or in the techniques list)
             written.append(plot_dsd_phases(stage["name"], history, out / f"{stage['name']}-phases.png"))
             histogram = plot_pruning_histograms(stage["name"], history, out / f"{stage['name']}-pruning.png")
             written += [histogram] if histogram else []

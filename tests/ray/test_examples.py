@@ -83,6 +83,23 @@ def test_dsd_example_prunes_exports_and_draws(smoke_run, capsys):
     assert {"dsd-phases.png", "dsd-pruning.png"} <= {p.name for p in (out / "report").iterdir()}
 
 
+def test_prune_distill_example_prunes_while_the_teacher_teaches(smoke_run):
+    out, summary = smoke_run("prune_distill")
+    stage = summary["stages"][2]
+    assert stage["name"] == "sparse_kd" and stage["techniques"] == ["dsd", "distill"]
+    assert stage["teachers"] == [summary["stages"][0]["checkpoint"]] and "cache" in stage
+    sparse = next(r for r in stage["rounds"] if r["phase"] == "sparse")
+    assert sparse["target_sparsity"] == 0.5 and "kd_soft_loss" in sparse
+    assert all(abs(value - 0.5) < 0.01 for value in sparse["layer_sparsity"].values())  # measured per layer
+    assert all("kd_soft_loss" in row and "dsd_phase" in row for row in stage["history"])
+    # the sparse phase's weights, counted in the checkpoint: half of every pruned layer is zero
+    state = torch.load(stage["checkpoint"], weights_only=True)["techniques"]["dsd"]["sparse"]
+    for name, mask in state["masks"].items():
+        zeros = int((state["model"][name] == 0).sum())
+        assert zeros >= int((~mask).sum()) and abs(zeros / mask.numel() - 0.5) < 0.01
+    assert main(["export", str(out), "--stage", "sparse_kd", "--format", "bitmask"]) == 0
+
+
 def test_dsd_tune_example_searches_schedules(smoke_run):
     _, summary = smoke_run("dsd_tune")
     dsd = summary["stages"][1]

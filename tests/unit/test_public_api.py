@@ -14,6 +14,7 @@ def test_public_api_is_pinned():
         "Strategy",
         "Technique",
         "UserError",
+        "assemble",
         "load_checkpoint",
         "load_recipe",
         "run_recipe",

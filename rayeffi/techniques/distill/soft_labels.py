@@ -29,7 +29,7 @@ class TeacherLogits:
     """A Ray Data callable class: loads the teachers once per actor, adds their logits."""
 
     def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig):
-        from rayeffi.techniques import build_precision
+        from rayeffi.techniques.precision import build_precision
         from rayeffi.techniques.distill.technique import load_teachers
 
         self.teachers = load_teachers(config, info)

@@ -148,7 +148,11 @@ class Distillation(Technique):
                 parameter.grad /= dist.get_world_size()
 
     def metrics(self) -> dict[str, float]:
-        soft_sum, hint_sum, batches = self._sums.tolist()
+        """The epoch's mean KD (and hint) terms over every worker's batches (every rank calls it)."""
+        sums = self._sums.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)  # sync point: the figure is the whole epoch's, not rank 0's shard
+        soft_sum, hint_sum, batches = sums.tolist()
         metrics = {"distill_hints_only": float(self.hints_only)}
         if batches:
             metrics["kd_soft_loss"] = soft_sum / batches
