@@ -21,6 +21,9 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see rayeffi {self.prog.split()[-1]} --help)")
 
 
+BENCHMARK_NAMES = ("ddp", "dsd", "precision", "distill", "intra-layer", "pipeline", "ps", "prune-distill")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rayeffi", description="Efficient deep-network training recipes on Ray.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: RUN_DIR/stages/STAGE/sparse-FORMAT.pt)")
 
     bench = commands.add_parser("bench", help="benchmarks that print a ratio against their baseline")
-    bench.add_argument("name", choices=["ddp", "dsd", "precision", "distill", "intra-layer", "pipeline", "ps"],
+    bench.add_argument("name", choices=list(BENCHMARK_NAMES),
                        help="ddp: the train stage against native PyTorch DDP; dsd: DSD against dense baselines; "
                             "precision: fp32 vs bf16; distill: distilled student against the student alone; "
                             "intra-layer: split layers against unsplit, time and bytes; "
                             "pipeline: step time and bubble per micro-batch count against the unsplit model; "
-                            "ps: parameter server sync/async against data parallelism and a one-actor baseline")
+                            "ps: parameter server sync/async against data parallelism and a one-actor baseline; "
+                            "prune-distill: DSD with a distilling teacher against DSD alone")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
-    bench.add_argument("--seeds", type=int, default=5, help="dsd, distill: paired seeds")
+    bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
+    bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")

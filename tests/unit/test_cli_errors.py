@@ -117,3 +117,10 @@ def test_precision_errors_name_the_key_and_the_fix(text, expected, tmp_path, cap
     (tmp_path / "recipe.yaml").write_text(text + GOOD)
     assert main(["run", "recipe.yaml"]) == 2
     assert capsys.readouterr().err.startswith(expected)
+
+
+def test_every_benchmark_is_offered_on_the_command_line():
+    from rayeffi.bench import BENCHMARKS
+    from rayeffi.cli import BENCHMARK_NAMES
+
+    assert set(BENCHMARK_NAMES) == set(BENCHMARKS)
