@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
+    bench.add_argument("--timeout", type=float, default=3600.0,
+                       help="seconds before the benchmark is stopped with a message (default 3600)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
     bench.add_argument("--out", help="pipeline: where the JSON and Gantt charts go (default: runs/bench-pipeline)")
     return parser
@@ -113,10 +115,31 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    from rayeffi.bench import BENCHMARKS
+    """One benchmark under an overall deadline: past it, a one-line message and exit 1, no hang."""
+    import signal
 
-    BENCHMARKS[args.name](args)
-    return 0
+    from rayeffi.bench import BENCHMARKS
+    from rayeffi.bench.ranks import BenchTimeout
+
+    def expire(signum, frame):
+        raise BenchTimeout(f"rayeffi bench {args.name} did not finish in {args.timeout:.0f} s (--timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(int(args.timeout))
+    try:
+        print(f"rayeffi bench {args.name}{' --quick' if args.quick else ''}: deadline {args.timeout:.0f} s", flush=True)
+        BENCHMARKS[args.name](args)
+        return 0
+    except BenchTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        import ray
+
+        if ray.is_initialized():  # a bench that started a private Ray stops it, whatever happened
+            ray.shutdown()
 
 
 def _submit(args) -> int:

@@ -16,7 +16,6 @@ workers (tiles, halos, channel and feature ranges).
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -25,9 +24,9 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from rayeffi.bench.ranks import end_rank, free_port, run_ranks
 from rayeffi.parallel.collectives import TRAFFIC
 from rayeffi.parallel.halo import SpatialGrid, take_tile
 from rayeffi.parallel.mesh import RankGroup
@@ -100,20 +99,15 @@ def _rank(rank: int, world_size: int, port: int, steps: int, out_dir: str) -> No
         results[name] = _time_alternating(unsplit, inputs, split, split_inputs, steps)
         results[name]["bytes"] = {k: v // (steps + 2) for k, v in TRAFFIC.items()}
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    end_rank()  # not destroy_process_group: it can deadlock on torch 2.13 (bench/ranks.py)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def measure(world_size: int, steps: int) -> dict:
+def measure(world_size: int, steps: int, timeout_s: float = 900.0) -> dict:
     """Per mode: median over steps of the slowest rank's ms (unsplit, split) and rank 0's bytes."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_rank, args=(world_size, _free_port(), steps, out_dir), nprocs=world_size)
-        by_rank = [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world_size)]
+        run_ranks(_rank, (world_size, free_port(), steps, out_dir), world_size, timeout_s,
+                  f"intra-layer bench on {world_size} ranks")
+        by_rank = [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     summary = {}
     for name, *_ in MODES:
         slowest = {kind: [1000 * max(ranks) for ranks in zip(*(r[name][kind] for r in by_rank))]

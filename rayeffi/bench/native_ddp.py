@@ -7,7 +7,6 @@ process (as Ray Train gives each 1-CPU worker). No Ray anywhere.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import torch
@@ -15,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from rayeffi.bench.ranks import end_rank, free_port, run_ranks
 from rayeffi.data.info import DatasetInfo
 from rayeffi.data.synthetic import synthetic_arrays
 from rayeffi.models import build_model
@@ -45,15 +45,12 @@ def _worker(rank: int, world_size: int, port: int, stage: StageConfig, info: Dat
         epoch_seconds.append(time.perf_counter() - start)
     if rank == 0:
         queue.put(epoch_seconds)
-    dist.destroy_process_group()
+    end_rank()  # not destroy_process_group: it can deadlock on torch 2.13 (bench/ranks.py)
 
 
-def native_ddp_epoch_seconds(stage: StageConfig, info: DatasetInfo, world_size: int) -> list[float]:
+def native_ddp_epoch_seconds(stage: StageConfig, info: DatasetInfo, world_size: int,
+                             timeout_s: float = 600.0) -> list[float]:
     """Seconds per training epoch of plain DDP, rank 0's clock."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    mp.start_processes(_worker, args=(world_size, port, stage, info, queue), nprocs=world_size, start_method="spawn")
+    queue = mp.get_context("spawn").SimpleQueue()
+    run_ranks(_worker, (world_size, free_port(), stage, info, queue), world_size, timeout_s, "native DDP baseline")
     return queue.get()

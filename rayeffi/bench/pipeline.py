@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from rayeffi.bench.ranks import end_rank, free_port, run_ranks
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.parallel.pipeline_timeline import Timeline, busy_seconds, ideal_bubble, measured_bubble
 from rayeffi.recipe.pipeline import PipelineConfig
@@ -100,8 +99,10 @@ def _rank(rank: int, num_stages: int, port: int, configs: list, steps: int, warm
         dist.all_gather_object(gathered, mine)
         if rank == 0:
             torch.save(gathered, out_path)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # a failed rank: tear down so the others fail too
+        raise
+    end_rank()  # not destroy_process_group: it can deadlock on torch 2.13 (bench/ranks.py)
 
 
 def _summarise(per_worker: list[dict], num_stages: int, microbatches: int) -> dict:
@@ -140,23 +141,18 @@ def _unsplit_samples_per_s(threads: int, steps: int, warmup: int) -> float:
         torch.set_num_threads(previous)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(stage_counts=(2, 4), schedules=("gpipe", "1f1b"), steps: int = 8, warmup: int = 2,
-            out_dir: str | Path = "runs/bench-pipeline") -> dict:
+            out_dir: str | Path = "runs/bench-pipeline", timeout_s: float = 900.0) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, charts = [], []
     for num_stages in stage_counts:
         configs = [(s, m) for s in schedules for m in MICROBATCHES if s == "gpipe" or m >= num_stages]
         raw = out_dir / f"raw-k{num_stages}.pt"
-        mp.start_processes(_rank, args=(num_stages, _free_port(), configs, steps, warmup, str(raw)),
-                           nprocs=num_stages, start_method="fork")
-        gathered = torch.load(raw, weights_only=False)
+        print(f"  pipeline bench: K={num_stages}, {len(configs)} schedule x micro-batch configurations", flush=True)
+        run_ranks(_rank, (num_stages, free_port(), configs, steps, warmup, str(raw)), num_stages, timeout_s,
+                  f"pipeline bench with K={num_stages}", start_method="fork")
+        gathered = torch.load(raw, weights_only=True)
         for index, (schedule, m) in enumerate(configs):
             row = _summarise([worker[index] for worker in gathered], num_stages, m)
             row["schedule"] = schedule

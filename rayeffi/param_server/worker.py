@@ -31,10 +31,8 @@ from rayeffi.param_server.plan import shard_plan
 from rayeffi.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
 from rayeffi.worker.build import build_worker
-from rayeffi.worker.loop import SHUFFLE_BUFFER_ROWS
+from rayeffi.worker.batches import ShardBatches
 from rayeffi.worker.step import eval_step, train_step
-
-IN_MEMORY_BYTES = 256 * 2**20
 
 
 class PushOptimizer(torch.optim.SGD):
@@ -85,8 +83,9 @@ class GradientWorker:
         self.wire_dtype = self.config.resolved_gradient_dtype(stage.precision.policy)
         self.versions = [0] * len(servers)
         self.epoch = -1
-        self._rows: dict[str, torch.Tensor] | None = None  # the shard in memory, once read
         self.batch_size = stage.data.batch_size // stage.scaling.num_workers
+        # the shard in memory once read, if it is small (Ray Data costs milliseconds per batch)
+        self.batches = ShardBatches(train_shard, self.batch_size, train_shard.size_bytes())
         torch.manual_seed(stage.seed + 1 + spec.index)  # dropout differs per worker
 
     # -- talking to the shards --------------------------------------------------------
@@ -163,29 +162,10 @@ class GradientWorker:
         return {"loss_sum": loss_sum, "rows": rows, "seconds": time.perf_counter() - start, "steps": steps}
 
     def _train_batches(self, epoch: int):
-        """This epoch's batches: from memory when the shard is small, else streamed by Ray Data.
-
-        Iterating Ray Data costs milliseconds per batch, as much as a small model's whole
-        step; a shard up to ``IN_MEMORY_BYTES`` is read through Ray Data once and then
-        shuffled here, with the same seed for a replaced worker.
-        """
+        """This epoch's batches (``worker/batches.py``: in memory when the shard is small, with the
+        same seed for a replaced worker)."""
         seed = self.stage.seed * 1000 + epoch if self.stage.data.shuffle else None
-        if self._rows is None and self.train_shard.size_bytes() <= IN_MEMORY_BYTES:
-            parts = list(self.train_shard.iter_torch_batches(batch_size=None))
-            self._rows = {column: torch.cat([part[column] for part in parts]) for column in parts[0]}
-        if self._rows is None:
-            yield from self.train_shard.iter_torch_batches(
-                batch_size=self.batch_size,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if seed is not None else None,
-                local_shuffle_seed=seed,
-            )
-            return
-        num_rows = len(self._rows["label"])
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        order = torch.randperm(num_rows, generator=generator) if seed is not None else torch.arange(num_rows)
-        for first in range(0, num_rows, self.batch_size):
-            rows = order[first:first + self.batch_size]
-            yield {column: values[rows] for column, values in self._rows.items()}
+        return self.batches.epoch(seed)
 
     def evaluate(self) -> list[float]:
         """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard, latest weights."""

@@ -21,13 +21,11 @@ from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.info import DatasetInfo
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
+from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.metrics import epoch_metrics
 from rayeffi.worker.state import collect_state, fresh_start, restore_state
 from rayeffi.worker.step import StepParts, eval_step, train_step
-
-SHUFFLE_BUFFER_ROWS = 2048
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -57,16 +55,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch = _restore(parts, scheduler, spec, rank)
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch})
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     layout = stage.data_layout  # the same layout the driver split the datasets by
+    train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size)
+    val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
-            train_sums, train_s = _train_epoch(parts, train_shard, layout, stage, epoch)
-            val_sums = _evaluate(parts, val_shard, layout.rows_per_read)
+            train_sums, train_s = _train_epoch(parts, train, stage, epoch)
+            val_sums = _evaluate(parts, val)
             scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point
             train_loss_sum, train_rows, val_loss_sum, val_correct, val_rows = totals.tolist()
@@ -83,16 +81,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.teardown()
 
 
-def _batches(shard, batch_size: int, shuffle_seed: int | None, drop_last: bool = False):
-    return shard.iter_torch_batches(
-        batch_size=batch_size,
-        drop_last=drop_last,
-        local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
-        local_shuffle_seed=shuffle_seed,
-    )
+def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_size: int) -> ShardBatches:
+    size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
+    drop_last = layout.drop_last and name == "train"
+    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last)
 
 
-def _train_epoch(parts: StepParts, shard, layout, stage: StageConfig, epoch: int):
+def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int):
     """Returns ``[loss_sum, num_rows]`` for this worker and the epoch's training seconds."""
     parts.model.train()
     device = parts.strategy.device
@@ -100,7 +95,7 @@ def _train_epoch(parts: StepParts, shard, layout, stage: StageConfig, epoch: int
     num_rows = 0
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
-    for batch in _batches(shard, layout.rows_per_read, seed, layout.drop_last):
+    for batch in batches.epoch(seed):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
@@ -110,12 +105,12 @@ def _train_epoch(parts: StepParts, shard, layout, stage: StageConfig, epoch: int
     return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
 
 
-def _evaluate(parts: StepParts, shard, batch_size: int) -> torch.Tensor:
+def _evaluate(parts: StepParts, batches: ShardBatches) -> torch.Tensor:
     """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard."""
     parts.model.eval()
     device = parts.strategy.device
     sums = torch.zeros(3, dtype=torch.float64)
-    for batch in _batches(shard, batch_size, None):
+    for batch in batches.epoch(None):
         inputs, targets = batch["features"].to(device, torch.float32), batch["label"].to(device, torch.int64)
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
         loss_sum, correct = eval_step(parts, inputs, targets)
