@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip its completed stages, resume the interrupted one")
 
+    validate = commands.add_parser("validate", help="every check run makes before training, and the plan; no training")
+    validate.add_argument("recipe", help="YAML recipe (see examples/)")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe key (as for run)")
+    validate.add_argument("--smoke", action="store_true", help="check the CI-sized run")
+    validate.add_argument("--address", help="also check that this Ray cluster has the CPUs the recipe reserves")
+
     submit = commands.add_parser("submit", help="submit a recipe as a Ray job to a running cluster")
     submit.add_argument("recipe", help="YAML recipe, inside the working directory that is uploaded")
     submit.add_argument("--address", required=True, help="the head's dashboard, e.g. http://HOST:8265")
@@ -90,6 +97,16 @@ def _run(args) -> int:
         raise UserError("--resume needs --out DIR: the run directory to continue")
     summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
+    return 0
+
+
+def _validate(args) -> int:
+    from rayeffi.recipe import load_recipe
+    from rayeffi.validate import validate_run
+
+    recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
+    for line in validate_run(recipe, args.address):
+        print(line)
     return 0
 
 
@@ -148,7 +165,7 @@ def _submit(args) -> int:
     return submit(args)
 
 
-COMMANDS = {"run": _run, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
+COMMANDS = {"run": _run, "validate": _validate, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
 
 
 def main(argv: list[str] | None = None) -> int:

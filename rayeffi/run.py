@@ -52,11 +52,11 @@ def run_recipe(
         echo = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
-    sources = [_check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
     check_address(address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
-    started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))
+    started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
@@ -107,7 +107,7 @@ def run_recipe(
     return summary
 
 
-def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
+def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
     if stage.tune is not None:
         check_search_space(stage)
     links = {None, "previous", *stage_names}
@@ -125,7 +125,7 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
     return source
 
 
-def _cpus_needed(stage: StageConfig) -> float:
+def cpus_needed(stage: StageConfig) -> float:
     concurrent_runs = stage.tune.max_concurrent_trials if stage.tune else 1
     return concurrent_runs * max(stage.scaling.num_workers, 1) * stage.scaling.resources_per_worker.get("CPU", 1.0)
 

@@ -51,8 +51,10 @@ class ShardBatches:
             yield {column: values[picked] for column, values in rows.items()}
 
     def _read(self) -> dict[str, torch.Tensor]:
-        if self._rows is None:  # once per run: Ray Data's blocks, concatenated
-            parts = list(self.shard.iter_torch_batches(batch_size=None))
+        if self._rows is None:  # once per run, in the shard's order
+            # batches of the step's size, as streaming reads them: a streaming split's
+            # coordinator was seen to hand one worker no rows when read by whole blocks
+            parts = list(self.shard.iter_torch_batches(batch_size=self.rows_per_read))
             self._rows = {column: torch.cat([part[column] for part in parts]) for column in parts[0]} if parts else {}
         return self._rows
 

@@ -1,4 +1,8 @@
-"""One private local Ray per test module (starting Ray costs ~6 s)."""
+"""One private local Ray shared by the Ray-tier modules that need a plain one (``local_ray``:
+starting Ray costs ~6 s). A module that needs a Ray of its own (a cluster, a head started
+with ``ray start``, test models on the workers' path, a ``rayeffi run`` in a subprocess)
+asks for ``own_ray`` first, which stops the shared one; the next module that asks for
+``local_ray`` starts it again."""
 
 from __future__ import annotations
 
@@ -11,12 +15,33 @@ from rayeffi.data import builtin_digits_paths
 from rayeffi.stages.ray_session import start_ray
 
 
+_SHARED = {"started": False}
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
-    start_ray(address=None, num_cpus_needed=3)
+    if not _SHARED["started"]:
+        assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+        start_ray(address=None, num_cpus_needed=3)
+        _SHARED["started"] = True
     yield
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def own_ray():
+    """Stop the shared Ray so a module can start its own (it must leave none behind)."""
+    if _SHARED["started"]:
+        ray.shutdown()
+        _SHARED["started"] = False
+    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_ray():
+    yield
+    if _SHARED["started"]:
+        ray.shutdown()
 
 
 SMALL_TRAIN_ROWS, SMALL_VAL_ROWS = 256, 64

@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def head():
-    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+def head(own_ray):
     head = start_head(num_cpus=3)
     yield head
     head.stop()

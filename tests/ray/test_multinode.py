@@ -36,8 +36,7 @@ SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+def cluster(own_ray):
     (dashboard_port,) = free_ports(1)
     with helpers_importable_by_workers():
         cluster = Cluster(initialize_head=True, head_node_args={

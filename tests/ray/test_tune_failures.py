@@ -20,8 +20,7 @@ CRASH_AFTER, NEVER = 10, 10_000  # training batches before the model raises
 
 
 @pytest.fixture(scope="module")
-def ray_with_test_models():
-    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
+def ray_with_test_models(own_ray):
     with helpers_importable_by_workers():
         start_ray(address=None, num_cpus_needed=2)
     yield

@@ -1,0 +1,64 @@
+"""``rayeffi validate``: every check ``rayeffi run`` makes before training, and the plan.
+
+No worker starts and nothing is written beside a temporary directory (synthetic data is
+generated there to be checked). With ``--address`` it also asks the cluster whether it
+has the CPUs the recipe's largest stage reserves.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rayeffi.errors import UserError
+from rayeffi.recipe.models import Recipe, StageConfig
+from rayeffi.run import check_stage, cpus_needed
+from rayeffi.stages.ray_session import check_address
+
+
+def validate_run(recipe: Recipe, address: str | None = None) -> list[str]:
+    """The plan, one line per stage, after every driver-side check (raises UserError)."""
+    names = {stage.name for stage in recipe.stages}
+    with tempfile.TemporaryDirectory(prefix="rayeffi-validate-") as out:
+        for stage in recipe.stages:
+            check_stage(stage, Path(out), names)
+    check_address(address)
+    lines = [f"recipe {recipe.name}: {len(recipe.stages)} stage(s); data, models, checkpoints, techniques and "
+             "combinations checked"]
+    lines += [f"  {index}. {_describe(stage)}" for index, stage in enumerate(recipe.stages, start=1)]
+    if address:
+        lines.append(_check_cluster(recipe, address))
+    return lines
+
+
+def _describe(stage: StageConfig) -> str:
+    workers = stage.scaling.num_workers
+    where = "local mode (the driver)" if workers == 0 else f"{workers} worker(s) x {dict(stage.scaling.resources_per_worker)}"
+    parts = [f"{stage.name}: kind {stage.kind}, {stage.total_epochs} epochs", f"model {stage.model.name}",
+             f"{stage.parallel.strategy} on {where}", f"precision {stage.precision.policy}"]
+    techniques = [config.name for config in stage.technique_configs]
+    if techniques:
+        parts.append(f"techniques {' -> '.join(techniques)}")
+    teachers = [t.stage or t.checkpoint for config in stage.technique_configs for t in getattr(config, "teachers", ())]
+    if teachers:
+        parts.append(f"teachers {', '.join(teachers)}")
+    if stage.init_from:
+        parts.append(f"starts from {stage.init_from}")
+    if stage.tune:
+        parts.append(f"{stage.tune.num_samples} Tune trials ({stage.tune.max_concurrent_trials} at a time)")
+    return "; ".join(parts) + "; hands on its checkpoint"
+
+
+def _check_cluster(recipe: Recipe, address: str) -> str:
+    import ray
+
+    needed = max(cpus_needed(stage) for stage in recipe.stages)
+    ray.init(address=address, log_to_driver=False)
+    try:
+        have = ray.cluster_resources().get("CPU", 0.0)
+    finally:
+        ray.shutdown()
+    if have < needed:
+        raise UserError(f"--address {address}: the recipe's largest stage reserves {needed:g} CPUs but the cluster "
+                        f"has {have:g}: lower scaling.num_workers or resources_per_worker, or add nodes")
+    return f"cluster {address}: {have:g} CPUs, the largest stage reserves {needed:g}"
