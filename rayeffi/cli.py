@@ -7,7 +7,9 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,9 +83,35 @@ def _run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR: the run directory to continue")
-    summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+    check_out_dir(out)
+    try:
+        summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not out.is_dir():  # deleted (or replaced) while the stages ran: the failure follows from that
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"--out {out}: the run directory was deleted while the run was going "
+                            f"({type(exc).__name__}: {detail}); start again with rayeffi run ... --out DIR") from None
+        raise
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
     return 0
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory that exists or can be made, and that this user can write to."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a directory: give a directory for the run")
+    parent = out
+    while not parent.exists():  # the nearest part of the path that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out} lies below {parent}, which is a file, not a directory: give another --out")
+    try:  # a real write, not os.access: root passes os.access on read-only filesystems
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".rayeffi-write-check-"))
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}): give a directory you "
+                        "can write to") from None
 
 
 def _report(args) -> int:
