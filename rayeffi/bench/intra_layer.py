@@ -113,7 +113,7 @@ def measure(world_size: int, steps: int) -> dict:
     """Per mode: median over steps of the slowest rank's ms (unsplit, split) and rank 0's bytes."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_rank, args=(world_size, _free_port(), steps, out_dir), nprocs=world_size)
-        by_rank = [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world_size)]
+        by_rank = [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     summary = {}
     for name, *_ in MODES:
         slowest = {kind: [1000 * max(ranks) for ranks in zip(*(r[name][kind] for r in by_rank))]

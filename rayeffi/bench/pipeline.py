@@ -160,7 +160,7 @@ def measure(stage_counts=(2, 4), schedules=("gpipe", "1f1b"), steps: int = 8, wa
         raw = out_dir / f"raw-k{num_stages}.pt"
         mp.start_processes(_rank, args=(num_stages, _free_port(), configs, steps, warmup, str(raw)),
                            nprocs=num_stages, start_method="fork")
-        gathered = torch.load(raw, weights_only=False)
+        gathered = torch.load(raw, weights_only=True)  # plain lists, tuples, numbers and names
         for index, (schedule, m) in enumerate(configs):
             row = _summarise([worker[index] for worker in gathered], num_stages, m)
             row["schedule"] = schedule
