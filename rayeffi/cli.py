@@ -7,15 +7,21 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from rayeffi.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,9 +90,18 @@ def _run(args) -> int:
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR: the run directory to continue")
     check_out_dir(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # from here on, a missing run directory was deleted
     try:
-        summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+        with interrupts_as_keyboard_interrupt():
+            summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+    except KeyboardInterrupt:  # run_recipe has stopped the workers and its private Ray on the way out
+        mark_interrupted(recipe, out, args.storage)
+        print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UserError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run refused before it started leaves no empty directory behind
         raise
     except Exception as exc:
         if not out.is_dir():  # deleted (or replaced) while the stages ran: the failure follows from that
@@ -96,6 +111,60 @@ def _run(args) -> int:
         raise
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
     return 0
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt():
+    """Ctrl-C (SIGINT) and SIGTERM both stop the run the same way, once.
+
+    The first signal raises KeyboardInterrupt in the driver, whose ``finally`` blocks
+    stop the workers and the private Ray; further signals are ignored so that a second
+    Ctrl-C cannot cut that cleanup short (the watchdog of rayeffi/supervise.py removes
+    whatever a harder kill leaves).
+    """
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def mark_interrupted(recipe, out: Path, storage: str | None) -> None:
+    """Leave a ``summary.json`` that ``--resume`` accepts: status ``interrupted``, complete stages kept.
+
+    A run stopped in its first stage has no summary yet; without one, ``--resume`` would
+    refuse the directory although the stage's checkpoints are in its storage.
+    """
+    from rayeffi.run import SUMMARY_FILE, write_summary
+    from rayeffi.storage import resolve_storage
+
+    if not out.is_dir():
+        return
+    path = out / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        summary = None
+    if not isinstance(summary, dict):
+        summary = {"recipe": recipe.model_dump(mode="json"), "storage": resolve_storage(storage, out), "stages": []}
+    summary["status"] = "interrupted"
+    write_summary(summary, out)
+
+
+def _resume_command(args, out: Path) -> str:
+    words = [args.recipe, *(f"--set {shlex.quote(o)}" for o in args.overrides)]
+    words += ["--smoke"] * args.smoke + [f"--address {args.address}"] * bool(args.address)
+    words += [f"--storage {args.storage}"] * bool(args.storage)
+    return " ".join([*words, f"--out {shlex.quote(str(out))}", "--resume"])
 
 
 def check_out_dir(out: Path) -> None:

@@ -54,3 +54,42 @@ def test_report_on_a_summary_of_the_wrong_shape(summary, expected, tmp_path, cap
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(tmp_path)]) == 2
     assert expected in _one_error_line(capsys)
+
+
+def _fake_run(behaviour):
+    def run_recipe(recipe, out_dir, **kwargs):
+        return behaviour(out_dir)
+    return run_recipe
+
+
+def test_interrupt_exits_130_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    def interrupted(out_dir):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("rayeffi.run.run_recipe", _fake_run(interrupted))
+    (tmp_path / "r.yaml").write_text(GOOD)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "r.yaml"), "--set", "optimizer.lr=0.05", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"interrupted: resume with rayeffi run {tmp_path / 'r.yaml'} --set optimizer.lr=0.05 "
+                   f"--out {out} --resume"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["stages"] == [] and summary["storage"] == str(out / "ray")
+    assert summary["recipe"]["optimizer"]["lr"] == 0.05  # what --resume compares the recipe against
+
+
+def test_run_directory_deleted_mid_run(tmp_path, capsys, monkeypatch):
+    def deleted(out_dir):
+        import shutil
+        shutil.rmtree(out_dir)
+        raise FileNotFoundError(2, "No such file or directory", str(out_dir / "progress.jsonl"))
+    monkeypatch.setattr("rayeffi.run.run_recipe", _fake_run(deleted))
+    (tmp_path / "r.yaml").write_text(GOOD)
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "the run directory was deleted while the run was going" in _one_error_line(capsys)
+
+
+def test_a_refused_run_leaves_no_empty_directory(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("data: {batch_size: 4096}\n" + GOOD)
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "fewer than data.batch_size 4096" in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
