@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from rayeffi.errors import UserError
+from rayeffi.health import HealthStop, check_final
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
@@ -96,6 +97,9 @@ def _run(args) -> int:
         with interrupts_as_keyboard_interrupt():
             summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
     except KeyboardInterrupt:  # run_recipe has stopped the workers and its private Ray on the way out
+        diverged = HealthStop.take()
+        if diverged:  # stopped by the driver's health check (rayeffi/health.py), not by the user
+            raise UserError(diverged) from None
         mark_interrupted(recipe, out, args.storage)
         print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -110,6 +114,10 @@ def _run(args) -> int:
                             f"({type(exc).__name__}: {detail}); start again with rayeffi run ... --out DIR") from None
         raise
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
+    for stage in summary["stages"]:
+        diverged = check_final(stage.get("metrics") or {})
+        if diverged:
+            raise UserError(f"stages.{stage['name']}: {diverged}")
     return 0
 
 
