@@ -91,7 +91,7 @@ def _run(args) -> int:
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR: the run directory to continue")
     check_out_dir(out)
-    created = not out.exists()
+    created = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)  # from here on, a missing run directory was deleted
     try:
         with interrupts_as_keyboard_interrupt():
@@ -104,8 +104,7 @@ def _run(args) -> int:
         print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UserError:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a run refused before it started leaves no empty directory behind
+        _remove_if_empty(out, created)  # a run refused before it started leaves no empty directory behind
         raise
     except Exception as exc:
         if not out.is_dir():  # deleted (or replaced) while the stages ran: the failure follows from that
@@ -119,6 +118,26 @@ def _run(args) -> int:
         if diverged:
             raise UserError(f"stages.{stage['name']}: {diverged}")
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory of ``path`` that does not exist yet (None: it all exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_if_empty(out: Path, first_created: Path | None) -> None:
+    """Remove ``out`` and the parents this run created, as long as they are empty."""
+    if first_created is None:
+        return
+    path = out
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == first_created:
+            return
+        path = path.parent
 
 
 @contextlib.contextmanager

@@ -93,3 +93,9 @@ def test_a_refused_run_leaves_no_empty_directory(tmp_path, capsys):
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
     assert "fewer than data.batch_size 4096" in _one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_run_leaves_no_empty_parents(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("data: {batch_size: 4096}\n" + GOOD)
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a/b/out")]) == 2
+    assert not (tmp_path / "a").exists()
