@@ -61,9 +61,9 @@ def wait_until_gone(processes, timeout_s: float) -> list:
 class RunningCommand:
     """A ``rayeffi run`` in its own process group (as a terminal job), its output collected as it comes."""
 
-    def __init__(self, argv: list[str], cwd=None):
+    def __init__(self, argv: list[str], cwd=None, env=None):
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        start_new_session=True, cwd=cwd)
+                                        start_new_session=True, cwd=cwd, env=env)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.seen: set = set()
