@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,19 +63,67 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a rayeffi checkpoint file (or a directory holding ``state.pt``)."""
+    """Load a rayeffi checkpoint file (or a directory holding ``state.pt``).
+
+    Every way a file can fail to be one (missing, a directory without ``state.pt``,
+    random bytes, cut short, a pickle holding code, no ``model`` entry) is a
+    :class:`UserError` naming the file and what it is not.
+    """
     path = Path(path)
     if path.is_dir():
+        if not (path / CHECKPOINT_FILE).is_file():
+            raise UserError(f"checkpoint {path} is a directory without a checkpoint (no {CHECKPOINT_FILE} in it): "
+                            f"give a rayeffi checkpoint file, or a directory holding {CHECKPOINT_FILE}")
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give a rayeffi checkpoint file or its directory")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}): is it a rayeffi checkpoint?") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"checkpoint {path} has no 'model' entry: is it a rayeffi checkpoint?")
+        raise UserError(f"checkpoint {path} {_unreadable(exc)}") from None
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict):
+        raise UserError(f"checkpoint {path} has no 'model' entry of weights: it is a torch file but not a rayeffi "
+                        "checkpoint (those hold {'model': state_dict, ...}); give a checkpoint.pt of a rayeffi run")
     return state
+
+
+def _unreadable(exc: Exception) -> str:
+    """What a file that ``torch.load`` refused is not, from the error torch raised."""
+    text = str(exc)
+    if "GLOBAL" in text or "Unsupported global" in text:  # the pickle names a function or class to call
+        global_name = re.search(r"GLOBAL ([\w.]+)|global: GLOBAL ([\w.]+)", text)
+        what = f" ({next(g for g in global_name.groups() if g)})" if global_name else ""
+        return (f"holds pickled Python objects{what} besides tensors, which rayeffi refuses to load "
+                "(weights_only=True: loading them could run code): give a checkpoint written by rayeffi, "
+                "or re-save only its state_dict")
+    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text or "truncated" in text:
+        return ("is cut short or not a torch file (its zip archive does not read): give a complete checkpoint, "
+                "e.g. the stage's checkpoint.pt of a finished run")
+    return f"is not a readable torch checkpoint ({type(exc).__name__}): give a rayeffi checkpoint.pt"
+
+
+def check_model_state(model_state: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
+    """Fail unless ``model_state`` loads into ``model``: same parameter names and shapes.
+
+    Run on the driver before Ray starts, so a checkpoint of another model's shape is
+    one line instead of a worker's ``load_state_dict`` traceback.
+    """
+    expected = {name: tuple(getattr(value, "shape", ())) for name, value in model.state_dict().items()}
+    found = {name: tuple(getattr(value, "shape", ())) for name, value in model_state.items()}
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    wrong = [name for name in expected if name in found and found[name] != expected[name]]
+    if not (missing or extra or wrong):
+        return
+    if wrong:
+        name = wrong[0]
+        detail = f"'{name}' is {list(found[name])} there but {list(expected[name])} in this stage's model"
+    else:
+        detail = (f"its weights are named {', '.join(extra[:3]) or '-'} where this stage's model has "
+                  f"{', '.join(missing[:3]) or '-'}")
+    raise UserError(f"checkpoint {path} holds another model ({detail}): start from a checkpoint of the same "
+                    "model, or set this stage's model keys to the ones it was trained with")
 
 
 def rng_state() -> dict[str, Any]:

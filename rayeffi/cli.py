@@ -7,13 +7,22 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from rayeffi.errors import UserError
+from rayeffi.health import HealthStop, check_final
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,8 +104,33 @@ def _run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR: the run directory to continue")
-    summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+    check_out_dir(out)
+    created = _first_missing(out)
+    out.mkdir(parents=True, exist_ok=True)  # from here on, a missing run directory was deleted
+    try:
+        with interrupts_as_keyboard_interrupt():
+            summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+    except KeyboardInterrupt:  # run_recipe has stopped the workers and its private Ray on the way out
+        diverged = HealthStop.take()
+        if diverged:  # stopped by the driver's health check (rayeffi/health.py), not by the user
+            raise UserError(diverged) from None
+        mark_interrupted(recipe, out, args.storage)
+        print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError:
+        _remove_if_empty(out, created)  # a run refused before it started leaves no empty directory behind
+        raise
+    except Exception as exc:
+        if not out.is_dir():  # deleted (or replaced) while the stages ran: the failure follows from that
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"--out {out}: the run directory was deleted while the run was going "
+                            f"({type(exc).__name__}: {detail}); start again with rayeffi run ... --out DIR") from None
+        raise
     print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.1f} s)")
+    for stage in summary["stages"]:
+        diverged = check_final(stage.get("metrics") or {})
+        if diverged:
+            raise UserError(f"stages.{stage['name']}: {diverged}")
     return 0
 
 
@@ -108,6 +142,96 @@ def _validate(args) -> int:
     for line in validate_run(recipe, args.address):
         print(line)
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory of ``path`` that does not exist yet (None: it all exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_if_empty(out: Path, first_created: Path | None) -> None:
+    """Remove ``out`` and the parents this run created, as long as they are empty."""
+    if first_created is None:
+        return
+    path = out
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == first_created:
+            return
+        path = path.parent
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt():
+    """Ctrl-C (SIGINT) and SIGTERM both stop the run the same way, once.
+
+    The first signal raises KeyboardInterrupt in the driver, whose ``finally`` blocks
+    stop the workers and the private Ray; further signals are ignored so that a second
+    Ctrl-C cannot cut that cleanup short (the watchdog of rayeffi/supervise.py removes
+    whatever a harder kill leaves).
+    """
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def mark_interrupted(recipe, out: Path, storage: str | None) -> None:
+    """Leave a ``summary.json`` that ``--resume`` accepts: status ``interrupted``, complete stages kept.
+
+    A run stopped in its first stage has no summary yet; without one, ``--resume`` would
+    refuse the directory although the stage's checkpoints are in its storage.
+    """
+    from rayeffi.run import SUMMARY_FILE, write_summary
+    from rayeffi.storage import resolve_storage
+
+    if not out.is_dir():
+        return
+    path = out / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        summary = None
+    if not isinstance(summary, dict):
+        summary = {"recipe": recipe.model_dump(mode="json"), "storage": resolve_storage(storage, out), "stages": []}
+    summary["status"] = "interrupted"
+    write_summary(summary, out)
+
+
+def _resume_command(args, out: Path) -> str:
+    words = [args.recipe, *(f"--set {shlex.quote(o)}" for o in args.overrides)]
+    words += ["--smoke"] * args.smoke + [f"--address {args.address}"] * bool(args.address)
+    words += [f"--storage {args.storage}"] * bool(args.storage)
+    return " ".join([*words, f"--out {shlex.quote(str(out))}", "--resume"])
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory that exists or can be made, and that this user can write to."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a directory: give a directory for the run")
+    parent = out
+    while not parent.exists():  # the nearest part of the path that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out} lies below {parent}, which is a file, not a directory: give another --out")
+    try:  # a real write, not os.access: root passes os.access on read-only filesystems
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".rayeffi-write-check-"))
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}): give a directory you "
+                        "can write to") from None
 
 
 def _report(args) -> int:

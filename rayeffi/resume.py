@@ -6,8 +6,9 @@ it arrived) and the Ray Train checkpoints under the storage (``DIR/ray`` or
 ``--storage``), one per epoch, the last two kept. The plan, made before Ray starts:
 
 - the recipe must be the one the run was started with (the summary holds it);
-- the leading stages whose entries are complete and whose artifacts exist are skipped,
-  their artifacts handed on as if they had just run;
+- the leading stages whose entries are complete and whose artifacts open as
+  checkpoints are skipped, their artifacts handed on as if they had just run (an
+  artifact cut short or overwritten since makes its stage run again);
 - the first other stage continues from its newest readable checkpoint (model,
   optimizer, scheduler, RNG, techniques; a file cut short by the crash is passed
   over), its history up to that epoch taken from ``progress.jsonl``. A Tune stage,
@@ -49,11 +50,17 @@ def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> Re
     check_same_recipe(recipe.model_dump(mode="json"), summary.get("recipe", {}), out_dir)
     storage = resolve_storage(storage, out_dir) if storage else summary.get("storage") or str(out_dir / "ray")
     plan = ResumePlan(storage=storage)
+    unreadable = None
     for stage, entry in zip(recipe.stages, summary.get("stages", [])):
         if entry.get("name") != stage.name or not Path(entry.get("checkpoint", "")).is_file():
             break
+        unreadable = artifact_problem(entry["checkpoint"])
+        if unreadable:  # cut short or overwritten since: run the stage again rather than hand it on
+            break
         plan.completed[stage.name] = entry
     record: dict[str, Any] = {"skipped": list(plan.completed), "stage": None, "from_epoch": 0}
+    if unreadable:
+        record["unreadable_artifact"] = unreadable
     remaining = [stage for stage in recipe.stages if stage.name not in plan.completed]
     if remaining:
         stage = remaining[0]
@@ -69,6 +76,17 @@ def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> Re
             record["from_epoch"] = epoch
     plan.resumes = [*summary.get("resumes", []), record]
     return plan
+
+
+def artifact_problem(path: str) -> str | None:
+    """Why a completed stage's artifact cannot be handed on (None: it opens as a checkpoint)."""
+    from rayeffi.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def read_summary(out_dir: Path) -> dict[str, Any]:

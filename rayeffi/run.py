@@ -118,11 +118,32 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
     check_model(stage.model, source.info)
+    _check_checkpoint_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
     for key, config in stage.technique_keys():
         TECHNIQUES[config.name].check(config, stage, source.info, key)
     return source
+
+
+def _check_checkpoint_files(stage: StageConfig, source: DataSource, links: set) -> None:
+    """Open every checkpoint file the stage starts from and match it to its model, before Ray starts."""
+    if stage.init_from not in links:
+        _check_checkpoint(stage.init_from, stage.model, source, f"stages.{stage.name}.init_from")
+    for key, config in stage.technique_keys():
+        for index, teacher in enumerate(getattr(config, "teachers", ())):
+            if teacher.stage is None and teacher.checkpoint and teacher.model is not None:
+                _check_checkpoint(teacher.checkpoint, teacher.model, source, f"{key}.teachers.{index}")
+
+
+def _check_checkpoint(path: str, model_config, source: DataSource, key: str) -> None:
+    from rayeffi.models import build_model
+    from rayeffi.checkpoint import check_model_state, load_checkpoint
+
+    try:
+        check_model_state(load_checkpoint(path)["model"], build_model(model_config, source.info), path)
+    except UserError as exc:
+        raise UserError(f"{key}: {exc}") from None
 
 
 def cpus_needed(stage: StageConfig) -> float:

@@ -2,9 +2,9 @@
 
 The recipe is validated here first (a bad key costs no cluster time), then submitted
 through Ray's ``JobSubmissionClient`` with a runtime environment whose working
-directory is the current directory (without ``.git``, virtual environments, run
-directories and large files) and, when that directory does not hold it, the rayeffi
-package itself. The job's entrypoint is ``python -m rayeffi run RECIPE --address
+directory is the current directory (without secrets, keys, credentials, tool
+dot-directories, run directories and large files: the rule is in ``rayeffi/upload.py``)
+and, when that directory does not hold it, the rayeffi package itself. The job's entrypoint is ``python -m rayeffi run RECIPE --address
 auto ...``: the driver runs on the cluster and joins it.
 """
 
@@ -21,15 +21,15 @@ from typing import Any, Callable
 import rayeffi
 from rayeffi.errors import UserError
 from rayeffi.recipe import load_recipe
-
-EXCLUDES = (
-    ".git", ".venv", "venv", ".tox", "__pycache__", "*.egg-info", ".pytest_cache",
-    "/runs/", "/build/", "/dist/",
+from rayeffi.upload import (  # noqa: F401 (LARGE_FILE_BYTES: part of this module's interface)
+    EXCLUDES,
+    LARGE_FILE_BYTES,
+    SECRET_EXCLUDES,
+    Manifest,
+    build_manifest,
+    check_working_dir,
 )
-"""Never uploaded (gitignore syntax, as Ray's ``excludes``)."""
-LARGE_FILE_BYTES = 16 * 1024 * 1024
-"""Files above this size stay behind: Ray caps a whole package at ~512 MiB, and data
-that large belongs on shared storage (give its path or URI in the recipe)."""
+
 SUCCEEDED, FAILED, STOPPED = "SUCCEEDED", "FAILED", "STOPPED"
 TERMINAL = {SUCCEEDED, FAILED, STOPPED}
 
@@ -41,6 +41,8 @@ class Submission:
     out: str
     skipped_large: tuple[tuple[str, int], ...] = ()
     """``(relative path, bytes)`` of large files left out of the working directory."""
+    manifest: Manifest | None = None
+    """What is uploaded and what is left out, by reason (``rayeffi/upload.py``)."""
 
 
 def build_submission(
@@ -54,6 +56,7 @@ def build_submission(
     """Validate the recipe and describe the job: entrypoint, runtime environment, run directory."""
     recipe = load_recipe(recipe_path, overrides, smoke=smoke)  # UserError on a bad key, before any upload
     working_dir = Path(working_dir).resolve()
+    check_working_dir(working_dir)
     recipe_file = Path(recipe_path).resolve()
     if not recipe_file.is_relative_to(working_dir):
         raise UserError(
@@ -71,15 +74,15 @@ def build_submission(
     if storage:
         argv += ["--storage", storage]
     entrypoint = " ".join(shlex.quote(arg) for arg in argv) + " --out " + _shell_path(out)
-    large = large_files(working_dir)
+    manifest = build_manifest(working_dir)
     runtime_env: dict[str, Any] = {
         "working_dir": str(working_dir),
-        "excludes": list(EXCLUDES) + [_anchored(path) for path, _ in large],
+        "excludes": list(EXCLUDES) + list(SECRET_EXCLUDES) + [_anchored(path) for path, _ in manifest.large],
     }
     package = Path(rayeffi.__file__).resolve().parent
     if not package.is_relative_to(working_dir):  # the cluster runs this rayeffi, not whatever it has
         runtime_env["py_modules"] = [str(package)]
-    return Submission(entrypoint, runtime_env, out, tuple(large))
+    return Submission(entrypoint, runtime_env, out, tuple(manifest.large), manifest)
 
 
 def _shell_path(path: str) -> str:
@@ -94,20 +97,6 @@ def _anchored(relative: str) -> str:
     """A gitignore pattern matching exactly this path below the working directory."""
     escaped = "".join("\\" + c if c in "*?[]!#\\" else c for c in relative)
     return "/" + escaped
-
-
-def large_files(working_dir: Path, threshold: int = LARGE_FILE_BYTES) -> list[tuple[str, int]]:
-    """Files Ray would upload (its own walk: ``excludes``, ``.gitignore``) that exceed ``threshold``."""
-    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
-
-    found: list[tuple[str, int]] = []
-
-    def visit(path: Path) -> None:
-        if path.is_file() and not path.is_symlink() and path.stat().st_size > threshold:
-            found.append((path.relative_to(working_dir).as_posix(), path.stat().st_size))
-
-    _dir_travel(working_dir, [_get_excludes(working_dir, list(EXCLUDES))], visit, include_gitignore=True)
-    return sorted(found)
 
 
 def connect(address: str):
@@ -129,8 +118,8 @@ def submit(args, echo: Callable[[str], None] = print) -> int:
     """The ``submit`` command: returns the exit status (the job's outcome with ``--wait``)."""
     submission = build_submission(args.recipe, args.overrides, args.smoke, args.out, args.storage, args.working_dir)
     client = connect(args.address)
-    for path, size in submission.skipped_large:
-        echo(f"not uploaded ({size / 2**20:.0f} MiB, put it on shared storage): {path}")
+    for line in submission.manifest.lines(Path(submission.runtime_env["working_dir"])):
+        echo(line)
     job_id = client.submit_job(entrypoint=submission.entrypoint, runtime_env=submission.runtime_env)
     echo(job_id)
     echo(f"run directory on the cluster: {submission.out}")

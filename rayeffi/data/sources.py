@@ -60,6 +60,7 @@ def resolve_source(config: DataConfig, seed: int, cache_dir: Path) -> DataSource
 def _inspect(train, val, feature_column, label_column, num_classes, image_shape, config) -> DataSource:
     train_table = _open(train, "data.path", feature_column, label_column)
     num_features = _feature_width(train_table, train, feature_column)
+    _check_finite(train_table, train, feature_column)
     labels = train_table.to_table(columns=[label_column])[label_column]
     if num_classes is None:
         num_classes = max(int(pc.max(labels).as_py()) + 1, 2)
@@ -69,6 +70,7 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
         val_table = _open(val, "data.val_path", feature_column, label_column)
         if _feature_width(val_table, val, feature_column) != num_features:
             raise UserError(f"data.val_path {val}: '{feature_column}' width differs from data.path's {num_features}")
+        _check_finite(val_table, val, feature_column)
         val_labels = val_table.to_table(columns=[label_column])[label_column]
         _check_labels(val_labels, val, label_column, num_classes)
         num_val = len(val_labels)
@@ -82,6 +84,7 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
             f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
             f"values but each row of {train} has {num_features}: fix data.image_shape"
         )
+    _check_enough_rows(num_train, train, config)
     info = DatasetInfo(num_features, num_classes, image_shape and tuple(image_shape), num_train, num_val)
     return DataSource(str(train), val and str(val), info, feature_column, label_column)
 
@@ -94,6 +97,9 @@ def _open(path, key: str, feature_column: str, label_column: str) -> pads.Datase
         schema = dataset.schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{key} {path} is not readable Parquet ({str(exc).splitlines()[0]})") from None
+    if not dataset.files:  # an empty directory has an empty schema: "no column" would point the wrong way
+        raise UserError(f"{key} {path} is a directory that holds no Parquet files: write the data there, "
+                        f"or set {key} to the directory or file that holds it")
     for column in (feature_column, label_column):
         if column not in schema.names:
             which = "feature_column" if column == feature_column else "label_column"
@@ -120,6 +126,36 @@ def _feature_width(dataset: pads.Dataset, path, column: str) -> int:
         f"data {path}: column {column!r} is {field_type}; it must be a list of numbers per row "
         "(a pyarrow fixed_size_list<float32>)"
     )
+
+
+def _check_finite(dataset: pads.Dataset, path, column: str) -> None:
+    """Every row's features present and finite: one NaN row turns the loss NaN for good.
+
+    Read batch by batch, so a large dataset is never held in memory at once.
+    """
+    missing = non_finite = 0
+    for batch in dataset.to_batches(columns=[column]):
+        lists = batch.column(0)
+        missing += lists.null_count
+        values = pc.list_flatten(lists)
+        missing += values.null_count
+        if pa.types.is_floating(values.type):
+            non_finite += len(values) - values.null_count - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+    if missing or non_finite:
+        raise UserError(
+            f"data {path}: column {column!r} holds {missing} missing (null) and {non_finite} non-finite "
+            "(NaN or inf) values; drop or fill those rows before training"
+        )
+
+
+def _check_enough_rows(num_train: int, path, config: DataConfig) -> None:
+    """At least one global batch: fewer rows would leave workers with nothing to train on."""
+    if num_train < config.batch_size:
+        raise UserError(
+            f"data {path}: {num_train} training rows (after val_fraction and max_samples) are fewer than "
+            f"data.batch_size {config.batch_size}, the global batch; lower data.batch_size to at most "
+            f"{num_train} or give more rows"
+        )
 
 
 def _check_labels(labels: pa.ChunkedArray, path, column: str, num_classes: int) -> None:

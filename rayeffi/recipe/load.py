@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rayeffi.errors import UserError
+from rayeffi.recipe.checks import check_recipe, reject_non_finite
 from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS
 from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
@@ -30,15 +31,46 @@ def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False
     for override in overrides:
         key, value = parse_override(override)
         set_dotted(raw, key, value)
+    try:
+        reject_non_finite(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     recipe = validate_recipe(raw, source=str(path))
+    check_recipe(recipe)
     return smoke_recipe(recipe) if smoke else recipe
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that rejects a key given twice in one mapping.
+
+    Plain YAML loading keeps the last value, so ``epochs:`` written twice in a stage
+    silently trains for the second count.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UserError(f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line}): "
+                                "keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, but a duplicate key is a :class:`UserError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe {path} does not exist: give the path of a YAML recipe (see examples/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_unique(path.read_text())
+    except UserError as exc:
+        raise UserError(f"recipe {path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -58,7 +90,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {text!r}: write --set dotted.key=value, e.g. --set optimizer.lr=0.05")
     try:
-        return key, yaml.safe_load(value) if value.strip() else None
+        return key, safe_load_unique(value) if value.strip() else None
+    except UserError as exc:
+        raise UserError(f"--set {key}: {exc}") from None
     except yaml.YAMLError:
         raise UserError(f"--set {key}: value {value!r} is not valid YAML: quote it or fix the brackets") from None
 

@@ -19,9 +19,43 @@ def read_summary(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} does not exist: give the --out directory of a rayeffi run")
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    check_summary_shape(summary, path)
+    return summary
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
+"""What every epoch row needs to be plotted."""
+DSD_KEYS = ("dsd_phase", "sparsity")
+
+
+def check_summary_shape(summary, path: Path) -> None:
+    """The parts of ``summary.json`` a report reads, checked up front: one line naming the first bad one."""
+    def bad(where: str, what: str) -> UserError:
+        return UserError(f"{path}: {where} {what}, so this is not a summary.json written by rayeffi run: "
+                         "give the --out directory of a rayeffi run (or re-run it)")
+
+    if not isinstance(summary, dict):
+        raise bad("the file", f"holds a {type(summary).__name__}, not a mapping")
+    stages = summary.get("stages", [])
+    if not isinstance(stages, list):
+        raise bad("'stages'", f"is a {type(stages).__name__}, not a list")
+    for index, stage in enumerate(stages):
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str) or not isinstance(stage.get("kind"), str):
+            raise bad(f"stages[{index}]", "is not a mapping with a 'name' and a 'kind'")
+        history = stage.get("history") or []
+        if not isinstance(history, list):
+            raise bad(f"stage {stage['name']!r}: 'history'", "is not a list")
+        needed = HISTORY_KEYS + (DSD_KEYS if stage["kind"] == "dsd" else ())
+        for row in history:
+            missing = [key for key in needed if not isinstance(row, dict) or key not in row]
+            if missing:
+                raise bad(f"stage {stage['name']!r}: an epoch row", f"lacks {', '.join(missing)}")
+            wrong = [key for key in HISTORY_KEYS if not isinstance(row[key], (int, float)) or isinstance(row[key], bool)]
+            if wrong:
+                raise bad(f"stage {stage['name']!r}: epoch row {row['epoch']!r}", f"has non-numbers in {', '.join(wrong)}")
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
@@ -35,13 +69,22 @@ def write_report(run_dir: str | Path) -> list[Path]:
         history = stage.get("history") or []
         if not history:
             continue
-        written.append(plot_stage(stage["name"], stage["kind"], history, out / f"{stage['name']}.png"))
-        if "dsd_phase" in history[0]:  # the dsd technique ran (kind: dsd, or in the techniques list)
-            written.append(plot_dsd_phases(stage["name"], history, out / f"{stage['name']}-phases.png"))
-            histogram = plot_pruning_histograms(stage["name"], history, out / f"{stage['name']}-pruning.png")
-            written += [histogram] if histogram else []
+        try:
+            written += _plot_stage_files(stage, history, out)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a field check_summary_shape does not cover
+            raise UserError(f"{run_dir}/summary.json: stage {stage['name']!r} cannot be plotted "
+                            f"({type(exc).__name__}: {exc}): it is not the shape rayeffi run writes") from None
     if not written:
         raise UserError(f"{run_dir}/summary.json has no stage with epoch history to plot")
+    return written
+
+
+def _plot_stage_files(stage: dict, history: list[dict], out: Path) -> list[Path]:
+    written = [plot_stage(stage["name"], stage["kind"], history, out / f"{stage['name']}.png")]
+    if "dsd_phase" in history[0]:  # the dsd technique ran (kind: dsd, or in the techniques list)
+        written.append(plot_dsd_phases(stage["name"], history, out / f"{stage['name']}-phases.png"))
+        histogram = plot_pruning_histograms(stage["name"], history, out / f"{stage['name']}-pruning.png")
+        written += [histogram] if histogram else []
     return written
 
 

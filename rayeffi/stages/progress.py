@@ -11,6 +11,7 @@ message is appended to a JSON-lines file as well, which outlives a killed driver
 
 from __future__ import annotations
 
+import _thread
 import json
 import queue as std_queue
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from ray.util.queue import Empty, Queue
+
+from rayeffi.health import HealthStop, check_health
 
 
 class Progress:
@@ -56,6 +59,7 @@ class Progress:
             return
         self.history.setdefault(stage, {})[int(message["epoch"])] = message
         self.echo(format_epoch_line(stage, message))
+        stop_if_unhealthy(stage, self.stage_history(stage))
 
     def seed(self, stage: str, history: list[dict]) -> None:
         """Epochs an earlier driver saw (``--resume``), so the stage's history stays whole."""
@@ -82,6 +86,19 @@ class Progress:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+def stop_if_unhealthy(stage: str, history: list[dict]) -> None:
+    """Stop the run (as Ctrl-C would) when the stage has diverged; the command line prints why.
+
+    Tune trials (``stage/trial``) are left to run: a diverged trial is judged with the
+    stage's trials, not allowed to stop the others.
+    """
+    if "/" in stage:
+        return
+    reason = check_health(history)
+    if reason and HealthStop.report(f"stages.{stage}: {reason}"):
+        _thread.interrupt_main()  # the driver's main thread waits in fit(): stop it there
 
 
 def format_epoch_line(stage: str, metrics: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -28,8 +29,10 @@ RAY_JOB_ENV = {
 def start_ray(address: str | None, num_cpus_needed: float) -> bool:
     """Join ``address`` or start a private local Ray; return True if this call started it.
 
-    A private Ray binds its dashboard to 127.0.0.1 and gets at least one logical CPU
-    more than the workers reserve, so Ray Data tasks are never starved by the workers.
+    A private Ray listens on 127.0.0.1 only (dashboard, GCS, raylet, workers, agents),
+    gets at least one logical CPU more than the workers reserve, so Ray Data tasks are
+    never starved by the workers, and is watched by ``rayeffi/supervise.py``, so a
+    driver killed with SIGKILL leaves none of its processes behind.
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -43,16 +46,60 @@ def start_ray(address: str | None, num_cpus_needed: float) -> bool:
         ray.init(address=address, **common)
     else:
         num_cpus = max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1)
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            resources={TRIAL_RESOURCE: 64},  # Tune trials hold this instead of a CPU (stages/tune.py)
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            **common,
-        )
+        _ensure_watchdog()
+        with _loopback_only():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                resources={TRIAL_RESOURCE: 64},  # Tune trials hold this instead of a CPU (stages/tune.py)
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                **common,
+            )
     _quiet_ray_data()
     return True
+
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's own switch for a single-machine Ray: with it off, the node's address is
+127.0.0.1, and the GCS, the raylet, the workers and both agents listen on loopback
+only (with the machine's address they listen on every interface)."""
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Start a private Ray on 127.0.0.1; the driver's environment is restored afterwards.
+
+    Ray's processes copy the environment when they start, so they keep the setting;
+    restoring it keeps a later ``ray.init(address=...)`` in this process unaffected.
+    """
+    from ray._private import ray_constants
+
+    saved_env = {key: os.environ.get(key) for key in LOOPBACK_ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import time: the driver needs it set here too
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_WATCHDOG = None
+
+
+def _ensure_watchdog() -> None:
+    """One watchdog per driver process: it removes the private Ray's processes if the driver is killed."""
+    global _WATCHDOG
+    if _WATCHDOG is None or _WATCHDOG.poll() is not None:
+        from rayeffi.supervise import start_watchdog
+
+        _WATCHDOG = start_watchdog()
 
 
 def _quiet_ray_data() -> None:

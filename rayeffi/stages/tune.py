@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from rayeffi.errors import UserError
+from rayeffi.health import non_finite_loss
 from rayeffi.recipe.load import set_dotted
 from rayeffi.recipe.models import SearchDomain, StageConfig
 from rayeffi.stages.base import StageContext, StageResult
@@ -140,7 +141,15 @@ def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
         results = tuner.fit()
     wall_s = time.perf_counter() - start
     trials = [_trial_summary(result, stage, context) for result in results]
-    finished = [r for r in results if r.error is None and r.metrics and CHECKPOINT_PATH_KEY in r.metrics]
+    finished = [r for r in results if r.error is None and r.metrics and CHECKPOINT_PATH_KEY in r.metrics
+                and _diverged(r) is None]  # a trial whose loss went NaN is never the best
+    num_diverged = sum(1 for r in results if _diverged(r))
+    if num_diverged and context.progress is not None:
+        context.progress.echo(f"[{stage.name}] {num_diverged} of {len(trials)} trials diverged (non-finite loss): "
+                              "listed as errors, left out of the choice of the best")
+    if not finished and num_diverged == len(trials):
+        raise UserError(f"stages.{stage.name}.tune: every trial diverged (non-finite loss); narrow the search "
+                        "space towards smaller optimizer.lr values")
     if not finished:
         first_error = next((t["error"] for t in trials if t.get("error")), "no trial reported a checkpoint")
         raise RuntimeError(f"stage {stage.name}: every Tune trial failed; first error: {first_error}")
@@ -149,7 +158,7 @@ def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
     best_id = best.metrics["trial_id"]
     history = context.progress.stage_history(f"{stage.name}/{best_id}") if context.progress else []
     extra = {"num_workers": stage.scaling.num_workers, "best_trial": best_id,
-             "best_config": dict(best.config), "trials": trials}
+             "best_config": dict(best.config), "trials": trials, "diverged_trials": num_diverged}
     return StageResult(stage.name, stage.kind, artifact, history, wall_s, extra)
 
 
@@ -167,7 +176,18 @@ def _trial_summary(result, stage: StageConfig, context: StageContext) -> dict[st
     }
     if result.error is not None:
         summary["error"] = str(result.error).strip().splitlines()[-1][:500]
+    elif _diverged(result):
+        summary["status"], summary["error"] = "error", _diverged(result)
     return summary
+
+
+def _diverged(result) -> str | None:
+    """Why a trial that ran to its end has diverged (a NaN or infinite loss), or None."""
+    metrics = result.metrics or {}
+    key = non_finite_loss(metrics)
+    if result.error is not None or key is None:
+        return None
+    return f"diverged: {key} is {metrics[key]} at epoch {metrics.get('epoch')}"
 
 
 def _trial_id_from_path(path: str | None) -> str | None:

@@ -52,7 +52,7 @@ def test_rng_state_restores_the_same_draws():
 
 def test_bad_checkpoint_files_are_user_errors(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="is not a readable torch checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="no 'model' entry"):

@@ -17,7 +17,7 @@ from rayeffi.cli import main
 GOOD = "stages: [{name: train, kind: train, epochs: 1}]\n"
 
 
-def _parquet(path, rows=8, width=4, labels=None, column="features"):
+def _parquet(path, rows=64, width=4, labels=None, column="features"):
     features = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * rows * width, pa.float32()), width)
     labels = labels if labels is not None else [i % 2 for i in range(rows)]
     pq.write_table(pa.table({column: features, "label": pa.array(labels, pa.int64())}), path)
@@ -40,7 +40,7 @@ CASES = {
     "missing dataset": lambda tmp: (_parquet_recipe(tmp / "missing.parquet"), []),
     "not parquet": lambda tmp: (_parquet_recipe(_text_file(tmp / "bad.parquet")), []),
     "missing column": lambda tmp: (_parquet_recipe(_parquet(tmp / "c.parquet", column="x")), []),
-    "negative labels": lambda tmp: (_parquet_recipe(_parquet(tmp / "n.parquet", labels=[-1] * 8)), []),
+    "negative labels": lambda tmp: (_parquet_recipe(_parquet(tmp / "n.parquet", labels=[-1] * 64)), []),
     "image shape mismatch": lambda tmp: (_parquet_recipe(_parquet(tmp / "i.parquet"), ", image_shape: [1, 3, 3]"), []),
     "cnn on flat rows": lambda tmp: (_parquet_recipe(_parquet(tmp / "f.parquet")), ["--set", "model.name=cnn"]),
     "user model not importable": lambda tmp: (GOOD, ["--set", "model.name=no_such_module:build"]),
@@ -82,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
 
 def test_labels_out_of_range_names_the_fix(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(_parquet_recipe(_parquet(tmp_path / "l.parquet", labels=[0, 1, 2, 5] * 2), ", num_classes: 3"))
+    recipe.write_text(_parquet_recipe(_parquet(tmp_path / "l.parquet", labels=[0, 1, 2, 5] * 16), ", num_classes: 3"))
     assert main(["run", str(recipe)]) == 2
     assert "labels in 'label' range 0..5, outside [0, 3)" in capsys.readouterr().err
 

@@ -69,6 +69,7 @@ def test_parquet_list_column_and_inferred_classes(tmp_path):
 
     table = pa.table({"x": pa.array([[1.0, 2.0, 3.0]] * 10), "y": pa.array([0, 1, 2, 4, 0, 1, 2, 3, 0, 1])})
     pq.write_table(table, tmp_path / "d.parquet")
-    config = DataConfig(dataset="parquet", path=str(tmp_path / "d.parquet"), feature_column="x", label_column="y")
+    config = DataConfig(dataset="parquet", path=str(tmp_path / "d.parquet"), feature_column="x", label_column="y",
+                        batch_size=8)
     info = resolve_source(config, 0, tmp_path).info
     assert (info.num_features, info.num_classes, info.num_train, info.num_val) == (3, 5, 8, 2)

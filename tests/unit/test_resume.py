@@ -104,3 +104,12 @@ def test_cli_resume_needs_the_run_directory(capsys, tmp_path):
     assert "--resume needs --out" in capsys.readouterr().err
     assert main(["run", str(recipe), "--resume", "--out", str(tmp_path)]) == 2
     assert "summary.json does not exist" in capsys.readouterr().err
+
+
+def test_a_truncated_artifact_of_a_completed_stage_runs_that_stage_again(killed_run):
+    artifact = killed_run / "stages/first/checkpoint.pt"
+    artifact.write_bytes(artifact.read_bytes()[:64])
+    plan = plan_resume(_recipe(), killed_run)
+    assert plan.completed == {}
+    assert plan.resumes[-1]["stage"] == "first" and plan.resumes[-1]["from_epoch"] == 0
+    assert "cut short" in plan.resumes[-1]["unreadable_artifact"]

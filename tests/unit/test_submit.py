@@ -101,3 +101,69 @@ def test_run_on_an_address_where_nothing_listens_exits_2(capsys, tmp_path):
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: --address 127.0.0.1:") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # refused before Ray, nothing written
+
+
+SECRETS = [".aws/credentials", ".env", ".netrc", ".ray/auth_token", ".ssh/id_rsa", "secrets.json",
+           "service-account.pem", "config/service-account-prod.json", "keys/server.key", ".config/gcloud/adc.json",
+           "deploy/api_token", ".git-credentials", "prod.env"]
+
+
+def _project_with_secrets(root: Path) -> Path:
+    (root / "recipe.yaml").write_text((ROOT / "examples/quickstart.yaml").read_text())
+    (root / "train.py").write_text("print('hi')\n")
+    (root / ".gitignore").write_text("!*\n")  # whatever .gitignore says
+    for name in SECRETS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("hunter2\n")
+    return root
+
+
+def test_secrets_never_go_whatever_gitignore_says(tmp_path):
+    _project_with_secrets(tmp_path)
+    job = build_submission(tmp_path / "recipe.yaml", working_dir=tmp_path)
+    package = tmp_path.parent / f"{tmp_path.name}-secrets.zip"
+    create_package(str(tmp_path), package, include_gitignore=True, excludes=job.runtime_env["excludes"])
+    names = zipfile.ZipFile(package).namelist()
+    assert "recipe.yaml" in names and "train.py" in names
+    leaked = [name for name in names if any(name == s or name.startswith(s.split("/")[0] + "/") and s.startswith(".")
+                                            for s in SECRETS) or name in SECRETS]
+    assert leaked == [], leaked
+    assert sorted(job.manifest.secrets) == sorted(SECRETS)
+    assert job.manifest.num_files == 3  # recipe.yaml, train.py and the .gitignore
+
+
+def test_submit_prints_what_it_uploads_and_leaves_out(tmp_path, monkeypatch):
+    _project_with_secrets(tmp_path)
+    job = build_submission(tmp_path / "recipe.yaml", working_dir=tmp_path)
+    lines = job.manifest.lines(tmp_path)
+    assert lines[0].startswith("uploading 3 files, ") and lines[0].endswith(f"from {tmp_path}")
+    assert lines[1].startswith(f"left out {len(SECRETS)} secret, key, token or dot-directory files (never uploaded): ")
+
+
+def test_a_home_directory_is_refused(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "recipe.yaml").write_text((ROOT / "examples/quickstart.yaml").read_text())
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(UserError, match="is a home directory"):
+        build_submission(home / "recipe.yaml", working_dir=home)
+
+
+def test_a_working_directory_over_the_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("rayeffi.upload.UPLOAD_LIMIT_BYTES", 1000)
+    (tmp_path / "recipe.yaml").write_text((ROOT / "examples/quickstart.yaml").read_text())
+    (tmp_path / "notes.txt").write_text("x" * 2000)
+    with pytest.raises(UserError, match=r"would upload .* over the 1.0 KiB limit"):
+        build_submission(tmp_path / "recipe.yaml", working_dir=tmp_path)
+
+
+def test_nothing_listening_is_one_line_from_the_console_script():
+    """Ray's packaging logs (one INFO line per .gitignore) must not reach the terminal either."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "rayeffi", "submit", "examples/quickstart.yaml", "--address",
+                           f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --address http://127.0.0.1:"), lines

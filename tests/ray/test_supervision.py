@@ -1,0 +1,64 @@
+"""The private Ray under supervision: loopback only, Ctrl-C, a killed driver (real runs, ~1 min each).
+
+Each test starts ``rayeffi run`` as a terminal would (its own process group), waits
+for the first epoch line, then interrupts or kills it; every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayeffi.supervise import descendants
+from helpers.processes import RunningCommand, is_loopback, listening_sockets, wait_until_gone
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 480  # a 2-core machine shared with other Ray runs took minutes to start Ray
+GONE_TIMEOUT_S = 45
+
+
+def _start(out: Path, epochs: int = 30) -> RunningCommand:
+    argv = [sys.executable, "-m", "rayeffi", "run", str(ROOT / "examples/quickstart.yaml"),
+            "--set", "data.max_samples=512", "--set", f"stages.train.epochs={epochs}",
+            "--set", "model.hidden_sizes=[512, 512]", "--out", str(out)]
+    return RunningCommand(argv)
+
+
+@pytest.fixture
+def run(tmp_path):
+    running = _start(tmp_path / "out")
+    yield running
+    running.kill_group()
+
+
+def test_ctrl_c_stops_keeps_the_checkpoint_and_leaves_no_process(run, tmp_path):
+    run.wait_for_line("[train] epoch 2", START_TIMEOUT_S)
+    sockets = listening_sockets(pid for pid, _ in run.seen | descendants(run.process.pid))
+    os.killpg(run.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    code = run.wait(timeout_s=90)
+    assert code == 130, (run.stdout[-5:], run.stderr[-20:])
+    assert run.stderr[-1].startswith("interrupted: resume with rayeffi run "), run.stderr[-10:]
+    assert run.stderr[-1].endswith("--resume")
+    assert wait_until_gone(run.seen, GONE_TIMEOUT_S) == []
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert list((tmp_path / "out/ray").glob("train-*/checkpoint_*/state.pt")), "the last checkpoint is kept"
+    # the same run listened on loopback only while it trained
+    assert sockets, "found no listening socket at all: the check is looking in the wrong place"
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+
+
+def test_a_killed_driver_leaves_no_process(run):
+    run.wait_for_line("[train] epoch 1", START_TIMEOUT_S)
+    run.seen |= descendants(run.process.pid)
+    assert len(run.seen) >= 5, run.seen  # the watchdog, GCS, raylet, agents, workers
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.wait(timeout_s=30)
+    assert wait_until_gone(run.seen, GONE_TIMEOUT_S) == []
