@@ -101,7 +101,8 @@ def test_a_model_without_units_is_a_clear_error():
 
 
 @pytest.mark.parametrize(("text", "extra", "expected"), [
-    (PIPE + "model: {name: mlp, hidden_sizes: [8]}\nparallel: {strategy: pipeline, num_stages: 2, split_points: [layers.7]}\n",
+    ("model: {name: mlp, hidden_sizes: [8]}\nparallel: {strategy: pipeline, num_stages: 2, num_microbatches: 4, "
+     "split_points: [layers.7]}\n",
      [], "no module 'layers.7' in the model"),
     ("model: {name: mlp, hidden_sizes: [8]}\nscaling: {num_workers: 5}\ndata: {batch_size: 50}\n"
      "parallel: {strategy: pipeline, num_stages: 5, num_microbatches: 5}\n", [],
