@@ -9,6 +9,7 @@ progress thread while stages start on the main one). The run ids are kept in
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ PROBE_TIMEOUT_S = 5.0
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer parameter values
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+UNSAFE_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
+"""MLflow accepts only these in parameter and metric names (``layer_sparsity: {"layers.5.*": 0.3}`` has a ``*``)."""
 END_STATUS = {"complete": "FINISHED", "running": "FAILED"}
 """summary.json's status at close -> the MLflow run status (a run still "running" at close has failed)."""
 
@@ -196,7 +199,8 @@ class MlflowSink:
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(key, value[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        safe = {_safe_key(key): value[:MAX_PARAM_LENGTH] for key, value in params.items()}
+        items = [Param(key, value) for key, value in safe.items()]
         for start in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[start:start + PARAMS_PER_BATCH])
 
@@ -204,6 +208,10 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         now_ms = int(time.time() * 1000)
-        items = [Metric(name, value, now_ms, step) for name, value, step in points]
+        items = [Metric(_safe_key(name), value, now_ms, step) for name, value, step in points]
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH])
+
+
+def _safe_key(key: str) -> str:
+    return UNSAFE_KEY_CHARACTERS.sub("_", key)

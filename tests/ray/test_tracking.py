@@ -6,6 +6,7 @@ Read back with each tool's own reader: TensorBoard's ``EventAccumulator`` and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -68,6 +69,22 @@ def test_every_stage_writes_tensorboard_events_and_mlflow_runs(small_digits, tmp
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert {m.step: m.value for m in history} == _series(stage["history"], "val_accuracy")
         assert [artifact.path for artifact in client.list_artifacts(run.info.run_id)] == ["checkpoint.pt"]
+    _resume_continues_the_same_runs(recipe, tmp_path / "out", client, ids)
+
+
+def _resume_continues_the_same_runs(recipe, out, client, ids):
+    # the driver died during the second stage: summary.json as it was written when that stage began
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(status="running", stages=summary["stages"][:1])
+    summary.pop("wall_s")
+    summary_path.write_text(json.dumps(summary))
+    resumed = run_recipe(recipe, out, echo=lambda line: None, resume=True)
+    assert resumed["tracking"]["mlflow"] == ids
+    finetune = client.get_run(ids["stages"]["finetune"])
+    assert finetune.info.status == "FINISHED" and client.get_run(ids["run_id"]).info.status == "FINISHED"
+    # the interrupted stage ran again (local mode: from its start) into the same run
+    assert [m.step for m in client.get_metric_history(finetune.info.run_id, "val_accuracy")] == [1, 1]
 
 
 def _free_port() -> int:

@@ -96,11 +96,13 @@ def test_mlflow_sink_nests_runs_and_resume_continues_the_same_runs(tmp_path):
 
     recipe = _mlflow_recipe(f"file:{tmp_path / 'mlruns'}")
     stage = recipe.stages[0]
-    first = MlflowSink(recipe.tracking.mlflow, recipe.model_dump(mode="json"))
+    # a DSD per-layer pattern such as "layers.5.*" is not a valid MLflow key as it is
+    raw = {**recipe.model_dump(mode="json"), "patterns": {"layers.5.*": 0.3}}
+    first = MlflowSink(recipe.tracking.mlflow, raw)
     first.stage_started(stage)
     first.log_epoch("train", {"epoch": 1, "val_accuracy": 0.5})
     ids = first.ids()  # what summary.json keeps; the driver dies here
-    second = MlflowSink(recipe.tracking.mlflow, recipe.model_dump(mode="json"), previous=ids)
+    second = MlflowSink(recipe.tracking.mlflow, raw, previous=ids)
     second.stage_started(stage)
     second.log_epoch("train", {"epoch": 2, "val_accuracy": 0.75})
     checkpoint = tmp_path / "checkpoint.pt"
@@ -112,6 +114,7 @@ def test_mlflow_sink_nests_runs_and_resume_continues_the_same_runs(tmp_path):
     assert second.ids() == ids
     parent, child = client.get_run(ids["run_id"]), client.get_run(ids["stages"]["train"])
     assert parent.data.params["stages.train.epochs"] == "2" and parent.info.status == "FINISHED"
+    assert parent.data.params["patterns.layers.5._"] == "0.3"
     assert child.data.tags["mlflow.parentRunId"] == ids["run_id"] and child.info.status == "FINISHED"
     assert child.data.params["optimizer.lr"] == str(stage.optimizer.lr)
     history = client.get_metric_history(child.info.run_id, "val_accuracy")
