@@ -61,9 +61,9 @@ class TensorBoardSink:
         pass
 
     def stage_done(self, entry: dict[str, Any]) -> None:
-        for key, writer in self._writers.items():
-            if key == entry["name"] or key.startswith(entry["name"] + "/"):
-                writer.flush()
+        # close the stage's writers (each holds a thread), its Tune trials' too
+        for key in [key for key in self._writers if key.split("/", 1)[0] == entry["name"]]:
+            self._writers.pop(key).close()
 
     def ids(self) -> dict[str, Any]:
         return {"logdir": str(self.logdir)}
