@@ -160,8 +160,11 @@ class MlflowSink:
         for trial in entry.get("trials") or []:
             self._trial_done(name, trial, best=trial.get("trial_id") == entry.get("best_trial"))
         run_id = self.runs[name]
-        if entry.get("best_trial"):
+        if entry.get("best_trial"):  # a tuned stage's epochs went to its trials: show the best one's here
             self.client.set_tag(run_id, "rayeffi.best_trial", entry["best_trial"])
+            metrics = entry.get("metrics") or {}
+            self._log_metrics(run_id, [(key, value, int(metrics.get("epoch", 0)))
+                                       for key, value in scalar_metrics(metrics).items()])
         checkpoint = Path(entry.get("checkpoint") or "")
         if self.config.log_checkpoints and checkpoint.is_file():
             self.client.log_artifact(run_id, str(checkpoint))

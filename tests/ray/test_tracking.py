@@ -145,6 +145,7 @@ def test_tune_trials_are_children_of_their_stage_on_an_mlflow_server(small_digit
     client = mlflow.MlflowClient(mlflow_server)
     stage_run = ids["stages"]["search"]
     assert client.get_run(stage_run).data.tags["rayeffi.best_trial"] == stage["best_trial"]
+    assert client.get_run(stage_run).data.metrics["val_accuracy"] == pytest.approx(stage["metrics"]["val_accuracy"])
     assert [a.path for a in client.list_artifacts(stage_run)] == ["checkpoint.pt"]
     for trial in stage["trials"]:
         key = f"search/{trial['trial_id']}"
