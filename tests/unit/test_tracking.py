@@ -151,3 +151,27 @@ def test_bad_tracking_settings_exit_2_with_one_line_before_ray(case, tmp_path, c
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expected in lines[0]
     assert not (tmp_path / "out" / "summary.json").exists() and not ray.is_initialized()
+
+
+def test_mlflow_sink_puts_tune_trials_under_their_stage(tmp_path):
+    pytest.importorskip("mlflow")
+    from rayeffi.tracking.mlflow_sink import MlflowSink
+
+    recipe = _mlflow_recipe(f"file:{tmp_path / 'mlruns'}")
+    sink = MlflowSink(recipe.tracking.mlflow, recipe.model_dump(mode="json"))
+    sink.stage_started(recipe.stages[0])
+    for trial, accuracy in (("t1", 0.5), ("t2", 0.25)):
+        sink.log_epoch(f"train/{trial}", {"epoch": 1, "val_accuracy": accuracy})
+    sink.stage_done({"name": "train", "best_trial": "t1", "metrics": {"epoch": 1, "val_accuracy": 0.5},
+                     "trials": [{"trial_id": "t1", "config": {"optimizer.lr": 0.2}, "status": "done"},
+                                {"trial_id": "t2", "config": {"optimizer.lr": 9.0}, "status": "error"},
+                                {"trial_id": "t3", "config": {}, "status": "error"}]})  # t3: no epoch, no run
+    sink.close("complete")
+    ids, client = sink.ids(), sink.client
+    stage = client.get_run(ids["stages"]["train"])
+    assert stage.data.tags["rayeffi.best_trial"] == "t1" and stage.data.metrics["val_accuracy"] == 0.5
+    assert sorted(ids["trials"]) == ["train/t1", "train/t2"]
+    best, failed = (client.get_run(ids["trials"][f"train/{trial}"]) for trial in ("t1", "t2"))
+    assert best.data.tags["mlflow.parentRunId"] == stage.info.run_id and best.data.tags["rayeffi.best"] == "true"
+    assert best.data.params["optimizer.lr"] == "0.2" and best.info.status == "FINISHED"
+    assert failed.info.status == "FAILED" and failed.data.metrics["val_accuracy"] == 0.25
