@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="directory uploaded as the job's working directory")
     submit.add_argument("--wait", action="store_true", help="stream the job's logs; exit 0 if it SUCCEEDED, else 1")
 
-    report = commands.add_parser("report", help="plot a finished run's curves as PNG files")
+    report = commands.add_parser("report", help="plot a run's curves as PNG files and write report/index.html")
     report.add_argument("run_dir", help="a run directory holding summary.json")
 
     export = commands.add_parser("export", help="write a dsd stage's sparse weights compressed, and verify them")

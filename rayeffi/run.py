@@ -28,6 +28,7 @@ from rayeffi.stages.tune import check_search_space
 from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
+from rayeffi.tracking import open_tracker
 
 SUMMARY_FILE = "summary.json"
 
@@ -56,11 +57,12 @@ def run_recipe(
     check_address(address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
+    tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
     started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
-    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE)
+    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
                                "storage": storage, "stages": []}
     if plan:
@@ -91,10 +93,15 @@ def run_recipe(
             if context.resume_checkpoint:
                 progress.seed(stage.name, plan.histories[stage.name])
                 echo(f"[{stage.name}] resuming from the checkpoint of epoch {plan.resumes[-1]['from_epoch']}")
+            tracker.stage_started(stage)
+            summary["tracking"] = tracker.ids()
+            write_summary(summary, out_dir)  # the stage's tracking run ids on disk before it runs (--resume)
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
             previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
+            tracker.stage_done(summary["stages"][-1])
+            summary["tracking"] = tracker.ids()
             write_summary(summary, out_dir)
             echo(f"[{stage.name}] done in {result.wall_s:.1f} s: val_accuracy {previous.metrics['val_accuracy']:.4f}")
         summary["status"] = "complete"
@@ -102,6 +109,7 @@ def run_recipe(
         write_summary(summary, out_dir)
     finally:
         progress.close()
+        tracker.close(summary["status"])
         if started_ray:
             ray.shutdown()
     return summary

@@ -23,6 +23,7 @@ from rayeffi.recipe.sections import (
     Section,
 )
 from rayeffi.recipe.stage import SearchDomain, StageConfig, TuneConfig  # noqa: F401  (re-exported)
+from rayeffi.recipe.tracking import TrackingConfig
 
 GLOBAL_SECTIONS = ("data", "model", "optimizer", "scaling", "precision", "parallel")
 """Recipe sections a stage inherits and may override."""
@@ -62,6 +63,8 @@ class Recipe(Section):
     precision: Precision = "fp32"
     parallel: ParallelConfig = DataParallelConfig()
     stages: tuple[AnyStageConfig, ...] = Field(min_length=1)
+    tracking: TrackingConfig = TrackingConfig()
+    """Where epoch metrics go besides summary.json (recipe/tracking.py); not inherited by stages."""
 
     @model_validator(mode="before")
     @classmethod

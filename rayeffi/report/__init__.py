@@ -1,4 +1,4 @@
-"""Plots of a finished run, drawn from its ``summary.json``."""
+"""Plots of a finished run and one HTML page with them all, drawn from its ``summary.json``."""
 
 from rayeffi.report.plots import write_report
 

@@ -1,4 +1,4 @@
-"""``rayeffi report RUN_DIR``: loss and accuracy curves per stage, as PNG files."""
+"""``rayeffi report RUN_DIR``: loss and accuracy curves per stage as PNG files, and one page with them all."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rayeffi.errors import UserError  # noqa: E402
 from rayeffi.techniques.dsd.report import plot_dsd_phases, plot_pruning_histograms  # noqa: E402
+from rayeffi.report.html import write_html_report  # noqa: E402
 
 
 def read_summary(run_dir: str | Path) -> dict:
@@ -48,7 +49,8 @@ def check_summary_shape(summary, path: Path) -> None:
         history = stage.get("history") or []
         if not isinstance(history, list):
             raise bad(f"stage {stage['name']!r}: 'history'", "is not a list")
-        needed = HISTORY_KEYS + (DSD_KEYS if stage["kind"] == "dsd" else ())
+        ran_dsd = stage["kind"] == "dsd" or "rounds" in stage  # a kind: dsd stage, or dsd in its techniques
+        needed = HISTORY_KEYS + (DSD_KEYS if ran_dsd else ())
         for row in history:
             missing = [key for key in needed if not isinstance(row, dict) or key not in row]
             if missing:
@@ -59,33 +61,34 @@ def check_summary_shape(summary, path: Path) -> None:
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """One ``report/STAGE.png`` per stage with a history; returns the files written."""
+    """``report/STAGE.png`` per stage with a history, then ``report/index.html``; returns the files."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    written = []
-    for stage in summary.get("stages", []):
-        history = stage.get("history") or []
-        if not history:
-            continue
-        try:
-            written += _plot_stage_files(stage, history, out)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a field check_summary_shape does not cover
-            raise UserError(f"{run_dir}/summary.json: stage {stage['name']!r} cannot be plotted "
-                            f"({type(exc).__name__}: {exc}): it is not the shape rayeffi run writes") from None
+    try:
+        images = {stage["name"]: stage_images(stage, out) for stage in summary.get("stages", [])}
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # a field check_summary_shape does not cover
+        raise UserError(f"{run_dir}/summary.json: a stage cannot be plotted ({type(exc).__name__}: {exc}): "
+                        "it is not the shape rayeffi run writes") from None
+    written = [path for paths in images.values() for path in paths]
     if not written:
         raise UserError(f"{run_dir}/summary.json has no stage with epoch history to plot")
-    return written
+    return written + [write_html_report(run_dir, summary, images)]
 
 
-def _plot_stage_files(stage: dict, history: list[dict], out: Path) -> list[Path]:
-    written = [plot_stage(stage["name"], stage["kind"], history, out / f"{stage['name']}.png")]
+def stage_images(stage: dict, out: Path) -> list[Path]:
+    """The PNGs of one stage: curves (with the loss scale), and for DSD its phases and pruning."""
+    history = stage.get("history") or []
+    if not history:
+        return []
+    name = stage["name"]
+    images = [plot_stage(name, stage["kind"], history, out / f"{name}.png")]
     if "dsd_phase" in history[0]:  # the dsd technique ran (kind: dsd, or in the techniques list)
-        written.append(plot_dsd_phases(stage["name"], history, out / f"{stage['name']}-phases.png"))
-        histogram = plot_pruning_histograms(stage["name"], history, out / f"{stage['name']}-pruning.png")
-        written += [histogram] if histogram else []
-    return written
+        images.append(plot_dsd_phases(name, history, out / f"{name}-phases.png"))
+        histogram = plot_pruning_histograms(name, history, out / f"{name}-pruning.png")
+        images += [histogram] if histogram else []
+    return images
 
 
 def loss_scale_points(history: list[dict]) -> list[tuple[int, float]]:

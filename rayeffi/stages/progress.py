@@ -6,7 +6,9 @@ an epoch winning if a restarted worker group repeats it). Rank 0 also announces 
 start of a worker group with the epoch it starts from, so the driver can tell a
 restart (Ray Train's ``FailureConfig``) from the first start. With ``log_path`` every
 message is appended to a JSON-lines file as well, which outlives a killed driver
-(``rayeffi run --resume`` reads it back).
+(``rayeffi run --resume`` reads it back). With ``on_epoch`` each epoch's metrics also go
+to a callback on the driver (``rayeffi.tracking``: TensorBoard, MLflow), keyed by the
+message's ``stage`` (``STAGE`` or ``STAGE/TRIAL_ID``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,15 @@ from rayeffi.health import HealthStop, check_health
 
 
 class Progress:
-    def __init__(self, echo: Callable[[str], None] = print, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        echo: Callable[[str], None] = print,
+        log_path: str | Path | None = None,
+        on_epoch: Callable[[str, dict], None] | None = None,
+    ):
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.echo = echo
+        self.on_epoch = on_epoch
         self.log_path = Path(log_path) if log_path is not None else None
         self.history: dict[str, dict[int, dict]] = {}
         self.starts: dict[str, list[int]] = {}
@@ -60,6 +68,8 @@ class Progress:
         self.history.setdefault(stage, {})[int(message["epoch"])] = message
         self.echo(format_epoch_line(stage, message))
         stop_if_unhealthy(stage, self.stage_history(stage))
+        if self.on_epoch is not None:
+            self.on_epoch(stage, message)
 
     def seed(self, stage: str, history: list[dict]) -> None:
         """Epochs an earlier driver saw (``--resume``), so the stage's history stays whole."""

@@ -1,4 +1,4 @@
-"""The console script end to end: its own private Ray, summary.json, report PNGs."""
+"""The console script end to end: its own private Ray, summary.json, TensorBoard files, the report."""
 
 from __future__ import annotations
 
@@ -32,3 +32,5 @@ def test_run_then_report(tmp_path):
     assert report.returncode == 0, report.stderr
     png = out / "report" / "train.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out / "report" / "index.html") in report.stdout.splitlines()
+    assert any((out / "tensorboard" / "train").glob("events.out.tfevents.*"))  # on by default
