@@ -17,7 +17,7 @@ import pytest
 from rayeffi.supervise import descendants
 from helpers.processes import RunningCommand, is_loopback, listening_sockets, wait_until_gone
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("own_ray")]  # no other Ray beside the runs it checks
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 480  # a 2-core machine shared with other Ray runs took minutes to start Ray

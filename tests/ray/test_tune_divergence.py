@@ -12,19 +12,10 @@ import ray
 
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
-from rayeffi.stages.ray_session import start_ray
 
 pytestmark = pytest.mark.ray
 
 SANE_LR, ABSURD_LR = 0.05, 1.0e6
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    assert not ray.is_initialized(), "a previous module leaked its Ray instance"
-    start_ray(address=None, num_cpus_needed=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.usefixtures("local_ray")
