@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import ray
 
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
