@@ -23,6 +23,7 @@ from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.resume import PROGRESS_FILE, plan_resume
 from rayeffi.stages import Artifact, StageContext, run_stage
+from rayeffi.stages.live import LiveProgress
 from rayeffi.stages.progress import Progress
 from rayeffi.stages.tune import check_search_space
 from rayeffi.stages.ray_session import check_address, start_ray
@@ -48,9 +49,12 @@ def run_recipe(
     ``storage`` is Ray Train's storage, a path or a pyarrow URI (default ``out_dir/ray``).
     ``resume`` continues the run already in ``out_dir`` (see rayeffi/resume.py).
     """
+    live = None
     if echo is None:
         stream = sys.stdout
         echo = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+        # progress within epochs: redrawn in place on a terminal, bounded plain lines elsewhere
+        live = LiveProgress(lambda text: (stream.write(text), stream.flush()), terminal=stream.isatty())
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
     sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
@@ -62,7 +66,7 @@ def run_recipe(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
-    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch)
+    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
                                "storage": storage, "stages": []}
     if plan:

@@ -6,7 +6,8 @@ an epoch winning if a restarted worker group repeats it). Rank 0 also announces 
 start of a worker group with the epoch it starts from, so the driver can tell a
 restart (Ray Train's ``FailureConfig``) from the first start. With ``log_path`` every
 message is appended to a JSON-lines file as well, which outlives a killed driver
-(``rayeffi run --resume`` reads it back). With ``on_epoch`` each epoch's metrics also go
+(``rayeffi run --resume`` reads it back). Progress within an epoch is shown by
+``stages/live.py`` and never logged. With ``on_epoch`` each epoch's metrics also go
 to a callback on the driver (``rayeffi.tracking``: TensorBoard, MLflow), keyed by the
 message's ``stage`` (``STAGE`` or ``STAGE/TRIAL_ID``).
 """
@@ -17,12 +18,14 @@ import _thread
 import json
 import queue as std_queue
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from ray.util.queue import Empty, Queue
 
 from rayeffi.health import HealthStop, check_health
+from rayeffi.stages.live import LiveProgress
 
 
 class Progress:
@@ -31,8 +34,11 @@ class Progress:
         echo: Callable[[str], None] = print,
         log_path: str | Path | None = None,
         on_epoch: Callable[[str, dict], None] | None = None,
+        live: LiveProgress | None = None,
     ):
         self.queue = Queue(actor_options={"num_cpus": 0})
+        self.live = live
+        """Shows the workers' progress within an epoch (None: epoch lines only)."""
         self.echo = echo
         self.on_epoch = on_epoch
         self.log_path = Path(log_path) if log_path is not None else None
@@ -55,6 +61,12 @@ class Progress:
                     return
 
     def _record(self, message: dict) -> None:
+        if message.get("event") == "progress":  # within an epoch: shown, never logged or kept
+            if self.live is not None:
+                self.live.update(message.pop("stage"), message, time.monotonic())
+            return
+        if self.live is not None:
+            self.live.clear()
         if self.log_path is not None:
             with self.log_path.open("a") as log:
                 log.write(json.dumps(message) + "\n")

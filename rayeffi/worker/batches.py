@@ -29,6 +29,14 @@ class ShardBatches:
         self.in_memory = estimated_bytes <= memory_budget
         self._rows: dict[str, torch.Tensor] | None = None
 
+    @property
+    def steps(self) -> int | None:
+        """Batches per epoch, once the shard is in memory (None while streaming)."""
+        if self._rows is None:
+            return None
+        num_rows = len(next(iter(self._rows.values()))) if self._rows else 0
+        return num_rows // self.rows_per_read if self.drop_last else -(-num_rows // self.rows_per_read)
+
     def epoch(self, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches (``shuffle_seed`` None: in the shard's order)."""
         if not self.in_memory:

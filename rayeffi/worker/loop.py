@@ -21,6 +21,7 @@ from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.info import DatasetInfo
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
+from rayeffi.stages.live import WORKER_INTERVAL_S
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.metrics import epoch_metrics
@@ -63,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
-            train_sums, train_s = _train_epoch(parts, train, stage, epoch)
+            train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch))
             val_sums = _evaluate(parts, val)
             scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point
@@ -87,7 +88,23 @@ def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_si
     return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last)
 
 
-def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int):
+def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
+    """Rank 0's live progress within the epoch, on the driver's queue at most every
+    ``WORKER_INTERVAL_S`` (a queue put is a remote call: never once per step)."""
+    if rank != 0 or spec.progress is None:
+        return None
+    label, last = spec.label or spec.stage.name, [0.0]
+
+    def report(step: int, steps: int | None, rows: int, seconds: float) -> None:
+        if seconds - last[0] >= WORKER_INTERVAL_S:
+            last[0] = seconds
+            spec.progress.put({"stage": label, "event": "progress", "epoch": epoch + 1, "step": step,
+                               "steps": steps, "rows": rows, "seconds": seconds})
+
+    return report
+
+
+def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None):
     """Returns ``[loss_sum, num_rows]`` for this worker and the epoch's training seconds."""
     parts.model.train()
     device = parts.strategy.device
@@ -95,13 +112,15 @@ def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, ep
     num_rows = 0
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
-    for batch in batches.epoch(seed):
+    for step, batch in enumerate(batches.epoch(seed)):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
+        if report is not None:
+            report(step + 1, batches.steps, num_rows, time.perf_counter() - start)
     return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
 
 
