@@ -293,8 +293,8 @@ def test_report_plots_the_loss_scale_over_steps(tmp_path):
     assert loss_scale_points(history) == [(1, 2.0**16), (2, 2.0**15), (4, 2.0**15), (5, 2.0**15), (6, 2.0**16),
                                           (8, 2.0**16)]
     assert loss_scale_points([{"epoch": 1}]) == []  # FP32 runs: no loss-scale panel
-    [png] = write_report(tmp_path)
-    assert png.stat().st_size > 0
+    png, page = write_report(tmp_path)  # the stage's curves, then the HTML page
+    assert png.stat().st_size > 0 and page.name == "index.html"
 
 
 # -- accuracy on the built-in digits ----------------------------------------------------------
