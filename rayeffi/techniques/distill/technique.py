@@ -20,6 +20,7 @@ from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
 from rayeffi.checkpoint import load_checkpoint
+from rayeffi.task import logits_of
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""
@@ -128,7 +129,7 @@ class Distillation(Technique):
             logits = cached.reshape(cached.shape[0], num_teachers, -1).transpose(0, 1)
         else:
             with torch.no_grad():  # frozen teachers: no graph, no gradients
-                logits = torch.stack([teacher(inputs) for teacher in self.teachers])
+                logits = torch.stack([logits_of(teacher(inputs)) for teacher in self.teachers])
         return logits[0] if logits.shape[0] == 1 else logits
 
     def _hint_loss(self) -> torch.Tensor:
