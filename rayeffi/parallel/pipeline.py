@@ -34,17 +34,19 @@ from rayeffi.parallel.base import Strategy, load_slot_states
 from rayeffi.task import correct_count, task_loss
 from rayeffi.parallel.pipeline_split import (
     UnitChain,
+    chunk_examples,
     chunks_of_worker,
     measured_costs,
     parameter_costs,
     pipeline_units,
     plan_chunks,
+    timing_sample,
 )
 from rayeffi.parallel.pipeline_timeline import Timeline
 from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES, V_SCHEDULES, PipelineConfig
 
 TIMING_ROWS = 16
-"""Rows of the random micro-batch ``balance: time`` measures each layer on."""
+"""Rows of the micro-batch ``balance: time`` measures each layer on (random features, or token ids)."""
 
 SCHEDULE_CLASSES = {
     "gpipe": schedules.ScheduleGPipe,
@@ -115,6 +117,7 @@ class Pipeline(Strategy):
         self.holders = {c: r for r in range(self.num_stages)
                         for c in chunks_of_worker(r, self.num_stages, self.config.chunks_per_worker, v_shape)}
         self.chunk_units = [[name for name, _ in chunk] for chunk in chunks]
+        self._chunks = chunks  # every chunk, for the stages' static shapes (chunk_examples)
         self.local = LocalChunks([UnitChain(chunks[c]) for c in self.chunk_ids]).to(self.device)
         self.schedule = None  # built at the first step, once the precision policy is known
         return self.local
@@ -126,8 +129,8 @@ class Pipeline(Strategy):
         if self.world_rank == 0:  # one worker measures, all use its figures: every rank must cut alike
             for _, module in units:
                 module.to(self.device)
-            sample = torch.randn(TIMING_ROWS, self.info.num_features, device=self.device)
-            costs = [measured_costs(units, sample)]
+            sample = timing_sample(units, TIMING_ROWS, self.info.num_features).to(self.device)
+            costs = [measured_costs(units, sample)]  # leaves BatchNorm statistics as they were
         dist.broadcast_object_list(costs, src=0)  # sync point
         return costs[0]
 
@@ -150,9 +153,14 @@ class Pipeline(Strategy):
         if flag.item() and not local and grads:
             grads[0].view(-1)[0] = float("inf")
 
-    def _build_schedule(self):
+    def _build_schedule(self, inputs: torch.Tensor):
+        # static shapes from real rows in eval mode: torch's own inference would run a
+        # training-mode forward of uninitialised buffers (BatchNorm statistics poisoned)
+        microbatch = inputs[: inputs.shape[0] // self.config.num_microbatches]
+        examples = chunk_examples(self._chunks, microbatch, self.precision.autocast)
         stages = [
-            PipelineStage(chunk, c, self.config.num_chunks, self.device, group=self.pp_group)
+            PipelineStage(chunk, c, self.config.num_chunks, self.device, input_args=examples[c][0],
+                          output_args=examples[c][1], group=self.pp_group)
             for chunk, c in zip(self.local.chunks, self.chunk_ids)
         ]
         if self.timeline is not None:
@@ -186,7 +194,7 @@ class Pipeline(Strategy):
         """The schedule runs forward+backward of all micro-batches, then the data-parallel
         gradient average; returns the loss (the mean over micro-batches, from the last stage)."""
         if self.schedule is None:
-            self.schedule = self._build_schedule()
+            self.schedule = self._build_schedule(inputs)
         targets = self._from_first(targets)
         self._losses = []
         args = (inputs,) if self.has_first else ()

@@ -93,7 +93,13 @@ def parameter_costs(units: Sequence[Unit]) -> list[float]:
 
 
 def measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int = 3) -> list[float]:
-    """Seconds of forward + backward per unit on ``sample`` (best of ``repeats``)."""
+    """Seconds of forward + backward per unit on ``sample`` (best of ``repeats``); buffers
+    such as BatchNorm's running statistics are left as they were."""
+    with buffers_kept([module for _, module in units]):
+        return _measured_costs(units, sample, repeats)
+
+
+def _measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int) -> list[float]:
     costs = []
     x = sample
     for _, module in units:
@@ -112,6 +118,70 @@ def measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int = 3
         with torch.no_grad():
             x = module(x)
     return costs
+
+
+def timing_sample(units: Sequence[Unit], num_rows: int, num_features: int) -> torch.Tensor:
+    """Rows the ``balance: time`` probe measures on: token ids in range for a model that starts
+    with an embedding (random floats would index out of it), random features otherwise."""
+    for _, module in units:
+        first = next((m for m in module.modules() if next(m.parameters(recurse=False), None) is not None), None)
+        if first is None:
+            continue
+        if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
+            return torch.randint(0, first.num_embeddings, (num_rows, num_features))
+        break
+    return torch.randn(num_rows, num_features)
+
+
+@contextlib.contextmanager
+def buffers_kept(modules: Sequence[nn.Module]):
+    """Restore every buffer (BatchNorm running statistics) of ``modules`` on exit."""
+    saved = [(buffer, buffer.detach().clone()) for module in modules for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Sequence[nn.Module]):
+    """Every submodule in eval mode (BatchNorm reads its running statistics and leaves them), then back."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module, _ in flags:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def chunk_examples(chunks: Sequence[Sequence[Unit]], sample: torch.Tensor,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(input, output)`` of every chunk for one micro-batch ``sample``, for a ``PipelineStage``'s
+    static shapes.
+
+    Without them each stage infers its buffers with a training-mode forward of made-up
+    inputs at the first step, which writes garbage into BatchNorm's running statistics
+    (NaN validation loss, 10% accuracy). This forward runs real rows in eval mode, under
+    the policy's autocast (the dtypes a chunk really sends), and restores every buffer.
+    """
+    modules = [module for chunk in chunks for _, module in chunk]
+    examples = []
+    x = sample
+    with eval_mode(modules), buffers_kept(modules):
+        for chunk in chunks:
+            x = x.detach().requires_grad_(x.is_floating_point())
+            inputs = x
+            with autocast():
+                for _, module in chunk:
+                    x = module(x)
+            examples.append((inputs.detach().requires_grad_(inputs.is_floating_point()),
+                             x.detach().requires_grad_(x.is_floating_point())))
+    return examples
 
 
 def plan_chunks(
