@@ -19,6 +19,7 @@ import torch
 
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.info import DatasetInfo
+from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
 from rayeffi.worker.build import build_worker
@@ -76,6 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 metrics.update(technique.metrics())
             metrics.update(parts.precision.metrics())
+            warning = chance_warning(epoch + 1, metrics["val_accuracy"], metrics["val_loss"], spec.info.num_classes)
+            if warning:
+                metrics["warning"] = warning
             _report(metrics, parts, scheduler, spec, epoch + 1)
     finally:
         for technique in reversed(parts.techniques):
@@ -100,11 +104,16 @@ def _train_epoch(parts: StepParts, shard, layout, stage: StageConfig, epoch: int
     num_rows = 0
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
-    for batch in _batches(shard, layout.rows_per_read, seed, layout.drop_last):
+    non_finite = 0  # consecutive non-finite losses
+    for step, batch in enumerate(_batches(shard, layout.rows_per_read, seed, layout.drop_last)):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
+        non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1
+        if loss_is_unhealthy(non_finite, parts.precision.skips_on_overflow):  # the stage stops: one error line
+            lr = parts.optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
     return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start

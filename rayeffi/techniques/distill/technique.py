@@ -62,7 +62,7 @@ class Distillation(Technique):
         self.hints_only = False
         self._student_capture: FeatureCapture | None = None
         self._teacher_captures: dict[int, FeatureCapture] = {}
-        self._sums = torch.zeros(3, dtype=torch.float64)  # soft loss, hint loss, batches
+        self._sums = torch.zeros(4, dtype=torch.float64)  # soft loss, hint loss, batches, CE
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.teachers is not None:
@@ -113,7 +113,8 @@ class Distillation(Technique):
         hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
         soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
         self._sums += torch.tensor([
-            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0], dtype=torch.float64)
+            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0, loss.item()],
+            dtype=torch.float64)
         if self.hints_only:
             # 0 * loss keeps every student parameter in the graph, as DDP requires of each step
             return hint + 0.0 * loss
@@ -153,10 +154,12 @@ class Distillation(Technique):
         sums = self._sums.clone()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)  # sync point: the figure is the whole epoch's, not rank 0's shard
-        soft_sum, hint_sum, batches = sums.tolist()
+        soft_sum, hint_sum, batches, ce_sum = sums.tolist()
         metrics = {"distill_hints_only": float(self.hints_only)}
         if batches:
+            # the two terms apart: the step's loss is alpha * kd_soft_loss + (1 - alpha) * kd_ce_loss
             metrics["kd_soft_loss"] = soft_sum / batches
+            metrics["kd_ce_loss"] = ce_sum / batches
             if self.config.hints:
                 metrics["hint_loss"] = hint_sum / batches
         return metrics

@@ -34,7 +34,8 @@ def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "val_loss": last["val_loss"],
             "val_accuracy": last["val_accuracy"],
         }
-        if "kd_soft_loss" in last:
-            phase["kd_soft_loss"] = last["kd_soft_loss"]
+        for key in ("kd_soft_loss", "kd_ce_loss"):
+            if key in last:
+                phase[key] = last[key]
         phases.append(phase)
     return phases
