@@ -24,10 +24,14 @@ def _transformers():
 def bert_classifier(num_features: int, num_classes: int, image_shape=None, vocab_size: int = 17,
                     hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 64,
                     dropout: float = 0.0):
-    """``BertForSequenceClassification`` (Devlin et al. 2019) over rows of ``num_features`` token ids."""
+    """``BertForSequenceClassification`` (Devlin et al. 2019) over rows of ``num_features`` token ids.
+
+    The padding id is one more than the vocabulary: BERT's default 0 would freeze token 0's
+    embedding at zero (its ``padding_idx``), and the digits' background pixel is 0.
+    """
     transformers = _transformers()
     config = transformers.BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        vocab_size=vocab_size + 1, pad_token_id=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, intermediate_size=intermediate_size,
         max_position_embeddings=num_features, num_labels=num_classes,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,

@@ -34,9 +34,14 @@ def pipeline_units(model: nn.Module) -> list[Unit]:
         return list(model.pipeline_units())
     if isinstance(model, nn.Sequential):
         return sequential_units(model)
+    lists = [name for name, child in model.named_modules() if isinstance(child, nn.ModuleList) and len(child) > 1]
+    hint = (f" (its block list {lists[0]!r} sits between a stem and a head: list them as "
+            f"[('stem', ...), ('{lists[0]}.0', ...), ..., ('head', ...)], each taking the previous one's output)"
+            if lists else "")
     raise UserError(
         f"parallel.strategy pipeline: model {type(model).__name__} is neither an nn.Sequential nor has a "
-        "pipeline_units() method listing its layers in order: give it one, or use data_parallel"
+        f"pipeline_units() method listing its layers in order as (name, module) pairs whose composition is its "
+        f"forward{hint}: give it one, or use data_parallel"
     )
 
 
