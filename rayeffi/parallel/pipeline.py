@@ -34,8 +34,9 @@ from rayeffi.parallel.base import Strategy, load_slot_states
 from rayeffi.task import correct_count, task_loss
 from rayeffi.parallel.pipeline_split import (
     UnitChain,
-    chunk_examples,
+    buffers_kept,
     chunks_of_worker,
+    eval_mode,
     measured_costs,
     parameter_costs,
     pipeline_units,
@@ -117,7 +118,6 @@ class Pipeline(Strategy):
         self.holders = {c: r for r in range(self.num_stages)
                         for c in chunks_of_worker(r, self.num_stages, self.config.chunks_per_worker, v_shape)}
         self.chunk_units = [[name for name, _ in chunk] for chunk in chunks]
-        self._chunks = chunks  # every chunk, for the stages' static shapes (chunk_examples)
         self.local = LocalChunks([UnitChain(chunks[c]) for c in self.chunk_ids]).to(self.device)
         self.schedule = None  # built at the first step, once the precision policy is known
         return self.local
@@ -153,11 +153,34 @@ class Pipeline(Strategy):
         if flag.item() and not local and grads:
             grads[0].view(-1)[0] = float("inf")
 
+    def _chunk_examples(self, microbatch: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``(input, output)`` of this worker's chunks for one micro-batch, for static stage shapes.
+
+        Left to itself each ``PipelineStage`` infers its shapes with a training-mode forward of
+        made-up inputs, which wrote garbage into BatchNorm's running statistics (NaN validation
+        loss, 10% accuracy). Here real rows travel through the chunks in order, as in
+        :meth:`evaluate`: eval mode, under each chunk's autocast (the dtypes it really sends),
+        every buffer restored afterwards.
+        """
+        def example(tensor):
+            return tensor.detach().requires_grad_(tensor.is_floating_point())
+
+        examples, x, last = {}, microbatch, self.config.num_chunks - 1
+        with torch.no_grad(), eval_mode([self.local]), buffers_kept([self.local]):
+            for c in range(self.config.num_chunks):
+                if self.holders[c] != self.pp_rank:
+                    continue
+                if c > 0 and self.holders[c - 1] != self.pp_rank:
+                    x = self._recv(self.holders[c - 1])  # sync point
+                out = self.local.chunks[self.chunk_ids.index(c)](x)
+                examples[c], x = (example(x), example(out)), out
+                if c < last and self.holders[c + 1] != self.pp_rank:
+                    self._send(out, self.holders[c + 1])
+        return examples
+
     def _build_schedule(self, inputs: torch.Tensor):
-        # static shapes from real rows in eval mode: torch's own inference would run a
-        # training-mode forward of uninitialised buffers (BatchNorm statistics poisoned)
-        microbatch = inputs[: inputs.shape[0] // self.config.num_microbatches]
-        examples = chunk_examples(self._chunks, microbatch, self.precision.autocast)
+        # static shapes from real rows in eval mode (see _chunk_examples)
+        examples = self._chunk_examples(inputs[: inputs.shape[0] // self.config.num_microbatches])
         stages = [
             PipelineStage(chunk, c, self.config.num_chunks, self.device, input_args=examples[c][0],
                           output_args=examples[c][1], group=self.pp_group)

@@ -163,32 +163,6 @@ def eval_mode(modules: Sequence[nn.Module]):
             module.training = training
 
 
-def chunk_examples(chunks: Sequence[Sequence[Unit]], sample: torch.Tensor,
-                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(input, output)`` of every chunk for one micro-batch ``sample``, for a ``PipelineStage``'s
-    static shapes.
-
-    Without them each stage infers its buffers with a training-mode forward of made-up
-    inputs at the first step, which writes garbage into BatchNorm's running statistics
-    (NaN validation loss, 10% accuracy). This forward runs real rows in eval mode, under
-    the policy's autocast (the dtypes a chunk really sends), and restores every buffer.
-    """
-    modules = [module for chunk in chunks for _, module in chunk]
-    examples = []
-    x = sample
-    with eval_mode(modules), buffers_kept(modules):
-        for chunk in chunks:
-            x = x.detach().requires_grad_(x.is_floating_point())
-            inputs = x
-            with autocast():
-                for _, module in chunk:
-                    x = module(x)
-            examples.append((inputs.detach().requires_grad_(inputs.is_floating_point()),
-                             x.detach().requires_grad_(x.is_floating_point())))
-    return examples
-
-
 def plan_chunks(
     units: Sequence[Unit],
     num_chunks: int,
