@@ -47,5 +47,6 @@ def chance_warning(epoch: int, val_accuracy: float, val_loss: float, num_classes
     chance = 1.0 / num_classes
     if val_accuracy <= chance + 0.5 * chance * (1 - chance) and val_loss >= math.log(num_classes):
         return (f"val_accuracy {val_accuracy:.3f} is at chance ({chance:.3f}) after {epoch} epochs with val_loss "
-                f"{val_loss:.3f} >= ln({num_classes}): the model is not learning; lower optimizer.lr")
+                f"{val_loss:.3f} >= ln({num_classes}): the model is not learning: check optimizer.lr "
+                "(too high for the loss, e.g. with a large distillation term) and the epochs")
     return None

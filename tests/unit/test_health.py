@@ -38,7 +38,7 @@ def test_the_worker_error_reaches_the_driver_as_one_line():
 def test_chance_warning():
     assert chance_warning(1, 0.1, 5.0, 10) is None  # too early
     warning = chance_warning(3, 0.1, 2.5, 10)
-    assert warning and "at chance (0.100) after 3 epochs" in warning and "lower optimizer.lr" in warning
+    assert warning and "at chance (0.100) after 3 epochs" in warning and "check optimizer.lr" in warning
     assert chance_warning(3, 0.1, math.log(10) - 0.1, 10) is None  # loss below a uniform guess: learning
     assert chance_warning(3, 0.6, 3.0, 10) is None
 
