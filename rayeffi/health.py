@@ -1,10 +1,12 @@
-"""Is a run still training? Pure checks on the epoch metrics the driver receives.
+"""Is a run still training? Pure checks, on the driver and in the workers.
 
-A diverged run used to finish with exit 0: fp16 with an absurd learning rate ended
-with the loss scale at 2e-16 and a NaN loss. :func:`check_health` looks at a stage's
-epochs so far and says why the run should stop, or returns None. It touches no
-tensor and no Ray: the driver calls it as each epoch's metrics arrive
-(``stages/progress.py``) and on the final metrics of each stage.
+A diverged run used to finish with exit 0 (fp16 with an absurd learning rate ended with
+the loss scale at 2e-16 and a NaN loss; a student at chance with 10% accuracy). On the
+driver, :func:`check_health` looks at a stage's epochs so far as they arrive
+(``stages/progress.py``) and :func:`check_final` at its last metrics; in the workers,
+:func:`loss_is_unhealthy` stops a stage at the step its loss became non-finite
+(``worker/loop.py``) and :func:`chance_warning` flags a model that is not learning. The
+messages name the epoch, the step and what to lower.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any
+
+from rayeffi.errors import UserError
 
 LOSS_SCALE_FLOOR = 2.0 ** -8
 """Below this the dynamic loss scale has halved at least 24 times from its usual
@@ -79,3 +83,44 @@ class HealthStop:
         with cls._lock:
             reason, cls._reason = cls._reason, None
             return reason
+
+
+NON_FINITE_STEPS_TOLERATED = 50
+"""Consecutive non-finite losses a loss-scaled policy (fp16) may skip before the stage stops:
+its scaler skips those steps and backs off; a loss that stays non-finite is not an overflow."""
+
+CHANCE_AFTER_EPOCHS = 2
+"""The chance check starts after this many epochs (a first epoch may still be warming up)."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became non-finite (a ``UserError``: one line, exit 2)."""
+
+
+def non_finite_loss_error(stage: str, epoch: int, step: int, lr: float, policy: str) -> str:
+    """The one line a diverged stage stops with."""
+    return (f"stages.{stage}: the training loss became non-finite at epoch {epoch}, step {step} "
+            f"(lr {lr:g}, precision {policy}): lower optimizer.lr (or add a warm-up: "
+            "optimizer.schedule.warmup_epochs), lower distill.temperature/alpha when distilling, "
+            "or use precision: fp32")
+
+
+def loss_is_unhealthy(consecutive_non_finite: int, skips_on_overflow: bool) -> bool:
+    """Stop now? Without loss scaling at once; with it, once skipping has not helped."""
+    if consecutive_non_finite == 0:
+        return False
+    return not skips_on_overflow or consecutive_non_finite > NON_FINITE_STEPS_TOLERATED
+
+
+def chance_warning(epoch: int, val_accuracy: float, val_loss: float, num_classes: int) -> str | None:
+    """A warning when validation accuracy sits at chance while the loss is at least that of a
+    uniform guess (``ln C``): the model is not learning (often: the learning rate is too high
+    for the loss, as with a distillation term from a teacher with large logits)."""
+    if epoch < CHANCE_AFTER_EPOCHS:
+        return None
+    chance = 1.0 / num_classes
+    if val_accuracy <= chance + 0.5 * chance * (1 - chance) and val_loss >= math.log(num_classes):
+        return (f"val_accuracy {val_accuracy:.3f} is at chance ({chance:.3f}) after {epoch} epochs with val_loss "
+                f"{val_loss:.3f} >= ln({num_classes}): the model is not learning: check optimizer.lr "
+                "(too high for the loss, e.g. with a large distillation term) and the epochs")
+    return None

@@ -6,6 +6,7 @@ before Ray starts, so a bad input costs no cluster time and leaves nothing behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
+import torch
 
-from rayeffi.data.sources import DataSource, resolve_source
+from rayeffi.data.sources import DataSource, resolve_source, sample_rows
 from rayeffi.errors import UserError
 from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
@@ -30,6 +32,7 @@ from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
+from rayeffi.techniques.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
 
 SUMMARY_FILE = "summary.json"
 
@@ -129,7 +132,7 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
             "checkpoint file: give 'previous', a stage name or a path"
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data")
-    check_model(stage.model, source.info)
+    _check_model_contract(stage, source)
     _check_checkpoint_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
@@ -156,6 +159,22 @@ def _check_checkpoint(path: str, model_config, source: DataSource, key: str) -> 
         check_model_state(load_checkpoint(path)["model"], build_model(model_config, source.info), path)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
+
+
+def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
+    """Build the model and run 2 real rows forward and backward in the stage's precision."""
+    policy = stage.precision.policy
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16-master": torch.float16}.get(policy)
+
+    def autocast_for(model):
+        if dtype is None:
+            return contextlib.nullcontext()
+        return reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))
+
+    model = check_model(stage.model, source.info, sample_rows(source), autocast_for)
+    if dtype is not None and fp32_layers(model):
+        layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
+        print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)
 
 
 def cpus_needed(stage: StageConfig) -> float:

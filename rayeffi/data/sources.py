@@ -89,6 +89,18 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
     return DataSource(str(train), val and str(val), info, feature_column, label_column)
 
 
+def sample_rows(source: DataSource, num_rows: int = 2):
+    """The first ``num_rows`` training rows as the workers will see them: float32 features, int64 labels."""
+    import numpy as np
+    import torch
+
+    table = pads.dataset(source.train_path, format="parquet").head(
+        num_rows, columns=[source.feature_column, source.label_column])
+    features = np.stack(table[source.feature_column].to_numpy(zero_copy_only=False)).astype(np.float32)
+    labels = table[source.label_column].to_numpy().astype(np.int64)
+    return torch.from_numpy(features), torch.from_numpy(labels)
+
+
 def _open(path, key: str, feature_column: str, label_column: str) -> pads.Dataset:
     if not Path(path).exists():
         raise UserError(f"{key} {path} does not exist: give a Parquet file or a directory of them")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
+from rayeffi.models.contract import attach_input_cast, dry_run
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
 from rayeffi.recipe.sections import ModelConfig
@@ -37,15 +40,28 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     )
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name {config.name}: returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return attach_input_cast(model, config.input_dtype)
 
 
-def check_model(config: ModelConfig, info: DatasetInfo) -> None:
-    """Fail on the driver, before any worker starts, if the model cannot be built."""
+def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                autocast_for: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None) -> nn.Module:
+    """Fail on the driver, before any worker starts, if the model cannot be built or breaks the
+    contract (``models/contract.py``) on ``rows`` (features, labels) of the data, under the context
+    ``autocast_for(model)`` returns (the stage's precision); returns the model."""
     if config.name == "cnn" and info.image_shape is None:
         raise UserError("model 'cnn' needs images: set data.image_shape=[channels, height, width] for this dataset")
-    if config.name not in BUILTIN_MODELS:
-        resolve_user_model(config.name)
+    try:
+        model = build_model(config, info)
+    except UserError:
+        raise
+    except Exception as exc:  # the builder's own error, in one line
+        raise UserError(f"model {config.name}: building it failed ({str(exc).strip().splitlines()[0]}): "
+                        "check model.kwargs") from None
+    if rows is not None:
+        model.train()
+        autocast = (lambda: autocast_for(model)) if autocast_for else contextlib.nullcontext
+        dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast)
+    return model
 
 
 def resolve_user_model(path: str) -> Callable[..., nn.Module]:
@@ -60,4 +76,4 @@ def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "build_model", "check_model", "resolve_user_model"]
+__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "build_model", "check_model", "dry_run", "resolve_user_model"]

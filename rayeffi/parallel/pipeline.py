@@ -34,17 +34,20 @@ from rayeffi.parallel.base import Strategy, load_slot_states
 from rayeffi.task import correct_count, task_loss
 from rayeffi.parallel.pipeline_split import (
     UnitChain,
+    buffers_kept,
     chunks_of_worker,
+    eval_mode,
     measured_costs,
     parameter_costs,
     pipeline_units,
     plan_chunks,
+    timing_sample,
 )
 from rayeffi.parallel.pipeline_timeline import Timeline
 from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES, V_SCHEDULES, PipelineConfig
 
 TIMING_ROWS = 16
-"""Rows of the random micro-batch ``balance: time`` measures each layer on."""
+"""Rows of the micro-batch ``balance: time`` measures each layer on (random features, or token ids)."""
 
 SCHEDULE_CLASSES = {
     "gpipe": schedules.ScheduleGPipe,
@@ -126,8 +129,8 @@ class Pipeline(Strategy):
         if self.world_rank == 0:  # one worker measures, all use its figures: every rank must cut alike
             for _, module in units:
                 module.to(self.device)
-            sample = torch.randn(TIMING_ROWS, self.info.num_features, device=self.device)
-            costs = [measured_costs(units, sample)]
+            sample = timing_sample(units, TIMING_ROWS, self.info.num_features).to(self.device)
+            costs = [measured_costs(units, sample)]  # leaves BatchNorm statistics as they were
         dist.broadcast_object_list(costs, src=0)  # sync point
         return costs[0]
 
@@ -150,9 +153,37 @@ class Pipeline(Strategy):
         if flag.item() and not local and grads:
             grads[0].view(-1)[0] = float("inf")
 
-    def _build_schedule(self):
+    def _chunk_examples(self, microbatch: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``(input, output)`` of this worker's chunks for one micro-batch, for static stage shapes.
+
+        Left to itself each ``PipelineStage`` infers its shapes with a training-mode forward of
+        made-up inputs, which wrote garbage into BatchNorm's running statistics (NaN validation
+        loss, 10% accuracy). Here real rows travel through the chunks in order, as in
+        :meth:`evaluate`: eval mode, under each chunk's autocast (the dtypes it really sends),
+        every buffer restored afterwards.
+        """
+        def example(tensor):
+            return tensor.detach().requires_grad_(tensor.is_floating_point())
+
+        examples, x, last = {}, microbatch, self.config.num_chunks - 1
+        with torch.no_grad(), eval_mode([self.local]), buffers_kept([self.local]):
+            for c in range(self.config.num_chunks):
+                if self.holders[c] != self.pp_rank:
+                    continue
+                if c > 0 and self.holders[c - 1] != self.pp_rank:
+                    x = self._recv(self.holders[c - 1])  # sync point
+                out = self.local.chunks[self.chunk_ids.index(c)](x)
+                examples[c], x = (example(x), example(out)), out
+                if c < last and self.holders[c + 1] != self.pp_rank:
+                    self._send(out, self.holders[c + 1])
+        return examples
+
+    def _build_schedule(self, inputs: torch.Tensor):
+        # static shapes from real rows in eval mode (see _chunk_examples)
+        examples = self._chunk_examples(inputs[: inputs.shape[0] // self.config.num_microbatches])
         stages = [
-            PipelineStage(chunk, c, self.config.num_chunks, self.device, group=self.pp_group)
+            PipelineStage(chunk, c, self.config.num_chunks, self.device, input_args=examples[c][0],
+                          output_args=examples[c][1], group=self.pp_group)
             for chunk, c in zip(self.local.chunks, self.chunk_ids)
         ]
         if self.timeline is not None:
@@ -186,7 +217,7 @@ class Pipeline(Strategy):
         """The schedule runs forward+backward of all micro-batches, then the data-parallel
         gradient average; returns the loss (the mean over micro-batches, from the last stage)."""
         if self.schedule is None:
-            self.schedule = self._build_schedule()
+            self.schedule = self._build_schedule(inputs)
         targets = self._from_first(targets)
         self._losses = []
         args = (inputs,) if self.has_first else ()

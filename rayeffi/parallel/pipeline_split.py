@@ -34,9 +34,14 @@ def pipeline_units(model: nn.Module) -> list[Unit]:
         return list(model.pipeline_units())
     if isinstance(model, nn.Sequential):
         return sequential_units(model)
+    lists = [name for name, child in model.named_modules() if isinstance(child, nn.ModuleList) and len(child) > 1]
+    hint = (f" (its block list {lists[0]!r} sits between a stem and a head: list them as "
+            f"[('stem', ...), ('{lists[0]}.0', ...), ..., ('head', ...)], each taking the previous one's output)"
+            if lists else "")
     raise UserError(
         f"parallel.strategy pipeline: model {type(model).__name__} is neither an nn.Sequential nor has a "
-        "pipeline_units() method listing its layers in order: give it one, or use data_parallel"
+        f"pipeline_units() method listing its layers in order as (name, module) pairs whose composition is its "
+        f"forward{hint}: give it one, or use data_parallel"
     )
 
 
@@ -93,7 +98,13 @@ def parameter_costs(units: Sequence[Unit]) -> list[float]:
 
 
 def measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int = 3) -> list[float]:
-    """Seconds of forward + backward per unit on ``sample`` (best of ``repeats``)."""
+    """Seconds of forward + backward per unit on ``sample`` (best of ``repeats``); buffers
+    such as BatchNorm's running statistics are left as they were."""
+    with buffers_kept([module for _, module in units]):
+        return _measured_costs(units, sample, repeats)
+
+
+def _measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int) -> list[float]:
     costs = []
     x = sample
     for _, module in units:
@@ -112,6 +123,44 @@ def measured_costs(units: Sequence[Unit], sample: torch.Tensor, repeats: int = 3
         with torch.no_grad():
             x = module(x)
     return costs
+
+
+def timing_sample(units: Sequence[Unit], num_rows: int, num_features: int) -> torch.Tensor:
+    """Rows the ``balance: time`` probe measures on: token ids in range for a model that starts
+    with an embedding (random floats would index out of it), random features otherwise."""
+    for _, module in units:
+        first = next((m for m in module.modules() if next(m.parameters(recurse=False), None) is not None), None)
+        if first is None:
+            continue
+        if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
+            return torch.randint(0, first.num_embeddings, (num_rows, num_features))
+        break
+    return torch.randn(num_rows, num_features)
+
+
+@contextlib.contextmanager
+def buffers_kept(modules: Sequence[nn.Module]):
+    """Restore every buffer (BatchNorm running statistics) of ``modules`` on exit."""
+    saved = [(buffer, buffer.detach().clone()) for module in modules for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Sequence[nn.Module]):
+    """Every submodule in eval mode (BatchNorm reads its running statistics and leaves them), then back."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module, _ in flags:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
 
 
 def plan_chunks(

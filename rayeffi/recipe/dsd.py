@@ -52,6 +52,9 @@ class DsdConfig(Section):
     """Parameter-name patterns never pruned, beyond biases and normalisation parameters."""
     skip_first_conv: bool = True
     """Leave the first convolution dense (it has few weights and they all matter)."""
+    prune_embeddings: bool = False
+    """Prune ``nn.Embedding`` tables too (and weights tied to them, such as GPT-2's
+    ``lm_head``); off by default: a pruned row is a token the model can no longer see."""
 
     @field_validator("rounds", mode="before")
     @classmethod

@@ -95,6 +95,9 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = {}
     """Extra keyword arguments for a user model function."""
+    input_dtype: Literal["auto", "float32", "int64"] = "auto"
+    """What ``forward`` receives: ``float32`` feature rows, or ``int64`` token ids (the
+    features rounded); ``auto``: token ids when the model's first layer is an embedding."""
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:

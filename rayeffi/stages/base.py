@@ -55,6 +55,7 @@ class StageResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        warnings = list(dict.fromkeys(row["warning"] for row in self.history if row.get("warning")))
         return {
             "name": self.name,
             "kind": self.kind,
@@ -62,5 +63,6 @@ class StageResult:
             "checkpoint": self.artifact.checkpoint,
             "wall_s": round(self.wall_s, 3),
             "history": self.history,
+            **({"warnings": warnings} if warnings else {}),
             **self.extra,
         }

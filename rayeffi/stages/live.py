@@ -1,7 +1,7 @@
 """Live progress within an epoch: steps done of the total, samples per second, time left.
 
 Rank 0 of a stage puts a ``progress`` message on the progress queue at most every
-``WORKER_INTERVAL_S`` (``worker/loop.py``); the driver shows them: on a terminal as one
+``PROGRESS_INTERVAL_S`` (``worker/loop.py``); the driver shows them: on a terminal as one
 line redrawn in place (``\\r``), otherwise (CI, ``ray job submit`` logs) as plain lines at
 most every ``PLAIN_INTERVAL_S`` per stage or Tune trial. The epoch lines stay as they are.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-WORKER_INTERVAL_S = 0.5
 PLAIN_INTERVAL_S = 10.0
 BAR_WIDTH = 20
 

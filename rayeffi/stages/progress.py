@@ -133,6 +133,10 @@ def format_epoch_line(stage: str, metrics: dict) -> str:
     )
     if "dsd_phase" in metrics:
         line += f"  [{metrics['dsd_phase']} r{metrics['dsd_round']}, sparsity {metrics['sparsity']:.3f}]"
+    if "kd_soft_loss" in metrics and "kd_ce_loss" in metrics:  # distillation's two terms
+        line += f"  [kd {metrics['kd_soft_loss']:.4f}, ce {metrics['kd_ce_loss']:.4f}]"
+    if metrics.get("warning"):
+        line += f"  WARNING: {metrics['warning']}"
     if "staleness_max" in metrics:  # parameter server
         line += f"  [{metrics['server_updates']:.0f} server updates, staleness max {metrics['staleness_max']}]"
     return line

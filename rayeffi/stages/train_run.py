@@ -17,6 +17,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
+from rayeffi.errors import UserError
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
 from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
@@ -70,7 +71,13 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
         local_mode=local_mode,
     )
     start = time.perf_counter()
-    result = build_trainer(stage, context, spec).fit()
+    try:
+        result = build_trainer(stage, context, spec).fit()
+    except Exception as exc:
+        user_error = find_user_error(exc)  # e.g. a diverged loss: one error line, not a Ray traceback
+        if user_error is None:
+            raise
+        raise UserError(str(user_error).strip().splitlines()[0]) from None
     wall_s = time.perf_counter() - start
     with result.checkpoint.as_directory() as checkpoint_dir:
         artifact = publish_checkpoint(Path(checkpoint_dir), context.stage_dir)
@@ -81,6 +88,21 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
         context.progress.drain()
         history = context.progress.stage_history(stage.name)
     return StageResult(stage.name, stage.kind, artifact, history, wall_s, {"num_workers": stage.scaling.num_workers})
+
+
+def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:
+    """A ``UserError`` a worker raised, inside Ray Train's ``WorkerGroupError`` (or its causes)."""
+    if isinstance(exc, UserError):
+        cause = getattr(exc, "cause", None)  # a RayTaskError posing as the worker's own exception
+        return cause if isinstance(cause, UserError) else exc
+    if depth > 8:
+        return None
+    nested = [*getattr(exc, "worker_failures", {}).values(), getattr(exc, "cause", None), exc.__cause__,
+              exc.__context__]
+    for inner in nested:
+        if inner is not None and (found := find_user_error(inner, depth + 1)) is not None:
+            return found
+    return None
 
 
 def publish_checkpoint(checkpoint_dir: str | Path, stage_dir: Path) -> Artifact:

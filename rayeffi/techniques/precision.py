@@ -17,6 +17,10 @@ optimizer update   FP32      FP32            FP32            FP32 masters
 after the update   -         -               -               masters -> FP16
 =================  ========  ==============  ==============  ===================
 
+Layers autocast leaves in FP32 (:func:`fp32_layers`): a GRU always; an LSTM on CPUs,
+where it runs with oneDNN off (oneDNN has no FP16/BF16 LSTM there). The driver prints
+them before a bf16/fp16 stage starts.
+
 Autocast keeps its own FP32 list (softmax, norms, reductions) on GPUs; the task loss
 is always computed on ``outputs.float()`` (``worker/step.py``). Under autocast the
 activations of matmuls and convolutions are BF16/FP16, and so are the gradients
@@ -101,6 +105,31 @@ def _device_type(model: nn.Module) -> str:
     return next(model.parameters(), torch.empty(0)).device.type
 
 
+def needs_onednn_off(model: nn.Module, device_type: str) -> bool:
+    """On CPUs oneDNN has no FP16/BF16 LSTM kernel ("could not create a primitive descriptor
+    for the LSTM forward propagation primitive"): an LSTM model runs its autocast with oneDNN
+    off, where torch's own LSTM computes in FP32 (see :func:`fp32_layers`)."""
+    return device_type == "cpu" and any(isinstance(m, nn.LSTM) for m in model.modules())
+
+
+def reduced_precision_autocast(device_type: str, dtype: torch.dtype, onednn_off: bool) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type, dtype=dtype))
+    if onednn_off:
+        stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+    return stack
+
+
+def fp32_layers(model: nn.Module, device_type: str = "cpu") -> dict[str, str]:
+    """Layers that compute in FP32 under BF16/FP16 autocast, by module path -> type.
+
+    Autocast has no reduced-precision GRU (any device) and, with oneDNN off on CPUs, the
+    LSTM runs in FP32 too; a plain RNN (tanh/relu) follows the policy.
+    """
+    kinds = (nn.GRU, nn.LSTM) if device_type == "cpu" else (nn.GRU,)
+    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
 class BF16(Precision):
     """BF16 autocast, FP32 weights, no loss scaling.
 
@@ -115,13 +144,15 @@ class BF16(Precision):
 
     def __init__(self) -> None:
         self.device_type = "cpu"
+        self.onednn_off = False
         self.telemetry = PrecisionTelemetry()
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
+        self.onednn_off = needs_onednn_off(model, self.device_type)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return reduced_precision_autocast(self.device_type, self.dtype, self.onednn_off)
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         if self.telemetry.wants_sample:  # once per epoch: would FP16 lose these gradients?
@@ -171,15 +202,17 @@ class FP16(Precision):
         )
         self.static_scale = None if loss_scale == "dynamic" else float(loss_scale)
         self.device_type = "cpu"
+        self.onednn_off = False
         self.scaler: torch.amp.GradScaler | None = None
         self.telemetry = PrecisionTelemetry()
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
+        self.onednn_off = needs_onednn_off(model, self.device_type)
         self.scaler = grad_scaler(self.device_type, **self.scaler_options)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device_type, dtype=torch.float16)
+        return reduced_precision_autocast(self.device_type, torch.float16, self.onednn_off)
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss.float())  # S applied in FP32

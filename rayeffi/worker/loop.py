@@ -19,9 +19,9 @@ import torch
 
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.info import DatasetInfo
+from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
-from rayeffi.stages.live import WORKER_INTERVAL_S
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.metrics import epoch_metrics
@@ -75,6 +75,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 metrics.update(technique.metrics())
             metrics.update(parts.precision.metrics())
+            warning = chance_warning(epoch + 1, metrics["val_accuracy"], metrics["val_loss"], spec.info.num_classes)
+            if warning:
+                metrics["warning"] = warning
             _report(metrics, parts, scheduler, spec, epoch + 1)
     finally:
         for technique in reversed(parts.techniques):
@@ -88,15 +91,19 @@ def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_si
     return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last)
 
 
+PROGRESS_INTERVAL_S = 0.5
+"""Rank 0 sends its progress within an epoch at most this often (``stages/live.py`` shows it)."""
+
+
 def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
     """Rank 0's live progress within the epoch, on the driver's queue at most every
-    ``WORKER_INTERVAL_S`` (a queue put is a remote call: never once per step)."""
+    ``PROGRESS_INTERVAL_S`` (a queue put is a remote call: never once per step)."""
     if rank != 0 or spec.progress is None:
         return None
     label, last = spec.label or spec.stage.name, [0.0]
 
     def report(step: int, steps: int | None, rows: int, seconds: float) -> None:
-        if seconds - last[0] >= WORKER_INTERVAL_S:
+        if seconds - last[0] >= PROGRESS_INTERVAL_S:
             last[0] = seconds
             spec.progress.put({"stage": label, "event": "progress", "epoch": epoch + 1, "step": step,
                                "steps": steps, "rows": rows, "seconds": seconds})
@@ -112,11 +119,16 @@ def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, ep
     num_rows = 0
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
+    non_finite = 0  # consecutive non-finite losses
     for step, batch in enumerate(batches.epoch(seed)):
         inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
         extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
+        non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1
+        if loss_is_unhealthy(non_finite, parts.precision.skips_on_overflow):  # the stage stops: one error line
+            lr = parts.optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
         loss_sum += loss.double().cpu() * len(targets)
         num_rows += len(targets)
         if report is not None:

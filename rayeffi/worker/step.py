@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rayeffi.parallel.base import Strategy
-from rayeffi.task import correct_count, task_loss
+from rayeffi.task import correct_count, logits_of, task_loss
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.precision import Precision
 
@@ -59,7 +59,7 @@ def train_step(
 def forward_backward(parts: StepParts, inputs, targets, extras: dict[str, torch.Tensor]) -> torch.Tensor:
     model, precision = parts.model, parts.precision
     with precision.autocast():
-        outputs = model(inputs)
+        outputs = logits_of(model(inputs))  # a tensor, or an HF ModelOutput's logits
         loss = task_loss(outputs, targets)  # FP32 reduction whatever dtype the forward ran in
         for technique in parts.techniques:
             loss = technique.loss(loss, outputs, inputs, targets, extras)
@@ -85,5 +85,5 @@ def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> 
     if parts.strategy.evaluate is not None:
         return parts.strategy.evaluate(parts, inputs, targets)
     with parts.precision.autocast():
-        outputs = parts.model(inputs)
+        outputs = logits_of(parts.model(inputs))
     return task_loss(outputs, targets, reduction="sum"), correct_count(outputs, targets)

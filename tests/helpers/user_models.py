@@ -47,3 +47,52 @@ class _Crashing(_Slow):
 
 def crashing(num_features, num_classes, image_shape=None, width=16, crash_after=10, sleep_s=0.0):
     return _Crashing(tiny(num_features, num_classes, width=width), sleep_s, crash_after)
+
+
+class _LateEmbedding(nn.Module):
+    """Token ids through an embedding that is not its first layer: ``auto`` cannot tell."""
+
+    def __init__(self, num_features, num_classes):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)  # registered first, used after the embedding
+        self.embed = nn.Embedding(17, 8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, ids):
+        return self.head(self.norm(self.embed(ids)).mean(dim=1))
+
+
+def late_embedding(num_features, num_classes, image_shape=None):
+    return _LateEmbedding(num_features, num_classes)
+
+
+def wrong_width(num_features, num_classes, image_shape=None):
+    return nn.Sequential(nn.Linear(num_features, num_classes + 1))
+
+
+class _Blowup(nn.Module):
+    def __init__(self, num_features, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        return self.linear(x) * float("inf")
+
+
+def blowup(num_features, num_classes, image_shape=None):
+    return _Blowup(num_features, num_classes)
+
+
+class _DictOutput(nn.Module):
+    """Returns ``{"logits": ...}``, as a Hugging Face model's ModelOutput does."""
+
+    def __init__(self, num_features, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        return {"logits": self.linear(x), "hidden": x}
+
+
+def dict_output(num_features, num_classes, image_shape=None):
+    return _DictOutput(num_features, num_classes)

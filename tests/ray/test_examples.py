@@ -40,6 +40,8 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_example_runs_at_smoke_size(name, smoke_run):
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers", reason="the Hugging Face examples need transformers (the test extra)")
     recipe = load_recipe(EXAMPLES[name], smoke=True)
     _, summary = smoke_run(name)
     assert summary["status"] == "complete"
@@ -170,3 +172,16 @@ def test_param_server_example_reports_its_staleness_histogram(smoke_run):
     assert stage["param_server"]["mode"] == "async" and stage["param_server"]["num_servers"] == 2
     histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
     assert histogram and max(histogram) <= 2  # the example's max_staleness
+
+
+def test_hf_bert_example_trains_prunes_and_exports(smoke_run):
+    pytest.importorskip("transformers", reason="the Hugging Face examples need transformers (the test extra)")
+    out, summary = smoke_run("hf_bert")
+    dsd = summary["stages"][1]
+    sparse = next(r for r in dsd["rounds"] if r["phase"] == "sparse")
+    assert all(reason.startswith("embedding") for reason in sparse["dense_layers"].values())
+    state = torch.load(dsd["checkpoint"], weights_only=True)["techniques"]["dsd"]["sparse"]
+    zeros = sum(int((state["model"][name] == 0).sum()) for name in state["masks"])
+    assert zeros / sum(mask.numel() for mask in state["masks"].values()) == pytest.approx(
+        sparse["measured_sparsity"], abs=1e-3)
+    assert main(["export", str(out), "--stage", "dsd", "--format", "bitmask"]) == 0

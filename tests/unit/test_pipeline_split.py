@@ -154,3 +154,19 @@ def test_a_pipelined_dsd_checkpoint_exports_every_stage():
     merged = sparse_phase({**stage0, "pipeline_stages": [stage0, stage1]})
     assert set(merged["model"]) == {"0.weight", "0.bias", "2.weight"} and set(merged["masks"]) == set(merged["model"])
     assert sparse_phase(stage0)["model"].keys() == {"0.weight", "0.bias"}  # data parallel: as before
+
+
+def test_a_model_with_a_block_list_is_told_what_to_add():
+    from helpers.model_families import tiny_gpt2
+
+    with pytest.raises(UserError, match=r"its block list 'h' sits between a stem and a head.*\('h.0', \.\.\.\)"):
+        pipeline_units(tiny_gpt2(16, 4))
+
+
+def test_timing_sample_gives_token_ids_in_range_to_an_embedding():
+    from rayeffi.parallel.pipeline_split import timing_sample
+
+    units = [("embed", torch.nn.Embedding(17, 4)), ("head", torch.nn.Linear(4, 2))]
+    ids = timing_sample(units, 8, 16)
+    assert ids.dtype == torch.int64 and 0 <= ids.min() and ids.max() < 17
+    assert timing_sample([("l", torch.nn.Linear(16, 2))], 8, 16).dtype == torch.float32

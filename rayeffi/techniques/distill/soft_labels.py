@@ -20,6 +20,7 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.data.ray_datasets import FEATURES, LABEL
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import PrecisionConfig
+from rayeffi.task import logits_of
 
 TEACHER_LOGITS = "teacher_logits"
 BATCH_ROWS = 512
@@ -41,7 +42,7 @@ class TeacherLogits:
         flat = batch[FEATURES].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         inputs = torch.tensor(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features))
         with self.precision.autocast():  # the teachers compute as they would inside the step
-            logits = torch.cat([teacher(inputs).float() for teacher in self.teachers], dim=1)
+            logits = torch.cat([logits_of(teacher(inputs)).float() for teacher in self.teachers], dim=1)
         width = logits.shape[1]
         column = pa.FixedSizeListArray.from_arrays(pa.array(logits.numpy().ravel(), pa.float32()), width)
         return batch.append_column(TEACHER_LOGITS, column)

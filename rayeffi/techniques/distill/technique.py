@@ -20,6 +20,7 @@ from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
 from rayeffi.checkpoint import load_checkpoint
+from rayeffi.task import logits_of
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""
@@ -61,7 +62,7 @@ class Distillation(Technique):
         self.hints_only = False
         self._student_capture: FeatureCapture | None = None
         self._teacher_captures: dict[int, FeatureCapture] = {}
-        self._sums = torch.zeros(3, dtype=torch.float64)  # soft loss, hint loss, batches
+        self._sums = torch.zeros(4, dtype=torch.float64)  # soft loss, hint loss, batches, CE
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.teachers is not None:
@@ -112,7 +113,8 @@ class Distillation(Technique):
         hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
         soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
         self._sums += torch.tensor([
-            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0], dtype=torch.float64)
+            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0, loss.item()],
+            dtype=torch.float64)
         if self.hints_only:
             # 0 * loss keeps every student parameter in the graph, as DDP requires of each step
             return hint + 0.0 * loss
@@ -128,7 +130,7 @@ class Distillation(Technique):
             logits = cached.reshape(cached.shape[0], num_teachers, -1).transpose(0, 1)
         else:
             with torch.no_grad():  # frozen teachers: no graph, no gradients
-                logits = torch.stack([teacher(inputs) for teacher in self.teachers])
+                logits = torch.stack([logits_of(teacher(inputs)) for teacher in self.teachers])
         return logits[0] if logits.shape[0] == 1 else logits
 
     def _hint_loss(self) -> torch.Tensor:
@@ -152,10 +154,12 @@ class Distillation(Technique):
         sums = self._sums.clone()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)  # sync point: the figure is the whole epoch's, not rank 0's shard
-        soft_sum, hint_sum, batches = sums.tolist()
+        soft_sum, hint_sum, batches, ce_sum = sums.tolist()
         metrics = {"distill_hints_only": float(self.hints_only)}
         if batches:
+            # the two terms apart: the step's loss is alpha * kd_soft_loss + (1 - alpha) * kd_ce_loss
             metrics["kd_soft_loss"] = soft_sum / batches
+            metrics["kd_ce_loss"] = ce_sum / batches
             if self.config.hints:
                 metrics["hint_loss"] = hint_sum / batches
         return metrics

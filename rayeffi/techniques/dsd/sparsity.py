@@ -13,32 +13,20 @@ import fnmatch
 import torch
 from torch import nn
 
+from rayeffi.techniques.dsd.layers import plan_pruning
+
 Masks = dict[str, torch.Tensor]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+def prunable_weights(model: nn.Module, skip: tuple[str, ...] = (), skip_first_conv: bool = True,
+                     prune_embeddings: bool = False) -> dict[str, nn.Parameter]:
+    """``name -> weight`` of every weight matrix DSD prunes (see :mod:`.layers` for which and why).
 
-def prunable_weights(model: nn.Module, skip: tuple[str, ...] = (), skip_first_conv: bool = True) -> dict[str, nn.Parameter]:
-    """``name -> weight`` of every Linear and Conv layer, minus the skipped ones.
-
-    Biases and normalisation parameters are never returned (only ``.weight`` of
-    Linear/Conv modules is), nor the first convolution when ``skip_first_conv``, nor
-    any parameter whose name matches a ``skip`` pattern (fnmatch).
+    Biases and normalisation parameters are never returned, nor the first convolution
+    when ``skip_first_conv``, nor embeddings unless ``prune_embeddings``, nor any
+    parameter whose name matches a ``skip`` pattern (fnmatch); tied weights appear once.
     """
-    weights: dict[str, nn.Parameter] = {}
-    first_conv_seen = False
-    for module_name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, *_CONV)):
-            continue
-        if isinstance(module, _CONV) and not first_conv_seen:
-            first_conv_seen = True
-            if skip_first_conv:
-                continue
-        name = f"{module_name}.weight" if module_name else "weight"
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):
-            continue
-        weights[name] = module.weight
-    return weights
+    return plan_pruning(model, skip, skip_first_conv, prune_embeddings).prunable
 
 
 def layer_targets(names, sparsity: float, overrides: dict[str, float]) -> dict[str, float]:
@@ -51,20 +39,25 @@ def layer_targets(names, sparsity: float, overrides: dict[str, float]) -> dict[s
 
 
 @torch.no_grad()
-def magnitude_masks(weights: dict[str, torch.Tensor], targets: dict[str, float]) -> Masks:
+def magnitude_masks(weights: dict[str, torch.Tensor], targets: dict[str, float],
+                    blocks: dict[str, int] | None = None) -> Masks:
     """Per layer, prune the ``round(sparsity * numel)`` weights of smallest magnitude.
 
-    Ties are broken by position (a stable sort), so the same weights give the same
-    mask on every data-parallel rank. Measured sparsity equals the target to within
-    one weight.
+    ``blocks[name] = B`` splits the weight's rows into B equal blocks pruned to the
+    target each (an LSTM's four gates, attention's q, k, v). Ties are broken by
+    position (a stable sort), so the same weights give the same mask on every
+    data-parallel rank. Measured sparsity equals the target to within one weight per block.
     """
     masks = {}
     for name, weight in weights.items():
-        num_pruned = round(targets[name] * weight.numel())
-        keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+        num_blocks = (blocks or {}).get(name, 1)
+        rows = weight.detach().reshape(num_blocks, -1)  # row blocks are contiguous in memory
+        keep = torch.ones(rows.shape, dtype=torch.bool, device=weight.device)
+        num_pruned = round(targets[name] * rows.shape[1])
         if num_pruned:
-            order = torch.argsort(weight.detach().abs().flatten().float(), stable=True)
-            keep[order[:num_pruned]] = False
+            for block in range(num_blocks):
+                order = torch.argsort(rows[block].abs().float(), stable=True)
+                keep[block, order[:num_pruned]] = False
         masks[name] = keep.view_as(weight)
     return masks
 

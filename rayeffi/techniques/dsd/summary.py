@@ -13,8 +13,8 @@ def summarise(config: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
 def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per phase (dense, then sparse and re-dense of each round), from epoch metrics.
 
-    Each carries the target and the *measured* sparsity at the phase's last epoch, per
-    layer too, and the metrics at that epoch (the KD loss too when distillation trains
+    Each carries the target and the *measured* sparsity at the phase's last epoch (over
+    every pruned weight), per layer too, every weight matrix left dense with the reason, and the metrics at that epoch (the KD loss too when distillation trains
     alongside).
     """
     phases = []
@@ -28,12 +28,14 @@ def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "target_sparsity": last["target_sparsity"],
             "measured_sparsity": last["sparsity"],
             "layer_sparsity": last["layer_sparsity"],
+            "dense_layers": last.get("dense_layers", {}),
             "lr": last["lr"],
             "train_loss": last["train_loss"],
             "val_loss": last["val_loss"],
             "val_accuracy": last["val_accuracy"],
         }
-        if "kd_soft_loss" in last:
-            phase["kd_soft_loss"] = last["kd_soft_loss"]
+        for key in ("kd_soft_loss", "kd_ce_loss"):
+            if key in last:
+                phase[key] = last[key]
         phases.append(phase)
     return phases

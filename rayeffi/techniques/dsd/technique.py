@@ -26,8 +26,8 @@ from rayeffi.techniques.dsd.sparsity import (
     mask_optimizer_state,
     measured_sparsity,
     overall_sparsity,
-    prunable_weights,
 )
+from rayeffi.techniques.dsd.layers import plan_pruning
 
 HISTOGRAM_EDGES = torch.linspace(-6.0, 1.0, 57)  # log10 |w| from 1e-6 to 10
 
@@ -45,7 +45,9 @@ class DenseSparseDense(Technique):
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model = model
-        self.weights = prunable_weights(model, self.config.skip, self.config.skip_first_conv)
+        config = self.config
+        plan = plan_pruning(model, config.skip, config.skip_first_conv, config.prune_embeddings)
+        self.weights, self.blocks, self.dense = plan.prunable, plan.blocks, plan.dense
 
     def phase_at(self, epoch: int) -> Phase:
         return next(phase for phase in self.phases if epoch in phase.epochs)
@@ -68,7 +70,7 @@ class DenseSparseDense(Technique):
     def _prune(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
         before = magnitude_histogram(self.weights, HISTOGRAM_EDGES)
         targets = layer_targets(self.weights, phase.sparsity, self.config.layer_sparsity)
-        self.masks = magnitude_masks(self.weights, targets)  # chosen once per sparse phase
+        self.masks = magnitude_masks(self.weights, targets, self.blocks)  # chosen once per sparse phase
         apply_masks(self.weights, self.masks)
         mask_optimizer_state(optimizer, self.weights, self.masks)
         after = magnitude_histogram(self.weights, HISTOGRAM_EDGES)
@@ -101,6 +103,7 @@ class DenseSparseDense(Technique):
             "target_sparsity": phase.sparsity,
             "sparsity": overall_sparsity(self.weights),
             "layer_sparsity": measured_sparsity(self.weights),
+            "dense_layers": dict(self.dense),  # every weight matrix left dense, and why
             **self._epoch_extras,
         }
         self._epoch_extras = {}

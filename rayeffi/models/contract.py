@@ -1,0 +1,104 @@
+"""The model contract, checked on the driver before Ray starts.
+
+``forward`` receives one tensor ``[N, num_features]``: float32 features, or int64
+token ids for a model that starts with an embedding (``model.input_dtype``: ``auto``
+finds the first layer holding parameters; an ``nn.Embedding`` there means token ids,
+so a Hugging Face BERT or GPT-2 classifier built from a config works as it is). It
+returns the logits ``[N, num_classes]``, or an object/dict with ``logits`` (a Hugging
+Face ``ModelOutput``), unwrapped by ``task.logits_of``.
+
+:func:`dry_run` builds nothing itself: it runs a 2-row forward and backward of a built
+model on real rows of the data, under the stage's autocast, and turns every breach of
+the contract into one ``UserError`` naming the model and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rayeffi.errors import UserError
+from rayeffi.task import logits_of, task_loss
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The first module (in registration order) that holds parameters of its own."""
+    for module in model.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            return module
+    return None
+
+
+def wants_token_ids(model: nn.Module, input_dtype: str = "auto") -> bool:
+    if input_dtype != "auto":
+        return input_dtype == "int64"
+    return isinstance(first_layer(model), (nn.Embedding, nn.EmbeddingBag))
+
+
+def _to_token_ids(module: nn.Module, args: tuple) -> tuple:
+    inputs, *rest = args
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        inputs = inputs.round().long()  # features travel as float32; token ids are exact up to 2^24
+    return (inputs, *rest)
+
+
+def attach_input_cast(model: nn.Module, input_dtype: str = "auto") -> nn.Module:
+    """Make ``model`` take the float32 feature rows rayeffi feeds it, casting to int64 where it wants ids.
+
+    A forward pre-hook on the model itself: the state dict keys stay the model's own, and
+    DDP, evaluation and the distillation teachers all call through it.
+    """
+    if wants_token_ids(model, input_dtype):
+        model.register_forward_pre_hook(_to_token_ids)
+    return model
+
+
+def _failure(name: str, what: str, exc: BaseException) -> UserError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    fix = "fix the model's forward, or pick another model"
+    if "Long" in message or "indices" in message or "scalar type" in message:
+        fix = "it expects token ids: set model.input_dtype: int64"
+    elif "index out of range" in message:
+        fix = "a token id is outside its embedding: raise the vocabulary size (model.kwargs) above the largest feature"
+    elif "primitive descriptor" in message:
+        fix = "use precision: fp32 (this layer has no reduced-precision kernel on this device)"
+    return UserError(f"model {name}: {what} on 2 rows of the data failed ({message}): {fix}")
+
+
+def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Tensor, num_classes: int,
+            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    """Forward + task loss + backward on a few real rows in training mode; raise UserError on a breach.
+
+    Runs on a copy's state: the running statistics (BatchNorm) are restored afterwards.
+    """
+    buffers = {key: value.clone() for key, value in model.state_dict().items()}
+    try:
+        with autocast():
+            try:
+                outputs = model(inputs)
+            except Exception as exc:  # any forward failure is the user's model: one line, not a traceback
+                raise _failure(name, "forward", exc) from None
+            try:
+                logits = logits_of(outputs)
+            except TypeError as exc:
+                raise UserError(f"model {name}: {exc}") from None
+            if tuple(logits.shape) != (inputs.shape[0], num_classes):
+                raise UserError(
+                    f"model {name}: forward returned logits of shape {list(logits.shape)} for {inputs.shape[0]} "
+                    f"rows; the task needs [{inputs.shape[0]}, {num_classes}] (one score per class): fix the "
+                    "model's head (num_classes is passed to the builder)"
+                )
+            if not torch.isfinite(logits.float()).all():
+                raise UserError(f"model {name}: forward returned non-finite logits on real rows: check its "
+                                "initialisation and normalisation")
+            loss = task_loss(logits, targets)
+        try:
+            loss.backward()
+        except Exception as exc:
+            raise _failure(name, "backward", exc) from None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(buffers)
