@@ -57,6 +57,12 @@ def run_recipe(
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
     started_ray = start_ray(address, max(_cpus_needed(stage) for stage in recipe.stages))
+    try:
+        check_gpus(recipe, ray.cluster_resources())  # before any worker starts: never a hang waiting for GPUs
+    except UserError:
+        if started_ray:
+            ray.shutdown()
+        raise
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
@@ -93,6 +99,8 @@ def run_recipe(
                 echo(f"[{stage.name}] resuming from the checkpoint of epoch {plan.resumes[-1]['from_epoch']}")
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
+            if stage.name in progress.devices:  # where each worker computed (a GPU fallback shows here)
+                result.extra["devices"] = progress.devices[stage.name]
             previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
             write_summary(summary, out_dir)
@@ -123,6 +131,18 @@ def _check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Da
     for key, config in stage.technique_keys():
         TECHNIQUES[config.name].check(config, stage, source.info, key)
     return source
+
+
+def check_gpus(recipe: Recipe, cluster_resources: dict[str, float]) -> None:
+    """A stage asking for more GPUs per Ray Train run than the cluster has would wait for ever."""
+    available = cluster_resources.get("GPU", 0.0)
+    for stage in recipe.stages:
+        needed = stage.scaling.gpus_per_worker * max(stage.scaling.num_workers, 1)
+        if needed > available:
+            raise UserError(
+                f"stages.{stage.name}.scaling: asks for {needed:g} GPUs ({stage.scaling.num_workers} workers x "
+                f"{stage.scaling.gpus_per_worker:g}) but the cluster has {available:g}: set scaling.use_gpu: false, "
+                "lower scaling.num_workers or join a cluster with GPUs (--address)")
 
 
 def _cpus_needed(stage: StageConfig) -> float:
