@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
     bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), help="precision: where to measure (default: cuda if present)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
     bench.add_argument("--out", help="pipeline: where the JSON and Gantt charts go (default: runs/bench-pipeline)")
@@ -113,9 +114,9 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    from rayeffi.bench import BENCHMARKS
+    from rayeffi.bench import benchmark
 
-    BENCHMARKS[args.name](args)
+    benchmark(args.name)(args)
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
@@ -11,7 +11,10 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
-from rayeffi.recipe.sections import ModelConfig
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.sections import ModelConfig
 
 
 def _mlp(config: ModelConfig, info: DatasetInfo) -> nn.Module:

@@ -21,7 +21,7 @@ by hand per chunk over the process group Ray Train set up (gloo on CPU, nccl on 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -41,7 +41,9 @@ from rayeffi.parallel.pipeline_split import (
     plan_chunks,
 )
 from rayeffi.parallel.pipeline_timeline import Timeline
-from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES, V_SCHEDULES, PipelineConfig
+
+if TYPE_CHECKING:
+    from rayeffi.recipe.pipeline import PipelineConfig  # pydantic: annotations only
 
 TIMING_ROWS = 16
 """Rows of the random micro-batch ``balance: time`` measures each layer on."""
@@ -110,6 +112,8 @@ class Pipeline(Strategy):
         self.pp_group, self.dp_group = mesh.get_group("pp"), mesh.get_group("dp")
         units = pipeline_units(model)
         chunks = plan_chunks(units, self.config.num_chunks, self.config.split_points, self._costs(units))
+        from rayeffi.recipe.pipeline import V_SCHEDULES  # lazily: the module imports without pydantic
+
         v_shape = self.config.schedule in V_SCHEDULES
         self.chunk_ids = chunks_of_worker(self.pp_rank, self.num_stages, self.config.chunks_per_worker, v_shape)
         self.holders = {c: r for r in range(self.num_stages)
@@ -159,6 +163,8 @@ class Pipeline(Strategy):
             for stage in stages:
                 self.timeline.instrument(stage)
         schedule_class = SCHEDULE_CLASSES[self.config.schedule]
+        from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES
+
         first = stages[0] if self.config.schedule in SINGLE_STAGE_SCHEDULES else stages
         return schedule_class(first, n_microbatches=self.config.num_microbatches, loss_fn=self._loss_fn)
 

@@ -8,7 +8,7 @@ teacher logits (column ``teacher_logits``, written once by :mod:`rayeffi.techniq
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -16,10 +16,13 @@ from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
-from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
 from rayeffi.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.distill import DistillConfig
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""
