@@ -57,7 +57,7 @@ def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
     stage = inputs.stage
     datasets = build_ray_datasets(inputs.source, stage.data, stage.seed)
     train_path, val_path = write_soft_labels(
-        datasets, config, inputs.source.info, stage.precision, inputs.stage_dir / CACHE_DIR
+        datasets, config, inputs.source.info, stage.precision, inputs.stage_dir / CACHE_DIR, stage.scaling.use_gpu
     )
     return dataclasses.replace(
         inputs.source,
