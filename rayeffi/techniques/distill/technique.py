@@ -67,8 +67,9 @@ class Distillation(Technique):
         self._sums = torch.zeros(3, dtype=torch.float64)  # soft loss, hint loss, batches
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        device = next(model.parameters()).device
+        self._sums = self._sums.to(device)  # a device tensor: NCCL all-reduces nothing else
         if self.teachers is not None:
-            device = next(model.parameters()).device
             self.teachers = [teacher.to(device) for teacher in self.teachers]
         hints = self.config.hints
         if not hints:
@@ -114,8 +115,10 @@ class Distillation(Technique):
         teacher_logits = self._teacher_logits(inputs, extras)
         hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
         soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
-        self._sums += torch.tensor([
-            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0], dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64, device=self._sums.device)
+        self._sums += torch.stack([  # on the device: no host sync per step
+            zero if soft is None else soft.detach().double(), zero if hint is None else hint.detach().double(),
+            zero + 1.0])
         if self.hints_only:
             # 0 * loss keeps every student parameter in the graph, as DDP requires of each step
             return hint + 0.0 * loss
