@@ -93,6 +93,9 @@ def _batches(shard, batch_size: int, shuffle_seed: int | None, drop_last: bool =
         drop_last=drop_last,
         local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
         local_shuffle_seed=shuffle_seed,
+        # host tensors: Ray's "auto" picks CUDA whenever GPUs were assigned, even where CUDA is
+        # absent; device.to_device then moves each batch once (pinned, non_blocking on CUDA)
+        device="cpu",
     )
 
 
