@@ -174,13 +174,14 @@ class GradientWorker:
         """
         seed = self.stage.seed * 1000 + epoch if self.stage.data.shuffle else None
         if self._rows is None and self.train_shard.size_bytes() <= IN_MEMORY_BYTES:
-            parts = list(self.train_shard.iter_torch_batches(batch_size=None))
+            parts = list(self.train_shard.iter_torch_batches(batch_size=None, device="cpu"))
             self._rows = {column: torch.cat([part[column] for part in parts]) for column in parts[0]}
         if self._rows is None:
-            yield from self.train_shard.iter_torch_batches(
+            yield from self.train_shard.iter_torch_batches(  # host tensors, moved once by _on_device
                 batch_size=self.batch_size,
                 local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if seed is not None else None,
                 local_shuffle_seed=seed,
+                device="cpu",
             )
             return
         num_rows = len(self._rows["label"])
@@ -195,7 +196,7 @@ class GradientWorker:
         self._pull(register=False)
         self.parts.model.eval()
         sums = [0.0, 0.0, 0.0]
-        for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size):
+        for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
             inputs, targets, _ = self._on_device(batch)
             loss_sum, correct = eval_step(self.parts, inputs, targets)
             sums = [sums[0] + loss_sum.item(), sums[1] + correct.item(), sums[2] + len(batch["label"])]
