@@ -2,32 +2,57 @@
 
 The public API: load a recipe, run it, and the building blocks of the step for use in
 your own loop. Everything else is internal and may change.
+
+Names are imported on first use (PEP 562), so ``rayeffi.worker.step``,
+``rayeffi.parallel`` and ``rayeffi.techniques`` import on a machine without Ray or
+pydantic (the GPU test tier, ``tests/gpu``).
 """
 
-from rayeffi.errors import UserError
-from rayeffi.parallel import DataParallel, Pipeline, Strategy
-from rayeffi.recipe import Recipe, StageConfig, load_recipe
-from rayeffi.run import run_recipe
-from rayeffi.techniques import Precision, Technique
-from rayeffi.checkpoint import load_checkpoint
-from rayeffi.worker.build import assemble
-from rayeffi.worker.step import StepParts, train_step
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataParallel",
-    "Pipeline",
-    "Precision",
-    "Recipe",
-    "StageConfig",
-    "Strategy",
-    "StepParts",
-    "Technique",
-    "UserError",
-    "assemble",
-    "load_checkpoint",
-    "load_recipe",
-    "run_recipe",
-    "train_step",
-]
+_PUBLIC = {
+    "DataParallel": "rayeffi.parallel",
+    "Pipeline": "rayeffi.parallel",
+    "Precision": "rayeffi.techniques",
+    "Recipe": "rayeffi.recipe",
+    "StageConfig": "rayeffi.recipe",
+    "Strategy": "rayeffi.parallel",
+    "StepParts": "rayeffi.worker.step",
+    "Technique": "rayeffi.techniques",
+    "UserError": "rayeffi.errors",
+    "assemble": "rayeffi.worker.build",
+    "load_checkpoint": "rayeffi.checkpoint",
+    "load_recipe": "rayeffi.recipe",
+    "run_recipe": "rayeffi.run",
+    "train_step": "rayeffi.worker.step",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'rayeffi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+if TYPE_CHECKING:
+    from rayeffi.checkpoint import load_checkpoint
+    from rayeffi.errors import UserError
+    from rayeffi.parallel import DataParallel, Pipeline, Strategy
+    from rayeffi.recipe import Recipe, StageConfig, load_recipe
+    from rayeffi.run import run_recipe
+    from rayeffi.techniques import Precision, Technique
+    from rayeffi.worker.build import assemble
+    from rayeffi.worker.step import StepParts, train_step

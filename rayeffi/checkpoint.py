@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rayeffi.device import to_cpu
 from rayeffi.errors import UserError
 
 CHECKPOINT_FILE = "state.pt"
@@ -52,7 +53,7 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            torch.save(to_cpu(state), handle)  # CPU copies: the file loads on any device
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
     bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), help="precision: where to measure (default: cuda if present)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")
     bench.add_argument("--timeout", type=float, default=3600.0,
                        help="seconds before the benchmark is stopped with a message (default 3600)")
@@ -259,7 +260,7 @@ def _bench(args) -> int:
     """One benchmark under an overall deadline: past it, a one-line message and exit 1, no hang."""
     import signal
 
-    from rayeffi.bench import BENCHMARKS
+    from rayeffi.bench import benchmark
     from rayeffi.bench.ranks import BenchTimeout
 
     def expire(signum, frame):
@@ -269,7 +270,7 @@ def _bench(args) -> int:
     signal.alarm(int(args.timeout))
     try:
         print(f"rayeffi bench {args.name}{' --quick' if args.quick else ''}: deadline {args.timeout:.0f} s", flush=True)
-        BENCHMARKS[args.name](args)
+        benchmark(args.name)(args)
         return 0
     except BenchTimeout as exc:
         print(f"error: {exc}", file=sys.stderr)

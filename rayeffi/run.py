@@ -64,8 +64,16 @@ def run_recipe(
     check_address(address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
+    if address is None and not ray.is_initialized():  # a private Ray gets this machine's GPUs: check in seconds
+        check_gpus(recipe, {"GPU": float(torch.cuda.device_count())})
     tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
     started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages))
+    try:
+        check_gpus(recipe, ray.cluster_resources())  # before any worker starts: never a hang waiting for GPUs
+    except UserError:
+        if started_ray:
+            ray.shutdown()
+        raise
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
@@ -105,6 +113,8 @@ def run_recipe(
             write_summary(summary, out_dir)  # the stage's tracking run ids on disk before it runs (--resume)
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
+            if stage.name in progress.devices:  # where each worker computed (a GPU fallback shows here)
+                result.extra["devices"] = progress.devices[stage.name]
             previous = artifacts[stage.name] = result.artifact
             summary["stages"].append(result.summary())
             tracker.stage_done(summary["stages"][-1])
@@ -175,6 +185,18 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
     if dtype is not None and fp32_layers(model):
         layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
         print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)
+
+
+def check_gpus(recipe: Recipe, cluster_resources: dict[str, float]) -> None:
+    """A stage asking for more GPUs per Ray Train run than the cluster has would wait for ever."""
+    available = cluster_resources.get("GPU", 0.0)
+    for stage in recipe.stages:
+        needed = stage.scaling.gpus_per_worker * max(stage.scaling.num_workers, 1)
+        if needed > available:
+            raise UserError(
+                f"stages.{stage.name}.scaling: asks for {needed:g} GPUs ({stage.scaling.num_workers} workers x "
+                f"{stage.scaling.gpus_per_worker:g}) but the cluster has {available:g}: set scaling.use_gpu: false, "
+                "lower scaling.num_workers or join a cluster with GPUs (--address)")
 
 
 def cpus_needed(stage: StageConfig) -> float:

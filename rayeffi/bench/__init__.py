@@ -1,16 +1,31 @@
-"""Benchmarks: each measures its baseline in the same run and prints the ratio."""
+"""Benchmarks: each measures its baseline in the same run and prints the ratio.
 
-from rayeffi.bench import ddp, distill, dsd, intra_layer, pipeline, precision, prune_distill, ps
+Each is imported when it runs: ``rayeffi bench precision`` needs neither Ray nor pydantic
+(it runs on a GPU machine that has neither, ``scripts/gpu_check.sh``).
+"""
 
-BENCHMARKS = {
-    "ddp": ddp.run,
-    "dsd": dsd.run,
-    "precision": precision.run,
-    "distill": distill.run,
-    "intra-layer": intra_layer.run,
-    "pipeline": pipeline.run,
-    "ps": ps.run,
-    "prune-distill": prune_distill.run,
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+_MODULES = {
+    "ddp": "ddp",
+    "dsd": "dsd",
+    "precision": "precision",
+    "distill": "distill",
+    "intra-layer": "intra_layer",
+    "pipeline": "pipeline",
+    "ps": "ps",
+    "prune-distill": "prune_distill",
 }
 
-__all__ = ["BENCHMARKS"]
+BENCHMARK_NAMES = tuple(_MODULES)
+
+
+def benchmark(name: str) -> Callable:
+    """The ``run(args)`` of benchmark ``name``."""
+    return importlib.import_module(f"rayeffi.bench.{_MODULES[name]}").run
+
+
+__all__ = ["BENCHMARK_NAMES", "benchmark"]

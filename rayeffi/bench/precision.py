@@ -1,5 +1,7 @@
 """``rayeffi bench precision``: step time and activation memory, FP32 against BF16 autocast.
 
+On CPUs (this file); ``--device cuda`` runs every policy on a GPU with MFU (``precision_gpu.py``).
+
 Two workloads, both measured in the same run: a wide MLP (1024-2048-2048-10, batch
 256) and the small CNN (``rayeffi.models.ConvNet``, 28x28 single-channel images,
 channels 16-32, batch 256). Each policy trains with rayeffi's own ``train_step`` (SGD
@@ -25,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from rayeffi.errors import UserError
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
 from rayeffi.parallel import DataParallel
@@ -119,7 +122,15 @@ def measure(workload: Workload, device: torch.device, rounds: int, steps: int) -
 
 
 def run(args) -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("bench precision --device cuda: no CUDA device is visible here "
+                            "(torch.cuda.is_available() is False): run it on a GPU machine or use --device cpu")
+        from rayeffi.bench.precision_gpu import run_gpu
+
+        return run_gpu(args.quick)
+    device = torch.device("cpu")
     rounds, steps = (1, 5) if args.quick else (3, 20)
     print(f"device: {device} ({torch.get_num_threads()} torch threads), batch {BATCH}, SGD momentum 0.9, "
           f"median of {steps} steps, median of {rounds} alternating rounds")

@@ -1,7 +1,33 @@
-"""Datasets: the built-in digits, a user's Parquet, and synthetic data of any size."""
+"""Datasets: the built-in digits, a user's Parquet, and synthetic data of any size.
 
-from rayeffi.data.info import DatasetInfo
-from rayeffi.data.sources import DataSource, builtin_digits_paths, resolve_source
-from rayeffi.data.synthetic import synthetic_arrays, write_synthetic
+Names are imported on first use, so ``rayeffi.data.info`` (the dataset's shape, which
+the models and the step's slots need) imports without pydantic or Ray.
+"""
 
-__all__ = ["DataSource", "DatasetInfo", "builtin_digits_paths", "resolve_source", "synthetic_arrays", "write_synthetic"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_PUBLIC = {
+    "DataSource": "rayeffi.data.sources",
+    "DatasetInfo": "rayeffi.data.info",
+    "builtin_digits_paths": "rayeffi.data.sources",
+    "resolve_source": "rayeffi.data.sources",
+    "synthetic_arrays": "rayeffi.data.synthetic",
+    "write_synthetic": "rayeffi.data.synthetic",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'rayeffi.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+if TYPE_CHECKING:
+    from rayeffi.data.info import DatasetInfo
+    from rayeffi.data.sources import DataSource, builtin_digits_paths, resolve_source
+    from rayeffi.data.synthetic import synthetic_arrays, write_synthetic

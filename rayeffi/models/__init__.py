@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -14,7 +14,10 @@ from rayeffi.errors import UserError
 from rayeffi.models.contract import attach_input_cast, dry_run
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
-from rayeffi.recipe.sections import ModelConfig
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.sections import ModelConfig
 
 
 def _mlp(config: ModelConfig, info: DatasetInfo) -> nn.Module:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from rayeffi.parallel.base import Strategy
 from rayeffi.parallel.data_parallel import DataParallel
 from rayeffi.parallel.intra_layer import IntraLayer, check_intra_layer_stage
 from rayeffi.parallel.pipeline import Pipeline, check_pipeline_stage
-from rayeffi.recipe.parallel import ParallelConfig
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.parallel import ParallelConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {"data_parallel": DataParallel, "pipeline": Pipeline, "intra_layer": IntraLayer}
 """``parallel.strategy`` -> its class (the parameter server is its own execution model, not a Strategy)."""

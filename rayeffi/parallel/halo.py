@@ -101,17 +101,18 @@ def gather_tiles(tile: torch.Tensor, grid: SpatialGrid) -> torch.Tensor:
 
 def _swap_edges(send_prev, send_next, prev: int | None, next_: int | None):
     """Send to both neighbours and receive from them; returns ``(from_prev, from_next)``."""
-    requests, from_prev, from_next = [], None, None
-    # isend/irecv, all posted before any wait: blocking sends deadlock on gloo
+    operations, from_prev, from_next = [], None, None
+    # one batch of isend/irecv: blocking sends deadlock on gloo, and NCCL needs a neighbour's
+    # send and receive in one group (two separately launched sends wait on each other)
     if prev is not None:
         from_prev = torch.empty_like(send_prev)
-        requests += [dist.isend(send_prev, prev), dist.irecv(from_prev, prev)]
+        operations += [dist.P2POp(dist.isend, send_prev.contiguous(), prev), dist.P2POp(dist.irecv, from_prev, prev)]
         TRAFFIC["halo"] += send_prev.numel() * send_prev.element_size()
     if next_ is not None:
         from_next = torch.empty_like(send_next)
-        requests += [dist.isend(send_next, next_), dist.irecv(from_next, next_)]
+        operations += [dist.P2POp(dist.isend, send_next.contiguous(), next_), dist.P2POp(dist.irecv, from_next, next_)]
         TRAFFIC["halo"] += send_next.numel() * send_next.element_size()
-    for request in requests:
+    for request in dist.batch_isend_irecv(operations) if operations else ():
         request.wait()  # sync point with the neighbours
     return from_prev, from_next
 

@@ -19,6 +19,8 @@ rank 0 writes. Optimizer state of sharded parameters is kept per rank.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +33,10 @@ from rayeffi.parallel.collectives import all_gather, all_reduce, my_slice
 from rayeffi.parallel.halo import SpatialGrid
 from rayeffi.parallel.mesh import Mesh, RankGroup, build_mesh
 from rayeffi.parallel.split_model import check_spatial, split_chain, split_spatial
-from rayeffi.recipe.intra_layer import IntraLayerConfig
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.intra_layer import IntraLayerConfig
 
 
 def split_builtin_model(model: nn.Module, config: IntraLayerConfig, group: RankGroup) -> nn.Module:
@@ -72,7 +77,11 @@ class IntraLayer(Strategy):
 
     def __init__(self, world_rank=0, world_size=1, device=None, config: IntraLayerConfig | None = None, info=None):
         super().__init__(world_rank, world_size, device, config, info)
-        self.config = config or IntraLayerConfig()
+        if config is None:
+            from rayeffi.recipe.intra_layer import IntraLayerConfig  # the default split needs pydantic
+
+            config = IntraLayerConfig()
+        self.config = config
         self.mesh: Mesh | None = None
         self._shard_dims: dict[str, int] = {}
 

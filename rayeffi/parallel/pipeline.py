@@ -21,7 +21,7 @@ by hand per chunk over the process group Ray Train set up (gloo on CPU, nccl on 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,14 @@ from rayeffi.parallel.pipeline_split import (
     timing_sample,
 )
 from rayeffi.parallel.pipeline_timeline import Timeline
-from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES, V_SCHEDULES, PipelineConfig
+
+if TYPE_CHECKING:
+    from rayeffi.recipe.pipeline import PipelineConfig  # pydantic: annotations only
+
+_WIRE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64)
+"""Dtypes an evaluation activation can have (autocast may leave FP16/BF16 outputs)."""
+_HEADER_SIZE = 10
+"""``[ndim, dtype index, *shape]``, padded: up to 8 dimensions."""
 
 TIMING_ROWS = 16
 """Rows of the micro-batch ``balance: time`` measures each layer on (random features, or token ids)."""
@@ -113,6 +120,8 @@ class Pipeline(Strategy):
         self.pp_group, self.dp_group = mesh.get_group("pp"), mesh.get_group("dp")
         units = pipeline_units(model)
         chunks = plan_chunks(units, self.config.num_chunks, self.config.split_points, self._costs(units))
+        from rayeffi.recipe.pipeline import V_SCHEDULES  # lazily: the module imports without pydantic
+
         v_shape = self.config.schedule in V_SCHEDULES
         self.chunk_ids = chunks_of_worker(self.pp_rank, self.num_stages, self.config.chunks_per_worker, v_shape)
         self.holders = {c: r for r in range(self.num_stages)
@@ -190,6 +199,8 @@ class Pipeline(Strategy):
             for stage in stages:
                 self.timeline.instrument(stage)
         schedule_class = SCHEDULE_CLASSES[self.config.schedule]
+        from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES
+
         first = stages[0] if self.config.schedule in SINGLE_STAGE_SCHEDULES else stages
         return schedule_class(first, n_microbatches=self.config.num_microbatches, loss_fn=self._loss_fn)
 
@@ -281,12 +292,22 @@ class Pipeline(Strategy):
         return sums[0], sums[1]
 
     def _send(self, tensor, to_pp_rank: int) -> None:
-        dist.send_object_list([tensor.cpu()], group=self.pp_group, group_dst=to_pp_rank)
+        """A tensor to another stage of this pipeline: its shape and dtype first, then its data,
+        both as device tensors (NCCL sends nothing else; gloo takes them too)."""
+        tensor = tensor.contiguous()
+        header = torch.zeros(_HEADER_SIZE, dtype=torch.int64, device=self.device)
+        header[0], header[1] = tensor.dim(), _WIRE_DTYPES.index(tensor.dtype)
+        header[2:2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+        dist.send(header, group=self.pp_group, group_dst=to_pp_rank)
+        dist.send(tensor, group=self.pp_group, group_dst=to_pp_rank)
 
     def _recv(self, from_pp_rank: int) -> torch.Tensor:
-        box = [None]
-        dist.recv_object_list(box, group=self.pp_group, group_src=from_pp_rank)
-        return box[0].to(self.device)
+        header = torch.empty(_HEADER_SIZE, dtype=torch.int64, device=self.device)
+        dist.recv(header, group=self.pp_group, group_src=from_pp_rank)
+        ndim, dtype, *shape = header.tolist()  # host sync: the buffer's size depends on it
+        tensor = torch.empty(shape[:ndim], dtype=_WIRE_DTYPES[dtype], device=self.device)
+        dist.recv(tensor, group=self.pp_group, group_src=from_pp_rank)
+        return tensor
 
     # -- metrics and checkpoints -----------------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ def encode_gradients(grads: dict[str, torch.Tensor], dtype: str) -> dict[str, tu
     encoded = {}
     for name, grad in grads.items():
         scale = _fp16_scale(grad) if dtype == "fp16" else 1.0
-        encoded[name] = (to_wire((grad.float() * scale).to(wire)), scale, dtype)
+        encoded[name] = (to_wire((grad.float() * scale).to(wire).cpu()), scale, dtype)  # host copy for the wire
     return encoded
 
 

@@ -30,6 +30,7 @@ from rayeffi.param_server.calls import get_all
 from rayeffi.param_server.plan import shard_plan
 from rayeffi.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
+from rayeffi.device import choose_device, to_device
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.batches import ShardBatches
 from rayeffi.worker.step import eval_step, train_step
@@ -76,7 +77,9 @@ class GradientWorker:
         # single-process strategy and an optimizer that accrues gradients for the shards
         make_optimizer = lambda model: PushOptimizer(  # noqa: E731
             model.parameters(), lr=stage.optimizer.lr, local_update=self.config.fetch_every > 1)
-        self.parts, self.scheduler = build_worker(stage, spec.info, Strategy(), spec.init_checkpoint, make_optimizer)
+        device = choose_device(stage.scaling.use_gpu).device  # the actor's GPU (num_gpus), or the CPU
+        self.parts, self.scheduler = build_worker(stage, spec.info, Strategy(device=device), spec.init_checkpoint,
+                                                  make_optimizer)
         self.optimizer, self.precision, self.techniques = self.parts.optimizer, self.parts.precision, self.parts.techniques
         self.params = dict(self.parts.model.named_parameters())
         self.plan = shard_plan({n: p.numel() for n, p in self.params.items()}, self.config.num_servers)
@@ -132,7 +135,7 @@ class GradientWorker:
         """Worker 0: send the epoch's lr and every technique's masks to the shards."""
         masks: dict[str, torch.Tensor] = {}
         for technique in self.techniques:
-            masks.update(getattr(technique, "masks", None) or {})
+            masks.update({name: mask.cpu() for name, mask in (getattr(technique, "masks", None) or {}).items()})
         lr = self.optimizer.param_groups[0]["lr"]
         get_all([lambda s=server: s.set_epoch_settings.remote(lr, masks or None) for server in self.servers])
 
@@ -151,8 +154,8 @@ class GradientWorker:
             round_ = start_version + step if config.mode == "sync" else None
             if step == skip or (config.mode == "async" and step % config.push_every and step % config.fetch_every == 0):
                 self._pull(min_version=round_ or 0)  # first step, or a fetch inside a push span
-            inputs, targets = batch.pop("features").float(), batch.pop("label").long()
-            loss = train_step(self.parts, inputs, targets, batch)
+            inputs, targets, extras = self._on_device(batch)
+            loss = train_step(self.parts, inputs, targets, extras)
             loss_sum += loss.item() * len(targets)
             rows += len(targets)
             steps += 1
@@ -172,10 +175,17 @@ class GradientWorker:
         self._pull(register=False)
         self.parts.model.eval()
         sums = [0.0, 0.0, 0.0]
-        for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size):
-            loss_sum, correct = eval_step(self.parts, batch["features"].float(), batch["label"].long())
+        for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
+            inputs, targets, _ = self._on_device(batch)
+            loss_sum, correct = eval_step(self.parts, inputs, targets)
             sums = [sums[0] + loss_sum.item(), sums[1] + correct.item(), sums[2] + len(batch["label"])]
         return sums
+
+    def _on_device(self, batch: dict[str, torch.Tensor]):
+        device = self.parts.strategy.device
+        inputs = to_device(batch.pop("features"), device, torch.float32)
+        targets = to_device(batch.pop("label"), device, torch.int64)
+        return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
 
     def epoch_metrics(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {}

@@ -3,8 +3,8 @@
 The YAML loader (``load.py``) rejects duplicate keys; the pydantic models reject
 unknown keys and out-of-range values. What is left lives here, each check a small
 function that raises :class:`~rayeffi.errors.UserError` naming the key and the fix:
-non-finite numbers anywhere, resources this version cannot use, and a Tune metric no
-stage reports.
+non-finite numbers anywhere and a Tune metric no stage reports (GPUs are checked against
+the cluster once Ray is up: ``run.py: check_gpus``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ TECHNIQUE_METRICS = {
 STRATEGY_METRICS = {
     "param_server": ("server_updates", "updates_per_s", "staleness_max", "staleness_mean", "server_restores"),
 }
-UNSUPPORTED_RESOURCES = ("GPU",)
-"""Worker resources this version cannot use: its workers train on CPUs only."""
 
 
 def reject_non_finite(raw: Any, where: str = "") -> None:
@@ -47,19 +45,9 @@ def reject_non_finite(raw: Any, where: str = "") -> None:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Every stage: supported resources and a Tune metric that the stage reports."""
+    """Every stage: a Tune metric that the stage reports."""
     for stage in recipe.stages:
-        check_resources(stage)
         check_tune_metric(stage)
-
-
-def check_resources(stage: StageConfig) -> None:
-    for name, amount in stage.scaling.resources_per_worker.items():
-        if amount and name.upper() in UNSUPPORTED_RESOURCES:
-            raise UserError(
-                f"stages.{stage.name}.scaling.resources_per_worker.{name}: GPUs are not supported yet "
-                f"(workers train on CPUs); remove {name}, e.g. resources_per_worker: {{CPU: 1}}"
-            )
 
 
 def reported_metrics(stage: StageConfig) -> list[str]:

@@ -152,13 +152,41 @@ class ScalingConfig(Section):
     max_failures: int = Field(0, ge=-1)
     """Restarts of the worker group from the last checkpoint before the stage fails
     (-1: no limit)."""
+    use_gpu: bool = False
+    """One GPU per worker (Ray's ``ScalingConfig(use_gpu=...)``); a ``GPU`` count in
+    ``resources_per_worker`` implies it. A worker on a node without CUDA falls back to the CPU."""
+    backend: Literal["nccl", "gloo"] | None = None
+    """The process-group backend (Ray's ``TorchConfig(backend=...)``); default NCCL with GPUs,
+    gloo without. ``gloo`` with ``use_gpu`` keeps collectives on the host (or logical GPUs)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_count_implies_use_gpu(cls, raw: Any) -> Any:
+        # Ray's convention: a GPU count asks for GPUs; leaving use_gpu out must not contradict it
+        if isinstance(raw, dict) and "use_gpu" not in raw and (raw.get("resources_per_worker") or {}).get("GPU", 0):
+            return {**raw, "use_gpu": True}
+        return raw
 
     @model_validator(mode="after")
     def _positive_resources(self) -> ScalingConfig:
         for name, amount in self.resources_per_worker.items():
             if amount < 0:
                 raise ValueError(f"scaling.resources_per_worker.{name} must be >= 0, got {amount}")
+        if not self.use_gpu and self.resources_per_worker.get("GPU", 0) > 0:
+            raise ValueError("scaling.use_gpu is false but scaling.resources_per_worker.GPU asks for GPUs: "
+                             "set use_gpu: true or remove the GPU count")
+        if self.backend == "nccl" and not self.use_gpu:
+            raise ValueError("scaling.backend: nccl needs GPUs: set scaling.use_gpu: true or backend: gloo")
         return self
+
+    @property
+    def gpus_per_worker(self) -> float:
+        """GPUs each worker reserves (``use_gpu`` alone: 1, as Ray does)."""
+        return self.resources_per_worker.get("GPU", 1.0) if self.use_gpu else 0.0
+
+    @property
+    def process_group_backend(self) -> str:
+        return self.backend or ("nccl" if self.use_gpu else "gloo")
 
 
 PRECISION_POLICIES = ("fp32", "bf16", "fp16", "fp16-master")

@@ -63,7 +63,7 @@ def start_actors(stage: StageConfig, context: StageContext, run_id: str, init_ch
     train_shards = datasets["train"].split(scaling.num_workers, equal=True)
     val_shards = datasets["val"].split(scaling.num_workers)
     options = {"num_cpus": scaling.resources_per_worker.get("CPU", 1.0),
-               "num_gpus": scaling.resources_per_worker.get("GPU", 0),
+               "num_gpus": scaling.gpus_per_worker,  # gradient workers compute; servers stay on CPUs
                "resources": {k: v for k, v in scaling.resources_per_worker.items() if k not in ("CPU", "GPU")}}
     workers = [
         ray.remote(GradientWorker).options(

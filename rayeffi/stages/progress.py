@@ -45,6 +45,8 @@ class Progress:
         self.history: dict[str, dict[int, dict]] = {}
         self.starts: dict[str, list[int]] = {}
         """Per stage, the epoch each worker-group start began from (one entry per start)."""
+        self.devices: dict[str, list[dict]] = {}
+        """Per stage, each worker's device at the latest start (``rayeffi.device.DeviceChoice.summary``)."""
         self._lock = threading.Lock()  # no message is ever in flight outside it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -74,6 +76,7 @@ class Progress:
         if message.get("event") == "start":
             starts = self.starts.setdefault(stage, [])
             starts.append(int(message["from_epoch"]))
+            self._record_devices(stage, message.get("devices") or [])
             if len(starts) > 1:
                 self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}")
             return
@@ -82,6 +85,13 @@ class Progress:
         stop_if_unhealthy(stage, self.stage_history(stage))
         if self.on_epoch is not None:
             self.on_epoch(stage, message)
+
+    def _record_devices(self, stage: str, devices: list[dict]) -> None:
+        if devices and devices != self.devices.get(stage):
+            fallbacks = [d["note"] for d in devices if d["note"] != d["device"]]
+            if fallbacks:  # GPUs were assigned but could not be used: say so once
+                self.echo(f"[{stage}] {fallbacks[0]} (worker GPU ids: {[d['gpu_ids'] for d in devices]})")
+        self.devices[stage] = devices
 
     def seed(self, stage: str, history: list[dict]) -> None:
         """Epochs an earlier driver saw (``--resume``), so the stage's history stays whole."""

@@ -26,13 +26,15 @@ RAY_JOB_ENV = {
 }
 
 
-def start_ray(address: str | None, num_cpus_needed: float) -> bool:
+def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None = None) -> bool:
     """Join ``address`` or start a private local Ray; return True if this call started it.
 
     A private Ray listens on 127.0.0.1 only (dashboard, GCS, raylet, workers, agents),
     gets at least one logical CPU more than the workers reserve, so Ray Data tasks are
     never starved by the workers, and is watched by ``rayeffi/supervise.py``, so a
     driver killed with SIGKILL leaves none of its processes behind.
+    ``num_gpus``: a private Ray's GPU count (default: the GPUs Ray detects; tests declare
+    logical GPUs on machines without CUDA).
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -51,6 +53,7 @@ def start_ray(address: str | None, num_cpus_needed: float) -> bool:
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
+                num_gpus=num_gpus,
                 resources={TRIAL_RESOURCE: 64},  # Tune trials hold this instead of a CPU (stages/tune.py)
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",

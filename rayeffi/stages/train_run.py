@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
@@ -44,7 +44,9 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             resources_per_worker=None if local_mode else dict(scaling.resources_per_worker),
+            use_gpu=scaling.use_gpu,
         ),
+        torch_config=TorchConfig(backend=scaling.process_group_backend),  # NCCL on GPUs unless overridden
         run_config=RunConfig(
             # a unique name: re-using one makes Ray resume that run's checkpoints
             name=run_name or f"{stage.name}-{uuid.uuid4().hex[:8]}",

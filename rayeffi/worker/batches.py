@@ -45,6 +45,7 @@ class ShardBatches:
                 drop_last=self.drop_last,
                 local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
                 local_shuffle_seed=shuffle_seed,
+                device="cpu",  # host tensors, moved to the model's device once by the caller
             )
             return
         rows = self._read()
@@ -62,7 +63,7 @@ class ShardBatches:
         if self._rows is None:  # once per run, in the shard's order
             # batches of the step's size, as streaming reads them: a streaming split's
             # coordinator was seen to hand one worker no rows when read by whole blocks
-            parts = list(self.shard.iter_torch_batches(batch_size=self.rows_per_read))
+            parts = list(self.shard.iter_torch_batches(batch_size=self.rows_per_read, device="cpu"))
             self._rows = {column: torch.cat([part[column] for part in parts]) for column in parts[0]} if parts else {}
         return self._rows
 

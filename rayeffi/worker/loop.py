@@ -20,6 +20,7 @@ import torch
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.info import DatasetInfo
 from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
+from rayeffi.device import choose_device, to_device
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
@@ -51,11 +52,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
 
-    strategy = build_strategy(stage.parallel, rank, world_size, ray.train.torch.get_device(), spec.info)
+    choice = choose_device(stage.scaling.use_gpu, ray.train.torch.get_device())  # CPU when CUDA is absent
+    strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
     parts, scheduler = build_worker(stage, spec.info, strategy, spec.init_checkpoint)
     start_epoch = _restore(parts, scheduler, spec, rank)
+    devices = strategy.all_gather_object(choice.summary(ray.get_gpu_ids()))  # once per start: a collective
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
-        spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch})
+        spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
+                           "devices": devices})
     layout = stage.data_layout  # the same layout the driver split the datasets by
     train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size)
     val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size)
@@ -67,8 +71,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch))
             val_sums = _evaluate(parts, val)
             scheduler.step()
-            totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point
-            train_loss_sum, train_rows, val_loss_sum, val_correct, val_rows = totals.tolist()
+            totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
+            train_loss_sum, train_rows, val_loss_sum, val_correct, val_rows = totals.tolist()  # the epoch's one host sync
             metrics = epoch_metrics(train_loss_sum=train_loss_sum, train_rows=train_rows, val_loss_sum=val_loss_sum,
                                     val_correct=val_correct, val_rows=val_rows, train_s=train_s, epoch=epoch + 1,
                                     lr=lr)
@@ -112,41 +116,53 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
 
 
 def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None):
-    """Returns ``[loss_sum, num_rows]`` for this worker and the epoch's training seconds."""
+    """Returns ``[loss_sum, num_rows]`` for this worker (on its device) and the epoch's training seconds."""
     parts.model.train()
     device = parts.strategy.device
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    num_rows = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
+    num_rows = 0  # counted on the host: a count copied to the device each step would wait for the stream
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
     non_finite = 0  # consecutive non-finite losses
     for step, batch in enumerate(batches.epoch(seed)):
-        inputs, targets = batch.pop("features").to(device, torch.float32), batch.pop("label").to(device, torch.int64)
-        extras = {name: column.to(device) for name, column in batch.items()}  # e.g. cached teacher logits
+        inputs, targets, extras = _on_device(batch, device)
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
-        non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1
+        non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1  # host sync: the step must decide
         if loss_is_unhealthy(non_finite, parts.precision.skips_on_overflow):  # the stage stops: one error line
             lr = parts.optimizer.param_groups[0]["lr"]
             raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
-        loss_sum += loss.double().cpu() * len(targets)
+        loss_sum += loss.to(device, torch.float64) * len(targets)
         num_rows += len(targets)
         if report is not None:
             report(step + 1, batches.steps, num_rows, time.perf_counter() - start)
-    return torch.stack([loss_sum, torch.tensor(float(num_rows), dtype=torch.float64)]), time.perf_counter() - start
+    return _with_count(loss_sum.reshape(1), num_rows), time.perf_counter() - start
+
+
+def _with_count(sums: torch.Tensor, num_rows: int) -> torch.Tensor:
+    return torch.cat([sums, torch.tensor([float(num_rows)], dtype=torch.float64).to(sums.device)])
+
+
+def _on_device(batch: dict[str, torch.Tensor], device: torch.device):
+    """Features, labels and any extra column (e.g. cached teacher logits), each moved once."""
+    inputs = to_device(batch.pop("features"), device, torch.float32)
+    targets = to_device(batch.pop("label"), device, torch.int64)
+    return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
 
 
 def _evaluate(parts: StepParts, batches: ShardBatches) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard."""
+    """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard, on its device."""
     parts.model.eval()
     device = parts.strategy.device
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # [loss_sum, num_correct], on the device
+    num_rows = 0
     for batch in batches.epoch(None):
-        inputs, targets = batch["features"].to(device, torch.float32), batch["label"].to(device, torch.int64)
+        inputs, targets, _ = _on_device(batch, device)
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
         loss_sum, correct = eval_step(parts, inputs, targets)
-        sums += torch.tensor([loss_sum.item(), correct.item(), len(targets)], dtype=torch.float64)
-    return sums
+        sums += torch.stack([loss_sum.to(device, torch.float64), correct.to(device, torch.float64)])
+        num_rows += len(targets)
+    return _with_count(sums, num_rows)
 
 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:

@@ -7,7 +7,10 @@ import math
 import torch
 from torch import nn
 
-from rayeffi.recipe.sections import OptimizerConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rayeffi.recipe.sections import OptimizerConfig  # pydantic: annotations only
 
 
 def build_optimizer(config: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:

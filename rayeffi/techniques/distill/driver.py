@@ -11,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rayeffi.data.info import DatasetInfo
-from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
 from rayeffi.models import build_model, check_model
-from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import DriverInputs, Prepared
-from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, write_soft_labels
 from rayeffi.techniques.distill.technique import Distillation, freeze
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.distill import DistillConfig
 
 CACHE_DIR = "soft_labels"
 
@@ -44,15 +45,19 @@ def with_teacher_checkpoints(config: DistillConfig, checkpoints: dict[str, str])
     for teacher in raw["teachers"]:
         if teacher["stage"] is not None:
             teacher["checkpoint"] = checkpoints[teacher["stage"]]
-    return DistillConfig.model_validate(raw)
+    return type(config).model_validate(raw)
 
 
 def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
     """Write the cache and return a data source that reads it."""
+    # Ray Data on the driver only: the step's modules import without Ray
+    from rayeffi.data.ray_datasets import build_ray_datasets
+    from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, write_soft_labels
+
     stage = inputs.stage
     datasets = build_ray_datasets(inputs.source, stage.data, stage.seed)
     train_path, val_path = write_soft_labels(
-        datasets, config, inputs.source.info, stage.precision, inputs.stage_dir / CACHE_DIR
+        datasets, config, inputs.source.info, stage.precision, inputs.stage_dir / CACHE_DIR, stage.scaling.use_gpu
     )
     return dataclasses.replace(
         inputs.source,

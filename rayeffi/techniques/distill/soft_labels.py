@@ -18,6 +18,7 @@ import torch
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.data.ray_datasets import FEATURES, LABEL
+from rayeffi.device import choose_device, to_device
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import PrecisionConfig
 from rayeffi.task import logits_of
@@ -29,20 +30,22 @@ BATCH_ROWS = 512
 class TeacherLogits:
     """A Ray Data callable class: loads the teachers once per actor, adds their logits."""
 
-    def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig):
+    def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig, use_gpu: bool = False):
         from rayeffi.techniques.precision import build_precision
         from rayeffi.techniques.distill.technique import load_teachers
 
-        self.teachers = load_teachers(config, info)
+        self.device = choose_device(use_gpu).device  # the CPU when CUDA is absent
+        self.teachers = [teacher.to(self.device) for teacher in load_teachers(config, info)]
         self.precision = build_precision(precision)
+        self.precision.device_type = self.device.type  # autocast on the teachers' device
         self.num_features = info.num_features
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
         flat = batch[FEATURES].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        inputs = torch.tensor(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features))
+        inputs = to_device(torch.tensor(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features)), self.device)
         with self.precision.autocast():  # the teachers compute as they would inside the step
-            logits = torch.cat([logits_of(teacher(inputs)).float() for teacher in self.teachers], dim=1)
+            logits = torch.cat([logits_of(teacher(inputs)).float() for teacher in self.teachers], dim=1).cpu()  # host sync
         width = logits.shape[1]
         column = pa.FixedSizeListArray.from_arrays(pa.array(logits.numpy().ravel(), pa.float32()), width)
         return batch.append_column(TEACHER_LOGITS, column)
@@ -54,6 +57,7 @@ def write_soft_labels(
     info: DatasetInfo,
     precision: PrecisionConfig,
     out_dir: Path,
+    use_gpu: bool = False,
 ) -> tuple[str, str]:
     """Write ``out_dir/train`` (with teacher logits) and ``out_dir/val``; return their paths."""
     context = ray.data.DataContext.get_current()
@@ -62,7 +66,8 @@ def write_soft_labels(
     try:
         train = datasets["train"].map_batches(
             TeacherLogits,
-            fn_constructor_kwargs={"config": config, "info": info, "precision": precision},
+            fn_constructor_kwargs={"config": config, "info": info, "precision": precision, "use_gpu": use_gpu},
+            num_gpus=1 if use_gpu else None,  # the stage's scaling.use_gpu: the teachers run on a GPU
             batch_size=BATCH_ROWS,
             batch_format="pyarrow",
             concurrency=1,

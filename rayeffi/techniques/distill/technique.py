@@ -8,7 +8,7 @@ teacher logits (column ``teacher_logits``, written once by :mod:`rayeffi.techniq
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -16,11 +16,14 @@ from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
-from rayeffi.recipe.distill import DistillConfig
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.task import logits_of
+
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.distill import DistillConfig
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""
@@ -65,8 +68,9 @@ class Distillation(Technique):
         self._sums = torch.zeros(4, dtype=torch.float64)  # soft loss, hint loss, batches, CE
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        device = next(model.parameters()).device
+        self._sums = self._sums.to(device)  # a device tensor: NCCL all-reduces nothing else
         if self.teachers is not None:
-            device = next(model.parameters()).device
             self.teachers = [teacher.to(device) for teacher in self.teachers]
         hints = self.config.hints
         if not hints:
@@ -112,9 +116,10 @@ class Distillation(Technique):
         teacher_logits = self._teacher_logits(inputs, extras)
         hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
         soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
-        self._sums += torch.tensor([
-            0.0 if soft is None else soft.item(), 0.0 if hint is None else hint.item(), 1.0, loss.item()],
-            dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64, device=self._sums.device)
+        self._sums += torch.stack([  # on the device: no host sync per step
+            zero if soft is None else soft.detach().double(), zero if hint is None else hint.detach().double(),
+            zero + 1.0, loss.detach().double()])
         if self.hints_only:
             # 0 * loss keeps every student parameter in the graph, as DDP requires of each step
             return hint + 0.0 * loss

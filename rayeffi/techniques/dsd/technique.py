@@ -10,12 +10,11 @@ scales the learning rate by the phase's factor (through :meth:`lr_factor`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from rayeffi.recipe.dsd import DsdConfig, Phase, dsd_phases
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.dsd.sparsity import (
     apply_masks,
@@ -29,6 +28,10 @@ from rayeffi.techniques.dsd.sparsity import (
 )
 from rayeffi.techniques.dsd.layers import plan_pruning
 
+if TYPE_CHECKING:
+    # pure configuration (pydantic): annotations only, so the step imports without pydantic
+    from rayeffi.recipe.dsd import DsdConfig, Phase
+
 HISTOGRAM_EDGES = torch.linspace(-6.0, 1.0, 57)  # log10 |w| from 1e-6 to 10
 
 
@@ -37,6 +40,8 @@ class DenseSparseDense(Technique):
 
     def __init__(self, config: DsdConfig):
         self.config = config
+        from rayeffi.recipe.dsd import dsd_phases  # with its config: pydantic is needed from here on
+
         self.phases = dsd_phases(config)
         self.phase_index = -1
         self.masks: dict[str, torch.Tensor] | None = None
