@@ -47,7 +47,7 @@ def filesystem(storage: str):
 def stage_checkpoints(storage: str, stage_name: str) -> list[str]:
     """Every checkpoint directory of every Ray Train run of ``stage_name`` under ``storage``.
 
-    Runs are named ``NAME-xxxxxxxx`` (stages/train.py); a Tune trial's runs are
+    Runs are named ``NAME-xxxxxxxx`` (stages/train_run.py); a Tune trial's runs are
     ``NAME-<trial id>`` and its experiment ``NAME-tune-xxxxxxxx``, so neither matches.
     """
     import pyarrow.fs
