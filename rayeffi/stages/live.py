@@ -18,12 +18,13 @@ def progress_text(stage: str, message: dict) -> str:
     step, steps = int(message["step"]), message.get("steps")
     seconds = max(float(message["seconds"]), 1e-9)
     rate = float(message["rows"]) / seconds
-    text = f"[{stage}] epoch {int(message['epoch'])}: step {step}"
+    # "progress:" keeps these apart from the epoch lines ("[stage] epoch N: ...") that logs are searched for
+    text = f"[{stage}] progress: epoch {int(message['epoch'])}, step {step}"
     if steps:
         done = min(step / steps, 1.0)
         bar = "#" * int(done * BAR_WIDTH) + "." * (BAR_WIDTH - int(done * BAR_WIDTH))
         left = seconds / step * (steps - step) if step else 0.0
-        text = f"[{stage}] epoch {int(message['epoch'])} [{bar}] step {step}/{steps}"
+        text = f"[{stage}] progress: epoch {int(message['epoch'])} [{bar}] step {step}/{steps}"
         return f"{text}, {rate:.0f} samples/s, about {left:.0f} s left"
     return f"{text}, {rate:.0f} samples/s"
 

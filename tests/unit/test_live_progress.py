@@ -9,9 +9,9 @@ MESSAGE = {"epoch": 3, "step": 40, "steps": 90, "rows": 2560, "seconds": 2.0}
 
 def test_the_line_says_steps_rate_and_time_left():
     text = progress_text("train", MESSAGE)
-    assert text.startswith("[train] epoch 3 [########............] step 40/90")
+    assert text.startswith("[train] progress: epoch 3 [########............] step 40/90")
     assert "1280 samples/s" in text and "about 2 s left" in text
-    assert progress_text("train", {**MESSAGE, "steps": None}) == "[train] epoch 3: step 40, 1280 samples/s"
+    assert progress_text("train", {**MESSAGE, "steps": None}) == "[train] progress: epoch 3, step 40, 1280 samples/s"
 
 
 def test_a_terminal_gets_one_line_redrawn_in_place():
