@@ -38,8 +38,9 @@ def test_submitted_quickstart_succeeds_and_writes_its_summary(head, tmp_path):
     out = tmp_path / "run"
     done = _submit(head, "examples/quickstart.yaml", "--smoke", "--out", str(out), "--wait")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    job_id = done.stdout.splitlines()[0]
-    assert job_id.startswith("raysubmit_")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("uploading ")  # submit says what it sends before it submits
+    job_id = next(line for line in lines if line.startswith("raysubmit_"))
     assert f"job {job_id}: SUCCEEDED" in done.stdout
     assert "[train] epoch 2:" in done.stdout  # the driver's epoch lines, streamed from the head
     summary = json.loads((out / "summary.json").read_text())
@@ -60,6 +61,6 @@ def test_a_failing_job_makes_submit_exit_nonzero(head, tmp_path):
         "stages: [{name: train, kind: train, epochs: 1}]\n")
     done = _submit(head, "recipe.yaml", "--out", str(tmp_path / "run"), "--wait", cwd=tmp_path)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "not uploaded (17 MiB, put it on shared storage): data/train.parquet" in done.stdout
+    assert "left out (17.0 MiB, over 16.0 MiB; put it on shared storage): data/train.parquet" in done.stdout
     assert "error: data.path" in done.stdout  # the driver's own one-line error, from the job's log
     assert ": FAILED" in done.stdout.splitlines()[-1]
