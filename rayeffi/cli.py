@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from rayeffi.bench import BENCHMARK_NAMES  # a name table: importing it loads no benchmark
 from rayeffi.errors import UserError
 from rayeffi.health import HealthStop, check_final
 
@@ -29,8 +30,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors follow the same one-line rule
         raise UserError(f"{message} (see rayeffi {self.prog.split()[-1]} --help)")
 
-
-BENCHMARK_NAMES = ("ddp", "dsd", "precision", "distill", "intra-layer", "pipeline", "ps", "prune-distill")
 
 
 def build_parser() -> argparse.ArgumentParser:
