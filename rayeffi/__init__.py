@@ -10,8 +10,9 @@ pydantic (the GPU test tier, ``tests/gpu``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rayeffi._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -35,12 +36,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'rayeffi' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # the next access skips this function
-    return value
+__getattr__ = lazy_getattr("rayeffi", _PUBLIC, globals())
 
 
 def __dir__() -> list[str]:

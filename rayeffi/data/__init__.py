@@ -6,8 +6,9 @@ the models and the step's slots need) imports without pydantic or Ray.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rayeffi._lazy import lazy_getattr
 
 _PUBLIC = {
     "DataSource": "rayeffi.data.sources",
@@ -21,10 +22,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'rayeffi.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_getattr("rayeffi.data", _PUBLIC, globals())
 
 
 if TYPE_CHECKING:

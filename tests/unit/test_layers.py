@@ -12,7 +12,7 @@ import rayeffi
 PACKAGE = Path(rayeffi.__file__).parent
 
 LAYERS = [  # lowest first; a module belongs to the first entry its dotted name starts with
-    ("ground", ("rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.storage", "rayeffi.task", "rayeffi.health",
+    ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.storage", "rayeffi.task", "rayeffi.health",
                 "rayeffi.supervise", "rayeffi.upload")),
     ("recipe", ("rayeffi.recipe",)),
     ("models and data", ("rayeffi.models", "rayeffi.data")),
