@@ -87,3 +87,10 @@ def test_no_import_cycle():
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def test_test_modules_have_unique_names():
+    """pytest's default import mode collects tests/unit/x.py and tests/ray/x.py as one module 'x'."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [path.name for path in tests.rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
