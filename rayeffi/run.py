@@ -19,6 +19,7 @@ import ray
 import torch
 
 from rayeffi.data.sources import DataSource, resolve_source, sample_rows
+from rayeffi.task import build_task, headline_metrics
 from rayeffi.errors import UserError
 from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
@@ -120,7 +121,8 @@ def run_recipe(
             tracker.stage_done(summary["stages"][-1])
             summary["tracking"] = tracker.ids()
             write_summary(summary, out_dir)
-            echo(f"[{stage.name}] done in {result.wall_s:.1f} s: val_accuracy {previous.metrics['val_accuracy']:.4f}")
+            figures = "  ".join(f"{key} {value:.4f}" for key, value in headline_metrics(previous.metrics).items())
+            echo(f"[{stage.name}] done in {result.wall_s:.1f} s: {figures}")
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
         write_summary(summary, out_dir)
@@ -141,7 +143,7 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
             f"stages.{stage.name}.init_from: {stage.init_from} is neither an earlier stage nor an existing "
             "checkpoint file: give 'previous', a stage name or a path"
         )
-    source = resolve_source(stage.data, stage.seed, out_dir / "data")
+    source = resolve_source(stage.data, stage.seed, out_dir / "data", stage.task)
     _check_model_contract(stage, source)
     _check_checkpoint_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
@@ -181,7 +183,7 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
             return contextlib.nullcontext()
         return reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))
 
-    model = check_model(stage.model, source.info, sample_rows(source), autocast_for)
+    model = check_model(stage.model, source.info, sample_rows(source), autocast_for, build_task(stage.task))
     if dtype is not None and fp32_layers(model):
         layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
         print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)

@@ -14,3 +14,6 @@ class DatasetInfo:
     image_shape: tuple[int, int, int] | None
     num_train: int
     num_val: int
+    vocab_size: int | None = None
+    """Token ids lie in ``[0, vocab_size)`` (per-token tasks; ``num_features`` is then ``seq_len``
+    and ``num_classes`` the vocabulary, or the tags of token classification)."""

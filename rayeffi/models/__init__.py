@@ -11,8 +11,10 @@ from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
+from rayeffi.task import CLASSIFICATION, Task
 from rayeffi.models.contract import attach_input_cast, dry_run
 from rayeffi.models.convnet import ConvNet
+from rayeffi.models.lm import TransformerLM
 from rayeffi.models.mlp import MLP
 
 if TYPE_CHECKING:
@@ -30,7 +32,15 @@ def _cnn(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     return ConvNet(info.image_shape, info.num_classes, config.channels, dropout=config.dropout)
 
 
-BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {"mlp": _mlp, "cnn": _cnn}
+def _lm(config: ModelConfig, info: DatasetInfo) -> nn.Module:
+    if info.vocab_size is None:
+        raise UserError("model 'lm' is a language model: set task: language_modeling and give token sequences "
+                        "(data.dataset: text, or Parquet with a list<int> column)")
+    return TransformerLM(info.vocab_size, info.num_features, config.d_model, config.num_layers, config.num_heads,
+                         config.dropout)
+
+
+BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {"mlp": _mlp, "cnn": _cnn, "lm": _lm}
 
 
 def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
@@ -38,16 +48,18 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     if config.name in BUILTIN_MODELS:
         return BUILTIN_MODELS[config.name](config, info)
     factory = resolve_user_model(config.name)
-    model = factory(
-        num_features=info.num_features, num_classes=info.num_classes, image_shape=info.image_shape, **config.kwargs
-    )
+    kwargs = dict(config.kwargs)
+    if info.vocab_size is not None:  # per-token tasks: the builder also learns the vocabulary
+        kwargs.setdefault("vocab_size", info.vocab_size)
+    model = factory(num_features=info.num_features, num_classes=info.num_classes, image_shape=info.image_shape, **kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name {config.name}: returned {type(model).__name__}, not a torch.nn.Module")
     return attach_input_cast(model, config.input_dtype)
 
 
 def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-                autocast_for: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None) -> nn.Module:
+                autocast_for: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None,
+                task: Task = CLASSIFICATION) -> nn.Module:
     """Fail on the driver, before any worker starts, if the model cannot be built or breaks the
     contract (``models/contract.py``) on ``rows`` (features, labels) of the data, under the context
     ``autocast_for(model)`` returns (the stage's precision); returns the model."""
@@ -63,7 +75,7 @@ def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor
     if rows is not None:
         model.train()
         autocast = (lambda: autocast_for(model)) if autocast_for else contextlib.nullcontext
-        dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast)
+        dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast, task)
     return model
 
 
@@ -79,4 +91,4 @@ def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "build_model", "check_model", "dry_run", "resolve_user_model"]
+__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "TransformerLM", "build_model", "check_model", "dry_run", "resolve_user_model"]

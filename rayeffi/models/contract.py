@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rayeffi.errors import UserError
-from rayeffi.task import logits_of, task_loss
+from rayeffi.task import CLASSIFICATION, Task, logits_of
 
 
 def first_layer(model: nn.Module) -> nn.Module | None:
@@ -68,8 +68,17 @@ def _failure(name: str, what: str, exc: BaseException) -> UserError:
     return UserError(f"model {name}: {what} on 2 rows of the data failed ({message}): {fix}")
 
 
+_WHAT = {
+    "classification": "one score per class",
+    "language_modeling": "a score per vocabulary entry at every position",
+    "token_classification": "a score per class at every position",
+    "regression": "one value per target",
+}
+
+
 def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Tensor, num_classes: int,
-            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+            task: Task = CLASSIFICATION) -> None:
     """Forward + task loss + backward on a few real rows in training mode; raise UserError on a breach.
 
     Runs on a copy's state: the running statistics (BatchNorm) are restored afterwards.
@@ -85,16 +94,17 @@ def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Te
                 logits = logits_of(outputs)
             except TypeError as exc:
                 raise UserError(f"model {name}: {exc}") from None
-            if tuple(logits.shape) != (inputs.shape[0], num_classes):
+            expected = task.output_shape(inputs, num_classes)
+            if tuple(logits.shape) != expected and not (task.name == "regression" and logits.numel() == targets.numel()):
                 raise UserError(
-                    f"model {name}: forward returned logits of shape {list(logits.shape)} for {inputs.shape[0]} "
-                    f"rows; the task needs [{inputs.shape[0]}, {num_classes}] (one score per class): fix the "
+                    f"model {name}: forward returned logits of shape {list(logits.shape)} for inputs of shape "
+                    f"{list(inputs.shape)}; task {task.name} needs {list(expected)} ({_WHAT[task.name]}): fix the "
                     "model's head (num_classes is passed to the builder)"
                 )
             if not torch.isfinite(logits.float()).all():
                 raise UserError(f"model {name}: forward returned non-finite logits on real rows: check its "
                                 "initialisation and normalisation")
-            loss = task_loss(logits, targets)
+            loss = task.loss(logits, targets)
         try:
             loss.backward()
         except Exception as exc:

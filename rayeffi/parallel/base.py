@@ -37,7 +37,7 @@ class Strategy:
     backward itself (a pipeline's schedule, as torchtitan's ``forward_backward_step``);
     None: ``worker/step.py: forward_backward``."""
     evaluate: Callable | None = None
-    """``(parts, inputs, targets) -> (loss_sum, correct)`` likewise; None: ``worker/step.py: evaluate``."""
+    """``(parts, inputs, targets) -> [loss_sum, correct, count]`` likewise; None: ``worker/step.py: eval_step``."""
 
     def __init__(self, world_rank: int = 0, world_size: int = 1, device: torch.device | None = None, config=None,
                  info: Any = None):
@@ -88,9 +88,20 @@ class Strategy:
         """Before the optimizer step, after the techniques' ``after_backward``: make every rank
         take the same decision (a pipeline's stages agree on a loss-scale overflow)."""
 
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas whose gradients are averaged (``all_reduce_sum`` adds over them)."""
+        return 1
+
+    def mean_count(self, count: torch.Tensor) -> torch.Tensor:
+        """The mean of ``count`` over the data-parallel replicas: a per-token loss divides by it
+        (``task.py``). One all-reduce of a scalar where there are several replicas."""
+        count = count.to(self.device, torch.float32).reshape(1)
+        return (self.all_reduce_sum(count) / self.replicas).reshape(())  # sync point (replicas > 1)
+
     # -- metrics ------------------------------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum across workers (metrics, not gradients)."""
+        """Sum across data-parallel replicas (metrics, not gradients)."""
         return tensor
 
     def all_gather_object(self, obj):

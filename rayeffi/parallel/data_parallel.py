@@ -29,6 +29,10 @@ class DataParallel(Strategy):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model
 
+    @property
+    def replicas(self) -> int:
+        return self.world_size
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)  # sync point

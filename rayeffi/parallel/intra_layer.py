@@ -117,6 +117,10 @@ class IntraLayer(Strategy):
         gather = lambda tensor: torch.cat(all_gather(tensor, group), 0)  # noqa: E731
         return gather(inputs), gather(targets), {name: gather(column) for name, column in extras.items()}
 
+    @property
+    def replicas(self) -> int:
+        return self.mesh.data_parallel.size
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         # the ranks of a model-parallel group hold the same rows: sum over data-parallel replicas only
         return all_reduce(tensor, self.mesh.data_parallel)

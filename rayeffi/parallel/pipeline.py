@@ -31,7 +31,7 @@ from torch.distributed.pipelining import schedules
 from torch.distributed.pipelining.stage import PipelineStage
 
 from rayeffi.parallel.base import Strategy, load_slot_states
-from rayeffi.task import correct_count, task_loss
+from rayeffi.task import CLASSIFICATION
 from rayeffi.parallel.pipeline_split import (
     UnitChain,
     buffers_kept,
@@ -98,6 +98,8 @@ class Pipeline(Strategy):
         self.pp_rank, self.dp_rank = world_rank % config.num_stages, world_rank // config.num_stages
         self.timeline: Timeline | None = None
         self._losses: list[torch.Tensor] = []
+        self._task = CLASSIFICATION
+        self._mean_count: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, config, world_rank, world_size, device, info=None) -> Pipeline:
@@ -205,7 +207,10 @@ class Pipeline(Strategy):
         return schedule_class(first, n_microbatches=self.config.num_microbatches, loss_fn=self._loss_fn)
 
     def _loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = task_loss(outputs, targets)  # FP32 reduction
+        if self._mean_count is None:
+            loss = self._task.loss(outputs, targets)  # FP32 reduction
+        else:  # per token: the schedule averages micro-batches, so x M gives sum / mean count (task.py)
+            loss = self._task.loss(outputs, targets, self._mean_count / self.config.num_microbatches)
         self._losses.append(loss.detach())
         return self.precision.scale_loss(loss)
 
@@ -230,6 +235,8 @@ class Pipeline(Strategy):
         if self.schedule is None:
             self.schedule = self._build_schedule(inputs)
         targets = self._from_first(targets)
+        self._task = parts.task
+        self._mean_count = self.mean_count(parts.task.count(targets)) if parts.task.per_token else None
         self._losses = []
         args = (inputs,) if self.has_first else ()
         self.schedule.step(*args, target=targets if self.has_last else None)
@@ -269,7 +276,7 @@ class Pipeline(Strategy):
 
     @torch.no_grad()
     def evaluate(self, parts, inputs, targets):
-        """Summed loss and correct predictions: the whole batch forward through the chunks in order."""
+        """``[loss_sum, correct, count]``: the whole batch forward through the chunks in order."""
         targets = self._from_first(targets)
         x = inputs
         outputs = None
@@ -284,12 +291,10 @@ class Pipeline(Strategy):
                 outputs = x
             elif self.holders[c + 1] != self.pp_rank:
                 self._send(x, self.holders[c + 1])
-        sums = torch.zeros(2, device=self.device)  # on the device: nccl broadcasts device tensors
+        sums = torch.zeros(3, device=self.device)  # on the device: nccl broadcasts device tensors
         if outputs is not None:
-            sums[0] = task_loss(outputs, targets, reduction="sum")
-            sums[1] = correct_count(outputs, targets)
-        sums = self._from_last(sums)
-        return sums[0], sums[1]
+            sums = parts.task.eval_sums(outputs, targets).float()
+        return self._from_last(sums).double()
 
     def _send(self, tensor, to_pp_rank: int) -> None:
         """A tensor to another stage of this pipeline: its shape and dtype first, then its data,
@@ -310,6 +315,10 @@ class Pipeline(Strategy):
         return tensor
 
     # -- metrics and checkpoints -----------------------------------------------------------------------------
+    @property
+    def replicas(self) -> int:
+        return self.data_parallel_size
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         # the stages of one pipeline hold identical metric sums: add up the pipelines only
         if self.data_parallel_size > 1:

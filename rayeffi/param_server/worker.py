@@ -146,7 +146,7 @@ class GradientWorker:
         config, model = self.config, self.parts.model
         model.train()
         num_batches = -(-self.train_shard.count() // self.batch_size)
-        loss_sum, rows, steps = 0.0, 0, 0
+        loss_sum, rows, scored, steps = 0.0, 0, 0, 0
         start = time.perf_counter()
         for step, batch in enumerate(self._train_batches(epoch)):
             if step < skip:
@@ -158,11 +158,13 @@ class GradientWorker:
             loss = train_step(self.parts, inputs, targets, extras)
             loss_sum += loss.item() * len(targets)
             rows += len(targets)
+            scored += int(self.parts.task.count(targets))
             steps += 1
             last = step == num_batches - 1
             if (step + 1) % config.push_every == 0 or last:
                 self._push(round_, pull=not last)  # the reply carries the next step's weights
-        return {"loss_sum": loss_sum, "rows": rows, "seconds": time.perf_counter() - start, "steps": steps}
+        return {"loss_sum": loss_sum, "rows": rows, "scored": scored, "seconds": time.perf_counter() - start,
+                "steps": steps}
 
     def _train_batches(self, epoch: int):
         """This epoch's batches (``worker/batches.py``: in memory when the shard is small, with the
@@ -171,20 +173,19 @@ class GradientWorker:
         return self.batches.epoch(seed)
 
     def evaluate(self) -> list[float]:
-        """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard, latest weights."""
+        """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, latest weights."""
         self._pull(register=False)
         self.parts.model.eval()
-        sums = [0.0, 0.0, 0.0]
+        sums = torch.zeros(3, dtype=torch.float64)
         for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
             inputs, targets, _ = self._on_device(batch)
-            loss_sum, correct = eval_step(self.parts, inputs, targets)
-            sums = [sums[0] + loss_sum.item(), sums[1] + correct.item(), sums[2] + len(batch["label"])]
-        return sums
+            sums += eval_step(self.parts, inputs, targets).cpu()
+        return sums.tolist()
 
     def _on_device(self, batch: dict[str, torch.Tensor]):
         device = self.parts.strategy.device
-        inputs = to_device(batch.pop("features"), device, torch.float32)
-        targets = to_device(batch.pop("label"), device, torch.int64)
+        inputs = to_device(batch.pop("features"), device)  # float32 features or int64 token ids
+        targets = to_device(batch.pop("label"), device, self.parts.task.label_dtype)
         return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
 
     def epoch_metrics(self) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from rayeffi.recipe.sections import (
     Precision,
     ScalingConfig,
     Section,
+    TaskConfig,
 )
 from rayeffi.recipe.stage import SearchDomain, StageConfig, TuneConfig  # noqa: F401  (re-exported)
 from rayeffi.recipe.tracking import TrackingConfig
 
-GLOBAL_SECTIONS = ("data", "model", "optimizer", "scaling", "precision", "parallel")
+GLOBAL_SECTIONS = ("task", "data", "model", "optimizer", "scaling", "precision", "parallel")
 """Recipe sections a stage inherits and may override."""
 
 def _stage_kind(stage: Any) -> Any:
@@ -56,6 +57,7 @@ class Recipe(Section):
 
     name: str = "recipe"
     seed: int = 0
+    task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -39,11 +39,40 @@ class SyntheticDataConfig(Section):
     """Parquet files the training rows are spread over (Ray Data reads them in parallel)."""
 
 
+TASK_NAMES = ("classification", "language_modeling", "token_classification", "regression")
+
+
+class TaskConfig(Section):
+    """What the model predicts and how it is scored (``rayeffi/task.py``). A recipe may give
+    just the name (``task: language_modeling``) or a mapping."""
+
+    name: Literal["classification", "language_modeling", "token_classification", "regression"] = "classification"
+    """``classification``: one class per row (accuracy). ``language_modeling``: a column of
+    token-id sequences, labels the inputs shifted by one (perplexity). ``token_classification``:
+    a label per token. ``regression``: a float target (or a fixed-size list of them); MSE."""
+    ignore_index: int = -100
+    """Label of a position that scores nothing (padding; the end of a sequence)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            return {"name": raw}
+        return raw
+
+    @property
+    def per_token(self) -> bool:
+        return self.name in ("language_modeling", "token_classification")
+
+
 class DataConfig(Section):
     """Where the examples come from and how they are batched."""
 
-    dataset: Literal["digits", "parquet", "synthetic"] = "digits"
+    dataset: Literal["digits", "mnist", "text", "parquet", "synthetic"] = "digits"
     """``digits``: the 8x8 handwritten digits shipped with rayeffi (1,797 samples).
+    ``mnist``: 5,000 real 28x28 MNIST digits shipped with rayeffi (4,000 train / 1,000
+    validation). ``text``: a public-domain English book shipped with rayeffi, as byte
+    tokens (vocabulary 256) in windows of ``seq_len`` (``task: language_modeling``).
     ``parquet``: your own Parquet file or directory (``path``). ``synthetic``: generated."""
     path: str | None = None
     """Parquet file or directory with the training rows (``dataset: parquet`` only)."""
@@ -51,9 +80,23 @@ class DataConfig(Section):
     """Parquet held-out rows; without it ``val_fraction`` of ``path`` is held out."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     feature_column: str = "features"
-    """A fixed-size list (or list) column of floats."""
+    """A fixed-size list (or list) column of floats; for per-token tasks a ``list<int>``
+    column of token ids (any length: padded or cut to ``seq_len``)."""
     label_column: str = "label"
-    """An integer class column, values in ``[0, num_classes)``."""
+    """An integer class column, values in ``[0, num_classes)``; a float (or float list)
+    column for regression; a ``list<int>`` column of per-token labels for token
+    classification (optional for language modeling: the inputs shifted by one without it)."""
+    seq_len: PositiveInt | None = None
+    """Per-token tasks: tokens per row. Shorter rows are padded at the end with
+    ``pad_token_id`` (their padding scores nothing); longer ones are cut (``truncate``).
+    Default: the longest row (``text``: 64)."""
+    truncate: bool = True
+    """Per-token tasks: cut rows longer than ``seq_len``; false makes a longer row an error."""
+    pad_token_id: int = Field(0, ge=0)
+    """Per-token tasks: the token id padding positions hold (they are never scored)."""
+    vocab_size: PositiveInt | None = None
+    """Per-token tasks: token ids lie in ``[0, vocab_size)``; inferred from the largest id
+    (``text``: 256 bytes)."""
     num_classes: int | None = Field(None, ge=2)
     """Parquet data only; inferred from the labels when left out."""
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
@@ -78,7 +121,7 @@ class DataConfig(Section):
         return self
 
 
-BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_MODELS = ("mlp", "cnn", "lm")
 _USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -86,12 +129,20 @@ class ModelConfig(Section):
     """Which network to train."""
 
     name: str = "mlp"
-    """``mlp``, ``cnn``, or ``package.module:function`` returning an ``nn.Module``
-    (called with ``num_features``, ``num_classes``, ``image_shape`` and ``kwargs``)."""
+    """``mlp``, ``cnn``, ``lm`` (a decoder-only transformer language model, ``models/lm.py``),
+    or ``package.module:function`` returning an ``nn.Module`` (called with ``num_features``,
+    ``num_classes``, ``image_shape`` and ``kwargs``; per-token tasks add ``vocab_size``, and
+    ``num_features`` is then ``seq_len``)."""
     hidden_sizes: tuple[PositiveInt, ...] = (128, 64)
     """MLP hidden layer widths."""
     channels: tuple[PositiveInt, ...] = (16, 32)
     """CNN convolution channels, one 3x3 conv layer each."""
+    d_model: PositiveInt = 64
+    """``lm``: width of the token representations."""
+    num_layers: PositiveInt = 2
+    """``lm``: transformer blocks."""
+    num_heads: PositiveInt = 4
+    """``lm``: attention heads (they must divide ``d_model``)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = {}
     """Extra keyword arguments for a user model function."""

@@ -21,6 +21,7 @@ from rayeffi.recipe.sections import (
     Precision,
     ScalingConfig,
     Section,
+    TaskConfig,
 )
 from rayeffi.recipe.techniques import TechniqueConfig
 
@@ -102,6 +103,7 @@ class StageConfig(Section):
     ``dsd``) and that technique's keys. Tune addresses an item by position
     (``techniques.0.rounds``)."""
 
+    task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from rayeffi.task import HEADLINE_KEYS, headline_metrics
+
 PAGE_FILE = "index.html"
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -26,9 +28,9 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 nav a { margin-right: 1em; }
 """
-EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s")
+EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", *HEADLINE_KEYS, "lr", "samples_per_s", "tokens_per_s")
 PRECISION_COLUMNS = ("epoch", "loss_scale", "skipped_steps", "grad_underflow_fp16")
-PHASE_COLUMNS = ("phase", "round", "epochs", "target_sparsity", "measured_sparsity", "lr", "val_accuracy")
+PHASE_COLUMNS = ("phase", "round", "epochs", "target_sparsity", "measured_sparsity", "lr", *HEADLINE_KEYS)
 
 
 def write_html_report(run_dir: Path, summary: dict[str, Any], images: dict[str, list[Path]]) -> Path:
@@ -60,8 +62,8 @@ def _stage_section(stage: dict[str, Any], images: list[Path]) -> str:
     parts = [
         f'<section id="stage-{_text(name)}"><h2>{_text(name)} <small>({_text(stage.get("kind", ""))})</small></h2>',
         f"<p>{stage.get('wall_s', 0):.1f} s on {stage.get('num_workers', '?')} worker(s); "
-        f"final val_accuracy {_number(stage.get('metrics', {}).get('val_accuracy'))}; "
-        f"checkpoint <code>{_text(stage.get('checkpoint', ''))}</code></p>",
+        + "".join(f"final {key} {_number(value)}; " for key, value in headline_metrics(stage.get("metrics") or {}).items())
+        + f"checkpoint <code>{_text(stage.get('checkpoint', ''))}</code></p>",
         *(f'<img src="{_text(image.name)}" alt="{_text(image.stem)}">' for image in images),
     ]
     if stage.get("rounds"):

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rayeffi.errors import UserError  # noqa: E402
+from rayeffi.task import headline_metrics  # noqa: E402
 from rayeffi.techniques.dsd.report import plot_dsd_phases, plot_pruning_histograms  # noqa: E402
 from rayeffi.report.html import write_html_report  # noqa: E402
 
@@ -27,7 +28,7 @@ def read_summary(run_dir: str | Path) -> dict:
     return summary
 
 
-HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss")
 """What every epoch row needs to be plotted."""
 DSD_KEYS = ("dsd_phase", "sparsity")
 
@@ -105,8 +106,12 @@ def plot_stage(name: str, kind: str, history: list[dict], path: Path) -> Path:
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title=f"{name} ({kind}): loss")
     loss_axis.legend()
-    accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], marker="o", color="tab:green")
-    accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy", title=f"{name}: accuracy", ylim=(0, 1))
+    figure_key = next(iter(headline_metrics(history[-1])), None)  # the task's figure: accuracy, perplexity...
+    if figure_key is not None:
+        accuracy_axis.plot(epochs, [row.get(figure_key) for row in history], marker="o", color="tab:green")
+        accuracy_axis.set(xlabel="epoch", ylabel=figure_key.replace("_", " "), title=f"{name}: {figure_key}")
+        if "accuracy" in figure_key:
+            accuracy_axis.set_ylim(0, 1)
     if scale_points:
         _plot_loss_scale(axes[2], name, scale_points, int(history[-1].get("skipped_steps", 0)))
     for axis in axes:

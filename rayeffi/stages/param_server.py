@@ -39,6 +39,7 @@ from rayeffi.param_server.worker import GradientWorker, GradientWorkerSpec
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
 from rayeffi.stages.train_run import init_checkpoint
+from rayeffi.task import CLASSIFICATION, Task, build_task
 from rayeffi.worker.metrics import epoch_metrics
 
 ACTOR_PREFIX = "rayeffi-ps"
@@ -134,11 +135,11 @@ def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> i
 
 
 def ps_epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: list[dict], epoch: int,
-                  lr: float, versions_before: int) -> dict[str, Any]:
+                     lr: float, versions_before: int, task: Task = CLASSIFICATION) -> dict[str, Any]:
     """The data-parallel metric keys, plus the parameter server's own."""
     rows = sum(p["rows"] for p in parts)
     seconds = max(max(p["seconds"] for p in parts), 1e-9)
-    val_loss, val_correct, val_rows = (sum(column) for column in zip(*val))
+    val_loss, val_correct, val_count = (sum(column) for column in zip(*val))
     staleness: Counter[int] = Counter()
     for shard in stats:
         staleness.update({int(k): v for k, v in shard["staleness"].items()})
@@ -146,7 +147,8 @@ def ps_epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stat
     applied = sum(staleness.values())
     metrics: dict[str, Any] = epoch_metrics(
         train_loss_sum=sum(p["loss_sum"] for p in parts), train_rows=rows, val_loss_sum=val_loss,
-        val_correct=val_correct, val_rows=val_rows, train_s=seconds, epoch=epoch, lr=lr,
+        val_correct=val_correct, val_count=val_count, train_s=seconds, epoch=epoch, lr=lr, task=task,
+        train_tokens=sum(p.get("scored", p["rows"]) for p in parts),
     )
     return {
         **metrics,
@@ -178,7 +180,7 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
             get_all([server.checkpoint.remote for server in servers])
             val = get_all([worker.evaluate.remote for worker in workers])
             stats = get_all([server.epoch_stats.remote for server in servers])
-            metrics = ps_epoch_metrics(parts, val, stats, epoch + 1, lr, versions)
+            metrics = ps_epoch_metrics(parts, val, stats, epoch + 1, lr, versions, build_task(stage.task))
             versions = sum(s["version"] for s in stats) / len(stats)
             metrics.update(get_all([workers[0].epoch_metrics.remote])[0])
             total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})

@@ -24,6 +24,7 @@ from typing import Callable
 
 from ray.util.queue import Empty, Queue
 
+from rayeffi.task import headline_metrics
 from rayeffi.health import HealthStop, check_health
 from rayeffi.stages.live import LiveProgress
 
@@ -136,8 +137,10 @@ def stop_if_unhealthy(stage: str, history: list[dict]) -> None:
 def format_epoch_line(stage: str, metrics: dict) -> str:
     line = (
         f"[{stage}] epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_accuracy {metrics['val_accuracy']:.4f}  "
-        f"{metrics['samples_per_s']:.0f} samples/s"
+        f"val_loss {metrics['val_loss']:.4f}  "
+        + "".join(f"{key} {value:.4f}  " for key, value in headline_metrics(metrics).items())  # the task's figures
+        + f"{metrics['samples_per_s']:.0f} samples/s"
+        + (f"  {metrics['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in metrics else "")
         + (f"  loss_scale {metrics['loss_scale']:g}  skipped {int(metrics['skipped_steps'])}"
            if "loss_scale" in metrics else "")  # mixed precision telemetry
     )

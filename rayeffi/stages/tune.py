@@ -25,6 +25,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
+from rayeffi.task import HEADLINE_KEYS
 from rayeffi.errors import UserError
 from rayeffi.health import non_finite_loss
 from rayeffi.recipe.load import set_dotted
@@ -172,7 +173,7 @@ def _trial_summary(result, stage: StageConfig, context: StageContext) -> dict[st
         "config": dict(result.config or {}),
         "status": "error" if result.error else "done",
         "epochs_run": epochs,
-        "metrics": {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy") if k in metrics},
+        "metrics": {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", *HEADLINE_KEYS) if k in metrics},
     }
     if result.error is not None:
         summary["error"] = str(result.error).strip().splitlines()[-1][:500]

@@ -22,6 +22,7 @@ from rayeffi.models import build_model
 from rayeffi.parallel.base import Strategy
 from rayeffi.techniques import build_precision, build_techniques
 from rayeffi.techniques.base import Technique
+from rayeffi.task import CLASSIFICATION, Task, build_task
 from rayeffi.techniques.precision import Precision
 from rayeffi.worker.optim import build_optimizer, build_scheduler
 from rayeffi.worker.step import StepParts
@@ -42,12 +43,13 @@ def assemble(
     precision: Precision,
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     techniques: list[Technique] = (),
+    task: Task = CLASSIFICATION,
 ) -> StepParts:
     """The step's parts, with every slot set up in order."""
     model, optimizer = strategy.setup(model, precision, make_optimizer)  # the strategy owns the precision
     for technique in techniques:  # entered in list order, torn down in reverse
         technique.setup(strategy.unwrap(model), optimizer)
-    return StepParts(model, optimizer, strategy, list(techniques))
+    return StepParts(model, optimizer, strategy, list(techniques), task)
 
 
 def build_worker(
@@ -61,6 +63,7 @@ def build_worker(
     model = initial_model(stage, info, init_checkpoint)
     techniques = build_techniques(stage, info)
     make_optimizer = make_optimizer or partial(build_optimizer, stage.optimizer)
-    parts = assemble(model, strategy, build_precision(stage.precision), make_optimizer, techniques)
+    parts = assemble(model, strategy, build_precision(stage.precision), make_optimizer, techniques,
+                     build_task(stage.task))
     scheduler = build_scheduler(stage.optimizer, parts.optimizer, stage.total_epochs, techniques)
     return parts, scheduler

@@ -23,6 +23,7 @@ from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, 
 from rayeffi.device import choose_device, to_device
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
+from rayeffi.task import Task
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.metrics import epoch_metrics
@@ -72,14 +73,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             val_sums = _evaluate(parts, val)
             scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
-            train_loss_sum, train_rows, val_loss_sum, val_correct, val_rows = totals.tolist()  # the epoch's one host sync
+            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count = totals.tolist()  # the epoch's one host sync
             metrics = epoch_metrics(train_loss_sum=train_loss_sum, train_rows=train_rows, val_loss_sum=val_loss_sum,
-                                    val_correct=val_correct, val_rows=val_rows, train_s=train_s, epoch=epoch + 1,
-                                    lr=lr)
+                                    val_correct=val_correct, val_count=val_count, train_s=train_s, epoch=epoch + 1,
+                                    lr=lr, task=parts.task, train_tokens=train_tokens)
             for technique in parts.techniques:
                 metrics.update(technique.metrics())
             metrics.update(parts.precision.metrics())
-            warning = chance_warning(epoch + 1, metrics["val_accuracy"], metrics["val_loss"], spec.info.num_classes)
+            accuracy = metrics.get("val_accuracy", metrics.get("val_token_accuracy"))  # regression has none
+            warning = accuracy is not None and chance_warning(epoch + 1, accuracy, metrics["val_loss"],
+                                                              spec.info.num_classes)
             if warning:
                 metrics["warning"] = warning
             _report(metrics, parts, scheduler, spec, epoch + 1)
@@ -116,16 +119,17 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
 
 
 def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None):
-    """Returns ``[loss_sum, num_rows]`` for this worker (on its device) and the epoch's training seconds."""
+    """Returns ``[loss_sum, num_rows, num_scored]`` for this worker (on its device) and the epoch's training seconds."""
     parts.model.train()
     device = parts.strategy.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
     num_rows = 0  # counted on the host: a count copied to the device each step would wait for the stream
+    num_scored = torch.zeros((), dtype=torch.float64, device=device)  # real tokens of a per-token task
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
     non_finite = 0  # consecutive non-finite losses
     for step, batch in enumerate(batches.epoch(seed)):
-        inputs, targets, extras = _on_device(batch, device)
+        inputs, targets, extras = _on_device(batch, device, parts.task)
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
         non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1  # host sync: the step must decide
@@ -134,35 +138,30 @@ def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, ep
             raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
         loss_sum += loss.to(device, torch.float64) * len(targets)
         num_rows += len(targets)
+        num_scored += parts.task.count(targets) if parts.task.per_token else len(targets)
         if report is not None:
             report(step + 1, batches.steps, num_rows, time.perf_counter() - start)
-    return _with_count(loss_sum.reshape(1), num_rows), time.perf_counter() - start
+    rows = torch.tensor([float(num_rows)], dtype=torch.float64).to(device)
+    return torch.cat([loss_sum.reshape(1), rows, num_scored.reshape(1)]), time.perf_counter() - start
 
 
-def _with_count(sums: torch.Tensor, num_rows: int) -> torch.Tensor:
-    return torch.cat([sums, torch.tensor([float(num_rows)], dtype=torch.float64).to(sums.device)])
-
-
-def _on_device(batch: dict[str, torch.Tensor], device: torch.device):
-    """Features, labels and any extra column (e.g. cached teacher logits), each moved once."""
-    inputs = to_device(batch.pop("features"), device, torch.float32)
-    targets = to_device(batch.pop("label"), device, torch.int64)
+def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task):
+    """Features (float32, or int64 token ids, as the data holds them), the task's labels and any
+    extra column (e.g. cached teacher logits), each moved once."""
+    inputs = to_device(batch.pop("features"), device)
+    targets = to_device(batch.pop("label"), device, task.label_dtype)
     return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
 
 
 def _evaluate(parts: StepParts, batches: ShardBatches) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_rows]`` over this worker's validation shard, on its device."""
+    """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, on its device."""
     parts.model.eval()
-    device = parts.strategy.device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # [loss_sum, num_correct], on the device
-    num_rows = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=parts.strategy.device)  # on the device: no host sync
     for batch in batches.epoch(None):
-        inputs, targets, _ = _on_device(batch, device)
+        inputs, targets, _ = _on_device(batch, parts.strategy.device, parts.task)
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
-        loss_sum, correct = eval_step(parts, inputs, targets)
-        sums += torch.stack([loss_sum.to(device, torch.float64), correct.to(device, torch.float64)])
-        num_rows += len(targets)
-    return _with_count(sums, num_rows)
+        sums += eval_step(parts, inputs, targets).to(sums.device, torch.float64)
+    return sums
 
 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:

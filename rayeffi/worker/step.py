@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rayeffi.parallel.base import Strategy
-from rayeffi.task import correct_count, logits_of, task_loss
+from rayeffi.task import CLASSIFICATION, Task, logits_of
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.precision import Precision
 
@@ -37,6 +37,8 @@ class StepParts:
     optimizer: torch.optim.Optimizer
     strategy: Strategy
     techniques: list[Technique] = field(default_factory=list)
+    task: Task = CLASSIFICATION
+    """What the model predicts and how it is scored (``task.py``)."""
 
     @property
     def precision(self) -> Precision:
@@ -57,10 +59,12 @@ def train_step(
 
 
 def forward_backward(parts: StepParts, inputs, targets, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-    model, precision = parts.model, parts.precision
+    model, precision, task = parts.model, parts.precision, parts.task
     with precision.autocast():
         outputs = logits_of(model(inputs))  # a tensor, or an HF ModelOutput's logits
-        loss = task_loss(outputs, targets)  # FP32 reduction whatever dtype the forward ran in
+        # per-token tasks: the global batch's real tokens decide the mean (one all-reduce of a scalar)
+        mean_count = parts.strategy.mean_count(task.count(targets)) if task.per_token else None
+        loss = task.loss(outputs, targets, mean_count)  # FP32 reduction whatever dtype the forward ran in
         for technique in parts.techniques:
             loss = technique.loss(loss, outputs, inputs, targets, extras)
     precision.backward(loss)  # DDP all-reduces gradients during backward: sync point
@@ -80,10 +84,10 @@ def finish_step(parts: StepParts) -> None:
 
 
 @torch.no_grad()
-def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed task loss and number of correct predictions on one batch."""
+def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[loss_sum, num_correct, num_scored]`` of the task on one batch (FP64, on the device)."""
     if parts.strategy.evaluate is not None:
         return parts.strategy.evaluate(parts, inputs, targets)
     with parts.precision.autocast():
         outputs = logits_of(parts.model(inputs))
-    return task_loss(outputs, targets, reduction="sum"), correct_count(outputs, targets)
+    return parts.task.eval_sums(outputs, targets)

@@ -67,5 +67,5 @@ def test_hf_model_trains_with_dsd_and_distillation_under_bf16(family, tmp_path):
     assert metrics["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert {"kd_soft_loss", "kd_ce_loss"} <= set(metrics)
     parts.model.eval()
-    loss_sum, correct = eval_step(parts, inputs, targets)
+    loss_sum, correct, _ = eval_step(parts, inputs, targets)
     assert torch.isfinite(loss_sum) and 0 <= correct <= len(targets)

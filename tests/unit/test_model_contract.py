@@ -50,7 +50,7 @@ def test_dry_run_keeps_batchnorm_statistics():
 GOOD = "stages: [{name: train, kind: train, epochs: 1}]\n"
 MISTAKES = {
     "late_embedding": "set model.input_dtype: int64",
-    "wrong_width": r"logits of shape \[2, 11\] for 2 rows; the task needs \[2, 10\]",
+    "wrong_width": r"logits of shape \[2, 11\] for inputs of shape \[2, 64\]; task classification needs \[2, 10\]",
     "blowup": "non-finite logits",
 }
 

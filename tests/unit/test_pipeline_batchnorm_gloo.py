@@ -71,7 +71,7 @@ def _rank(rank, world_size, port, out_dir):
         inputs, targets = _data()
         losses = [train_step(parts, inputs[s], targets[s]).item() for s in range(STEPS)]
         parts.model.eval()
-        evaluated = torch.stack(eval_step(parts, inputs[0], targets[0]))
+        evaluated = eval_step(parts, inputs[0], targets[0]).float()
         full = strategy.training_state(parts)["model"]
         if rank == 0:
             torch.save({"losses": losses, "model": full, "eval": evaluated}, out_dir / "pipeline.pt")

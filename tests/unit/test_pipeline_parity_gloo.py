@@ -56,7 +56,7 @@ def _single(depth: int):
     model = parts.model
     inputs, targets = _data()
     losses = [train_step(parts, inputs[s], targets[s]).item() for s in range(STEPS)]
-    evaluated = torch.stack(eval_step(parts, inputs[0, :20], targets[0, :20])).float()
+    evaluated = eval_step(parts, inputs[0, :20], targets[0, :20]).float()
     return losses, model.state_dict(), evaluated
 
 
@@ -77,7 +77,7 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
         losses = strategy.all_reduce_sum(torch.tensor(losses)) / strategy.data_parallel_size
         full = strategy.training_state(parts)["model"]
         eval_inputs, eval_targets, _ = strategy.local_batch(inputs[0, :20], targets[0, :20], {})  # any row count
-        evaluated = torch.stack(eval_step(parts, eval_inputs, eval_targets))
+        evaluated = eval_step(parts, eval_inputs, eval_targets).float()
         evaluated = strategy.all_reduce_sum(evaluated)
         if rank == 0:
             torch.save({"losses": losses.tolist(), "model": full, "eval": evaluated}, out_dir / "pipeline.pt")

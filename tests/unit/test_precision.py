@@ -316,7 +316,7 @@ def _digits_accuracy(policy, epochs=10):
         for start in range(0, len(order), 64):
             rows = order[start:start + 64]
             train_step(parts, train_x[rows], train_y[rows])
-    _, correct = eval_step(parts, val_x, val_y)
+    _, correct, _ = eval_step(parts, val_x, val_y)
     return correct.item() / len(val_y)
 
 

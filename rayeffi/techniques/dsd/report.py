@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rayeffi.task import headline_metrics  # noqa: E402
+
 PHASE_COLOURS = {"dense": "#dddddd", "sparse": "#f6c9a8", "redense": "#bfe0c0"}
 
 
@@ -20,8 +22,9 @@ def plot_dsd_phases(name: str, history: list[dict], path: Path) -> Path:
         for row in history:
             axis.axvspan(row["epoch"] - 0.5, row["epoch"] + 0.5, color=PHASE_COLOURS[row["dsd_phase"]], lw=0)
         axis.grid(alpha=0.3)
-    accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], marker="o", color="tab:green")
-    accuracy_axis.set(ylabel="validation accuracy", title=f"{name}: Dense-Sparse-Dense phases")
+    figure_key = next(iter(headline_metrics(history[-1])), "val_loss")  # the task's figure
+    accuracy_axis.plot(epochs, [row.get(figure_key) for row in history], marker="o", color="tab:green")
+    accuracy_axis.set(ylabel=figure_key.replace("_", " "), title=f"{name}: Dense-Sparse-Dense phases")
     sparsity_axis = accuracy_axis.twinx()
     sparsity_axis.step(epochs, [row["sparsity"] for row in history], where="mid", color="tab:red", ls="--")
     sparsity_axis.set(ylabel="measured sparsity", ylim=(0, 1))

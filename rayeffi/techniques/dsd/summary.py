@@ -5,6 +5,8 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any
 
+from rayeffi.task import headline_metrics
+
 
 def summarise(config: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rounds": phase_summaries(history)}
@@ -32,7 +34,7 @@ def phase_summaries(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "lr": last["lr"],
             "train_loss": last["train_loss"],
             "val_loss": last["val_loss"],
-            "val_accuracy": last["val_accuracy"],
+            **headline_metrics(last),
         }
         for key in ("kd_soft_loss", "kd_ce_loss"):
             if key in last:

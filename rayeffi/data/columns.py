@@ -1,0 +1,102 @@
+"""The user's columns -> the two columns every worker reads, ``features`` and ``label``.
+
+One function, :func:`normalise`, used by the Ray Data read (``ray_datasets.py``, on Ray's
+workers, batch by batch) and by the driver's sample rows for the model check, so both
+see exactly the same tensors:
+
+- rows of numbers (``classification``, ``regression``): ``features`` a fixed-width
+  float32 list; ``label`` int64 classes, or a fixed-width float32 list of targets;
+- token sequences (``language_modeling``, ``token_classification``): ``features`` a
+  fixed-width int64 list of ``seq_len`` token ids, **padded at the end** with
+  ``pad_token_id`` (or cut); ``label`` int64 of the same width: the per-token label
+  column, or for a language model without one the inputs shifted by one (position ``t``
+  predicts token ``t + 1``). Padding and the position after a row's last token hold
+  ``ignore_index``, so they score nothing. Rows are padded, not packed: a row never
+  attends across another row's tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FEATURES, LABEL = "features", "label"
+"""Column names every worker reads, whatever the user's Parquet calls them."""
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """How one batch of the user's columns becomes ``features`` and ``label``."""
+
+    feature_column: str
+    label_column: str | None
+    """None: a language model's labels are its inputs shifted by one."""
+    kind: str = "rows"
+    """``rows`` (numbers per row), ``tokens`` (token sequences) or ``regression``."""
+    width: int = 1
+    """Features per row, or ``seq_len`` tokens."""
+    label_width: int = 1
+    """Regression: targets per row."""
+    pad_token_id: int = 0
+    ignore_index: int = -100
+    extra_columns: tuple[str, ...] = ()
+    """Carried as they are (e.g. cached teacher logits)."""
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.feature_column, *([self.label_column] if self.label_column else []), *self.extra_columns]
+
+
+def normalise(batch: pa.Table, layout: ColumnLayout) -> pa.Table:
+    """``features`` / ``label`` (and the extra columns) as the workers read them."""
+    if layout.kind == "tokens":
+        tokens = _column(batch, layout.feature_column)
+        features = _padded(tokens, layout.width, 0, layout.pad_token_id)
+        if layout.label_column is None:
+            labels = _padded(tokens, layout.width, 1, layout.ignore_index)  # next token; the last scores nothing
+        else:
+            labels = _padded(_column(batch, layout.label_column), layout.width, 0, layout.ignore_index)
+        columns = {FEATURES: _fixed(features, pa.int64()), LABEL: _fixed(labels, pa.int64())}
+    else:
+        features = _fixed_floats(_column(batch, layout.feature_column), layout.width)
+        label = _column(batch, layout.label_column)
+        if layout.kind == "regression":
+            columns = {FEATURES: features, LABEL: _fixed_floats(label, layout.label_width)}
+        else:
+            columns = {FEATURES: features, LABEL: label.cast(pa.int64())}
+    return pa.table({**columns, **{name: batch[name] for name in layout.extra_columns}})
+
+
+def _column(batch: pa.Table, name: str) -> pa.Array:
+    column = batch[name]
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _fixed_floats(values: pa.Array, width: int) -> pa.Array:
+    target = pa.list_(pa.float32(), width)
+    if values.type == target:
+        return values
+    if pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
+        flat = pc.list_flatten(values)
+    else:  # one number per row
+        flat = values
+    return pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), width)
+
+
+def _padded(lists: pa.Array, width: int, offset: int, fill: int) -> np.ndarray:
+    """``[rows, width]`` int64: each row's values from ``offset`` on, cut to ``width``, ``fill`` after."""
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    out = np.full((len(lengths), width), fill, dtype=np.int64)
+    positions = np.arange(width)
+    present = positions[None, :] < np.clip(lengths - offset, 0, width)[:, None]
+    out[present] = flat[(starts[:, None] + offset + positions[None, :])[present]]
+    return out
+
+
+def _fixed(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), type=value_type), matrix.shape[1])
