@@ -56,10 +56,13 @@ def attach_input_cast(model: nn.Module, input_dtype: str = "auto") -> nn.Module:
     return model
 
 
-def _failure(name: str, what: str, exc: BaseException) -> UserError:
+def _failure(name: str, what: str, exc: BaseException, inputs: torch.Tensor | None = None) -> UserError:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     fix = "fix the model's forward, or pick another model"
-    if "Long" in message or "indices" in message or "scalar type" in message:
+    if inputs is not None and not inputs.is_floating_point() and ("dtype" in message or "Long" in message):
+        fix = ("the data are int64 token ids but the model's first layer takes floats: give a model that starts "
+               "with an embedding (e.g. model.name: lm)")
+    elif "Long" in message or "indices" in message or "scalar type" in message:
         fix = "it expects token ids: set model.input_dtype: int64"
     elif "index out of range" in message:
         fix = "a token id is outside its embedding: raise the vocabulary size (model.kwargs) above the largest feature"
@@ -89,7 +92,7 @@ def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Te
             try:
                 outputs = model(inputs)
             except Exception as exc:  # any forward failure is the user's model: one line, not a traceback
-                raise _failure(name, "forward", exc) from None
+                raise _failure(name, "forward", exc, inputs) from None
             try:
                 logits = logits_of(outputs)
             except TypeError as exc:

@@ -24,6 +24,7 @@ class Rule:
     strategy: str = ANY
     precisions: tuple[str, ...] = (ANY,)
     technique: str = ANY
+    tasks: tuple[str, ...] = (ANY,)
     when: Callable[[Any], bool] | None = None
     """A further condition on the stage (None: the slots alone decide)."""
 
@@ -37,18 +38,24 @@ class Rule:
     def matches(self, stage: Any) -> bool:
         techniques = {config.name for config in stage.technique_configs}
         return (self.matches_slots(stage.parallel.strategy, stage.precision.policy, techniques)
+                and (ANY in self.tasks or stage.task.name in self.tasks)
                 and (self.when is None or self.when(stage)))
 
     def describe(self) -> str:
         slots = [f"parallel.strategy {self.strategy}" if self.strategy != ANY else "",
                  f"precision {'/'.join(self.precisions)}" if ANY not in self.precisions else "",
-                 f"technique {self.technique}" if self.technique != ANY else ""]
+                 f"technique {self.technique}" if self.technique != ANY else "",
+                 f"task {'/'.join(self.tasks)}" if ANY not in self.tasks else ""]
         return " with ".join(slot for slot in slots if slot)
 
 
 def _sharded_intra_layer(stage: Any) -> bool:
     config = stage.parallel
     return (config.conv == "channels" and stage.model.name == "cnn") or config.fc == "split"
+
+
+def _caches_teacher_logits(stage: Any) -> bool:
+    return any(getattr(config, "cache", False) for config in stage.technique_configs)
 
 
 def _has_hints(stage: Any) -> bool:
@@ -76,6 +83,16 @@ RULES: tuple[Rule, ...] = (
     Rule(technique="distill", precisions=("fp16-master",), when=_has_hints,
          reason="hints are not supported (hint adapters join the optimizer after the FP32 masters are made)",
          fix="use fp32, bf16 or fp16, or remove the hints"),
+    Rule(strategy="intra_layer", tasks=("language_modeling", "token_classification", "regression"),
+         reason="splits the layers of one-class-per-row MLPs and CNNs only",
+         fix="use parallel.strategy=data_parallel or pipeline for this task"),
+    Rule(technique="distill", tasks=("regression",),
+         reason="distils class distributions (a teacher's soft targets), which a regression has none of",
+         fix="use task classification, or train the student without distill"),
+    Rule(technique="distill", tasks=("language_modeling", "token_classification"), when=_caches_teacher_logits,
+         reason="caches one row of teacher logits per example, and per-token logits are seq_len x vocabulary "
+                "per row",
+         fix="set distill.cache: false (the teacher runs in the step)"),
 )
 """Every forbidden combination; anything not listed here runs."""
 

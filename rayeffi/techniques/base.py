@@ -14,11 +14,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from rayeffi.task import CLASSIFICATION, Task
+
 
 class Technique:
     """A no-op technique: the default for every hook."""
 
     name = "technique"
+    task: Task = CLASSIFICATION
+    """The stage's task (``task.py``), set by ``worker/build.py: assemble`` before :meth:`setup`."""
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Once, after model, strategy and optimizer exist (e.g. load a teacher).

@@ -48,6 +48,7 @@ def assemble(
     """The step's parts, with every slot set up in order."""
     model, optimizer = strategy.setup(model, precision, make_optimizer)  # the strategy owns the precision
     for technique in techniques:  # entered in list order, torn down in reverse
+        technique.task = task
         technique.setup(strategy.unwrap(model), optimizer)
     return StepParts(model, optimizer, strategy, list(techniques), task)
 

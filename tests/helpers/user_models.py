@@ -96,3 +96,20 @@ class _DictOutput(nn.Module):
 
 def dict_output(num_features, num_classes, image_shape=None):
     return _DictOutput(num_features, num_classes)
+
+
+class Tagger(nn.Module):
+    """A label per token: embedding, a GRU over the sequence, a linear layer per position."""
+
+    def __init__(self, vocab_size: int, num_classes: int, width: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.rnn = nn.GRU(width, width, batch_first=True)
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, ids):
+        return self.out(self.rnn(self.embed(ids))[0])
+
+
+def tagger(num_features, num_classes, image_shape=None, vocab_size=None):
+    return Tagger(vocab_size, num_classes)

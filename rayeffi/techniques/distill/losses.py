@@ -44,6 +44,15 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
+def real_positions(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                   ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token distillation: ``[N, T, V]`` logits -> ``[M, V]`` at the ``M`` scored positions
+    (padding masked), so :func:`soft_target_loss` averages the KL over real tokens. A teacher
+    ensemble's ``[K, N, T, V]`` becomes ``[K, M, V]``."""
+    keep = targets != ignore_index
+    return student_logits[keep], teacher_logits[..., keep, :]
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

@@ -17,7 +17,7 @@ from torch import nn
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.techniques.base import Technique
-from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, soft_target_loss
+from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, real_positions, soft_target_loss
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.task import logits_of
 
@@ -115,6 +115,8 @@ class Distillation(Technique):
         config = self.config
         teacher_logits = self._teacher_logits(inputs, extras)
         hint = self._hint_loss() if config.hints and (self.hints_only or config.hint_epochs == 0) else None
+        if self.task.per_token and not self.hints_only:  # per-token KD: the KL at each real position
+            outputs, teacher_logits = real_positions(outputs, teacher_logits, targets, self.task.ignore_index)
         soft = None if self.hints_only else soft_target_loss(outputs, teacher_logits, config.temperature)
         zero = torch.zeros((), dtype=torch.float64, device=self._sums.device)
         self._sums += torch.stack([  # on the device: no host sync per step
