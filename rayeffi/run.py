@@ -144,6 +144,13 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
             "checkpoint file: give 'previous', a stage name or a path"
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data", stage.task)
+    augment = stage.data.augment
+    if augment.active and source.info.image_shape is None:
+        raise UserError(f"stages.{stage.name}.data.augment works on images, and this data has no image shape: "
+                        "set data.image_shape=[channels, height, width] or remove data.augment")
+    if augment.mean is not None and len(augment.mean) != source.info.image_shape[0]:
+        raise UserError(f"stages.{stage.name}.data.augment.mean has {len(augment.mean)} values but the images have "
+                        f"{source.info.image_shape[0]} channels: give one mean and std per channel")
     _check_model_contract(stage, source)
     _check_checkpoint_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:

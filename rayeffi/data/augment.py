@@ -73,3 +73,35 @@ class Augment:
             flip = torch.rand(num_images, generator=generator) < 0.5
             images = horizontal_flip(images, flip)
         return images
+
+
+class RowAugment:
+    """:class:`Augment` and :func:`normalise` on the flat feature rows a worker reads.
+
+    Rows ``[N, C*H*W]`` are viewed as images ``image_shape``. Training batches get the
+    random crops and flips, drawn from a generator seeded by ``(seed, epoch, rank)`` (the
+    same draws for a worker restarted at that epoch); validation batches are only
+    normalised. ``mean``/``std`` None: no normalisation.
+    """
+
+    def __init__(self, augment: Augment, image_shape: tuple[int, int, int], seed: int, rank: int,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        self.augment, self.image_shape = augment, tuple(image_shape)
+        self.seed, self.rank = seed, rank
+        self.mean, self.std = mean, std
+        self.generator = torch.Generator()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed((self.seed * 1_000_003 + epoch) * 1009 + self.rank)
+
+    def train(self, rows: torch.Tensor) -> torch.Tensor:
+        images = self.augment(rows.reshape(rows.shape[0], *self.image_shape), self.generator)
+        return self._normalised(images).reshape(rows.shape)
+
+    def eval(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return rows
+        return self._normalised(rows.reshape(rows.shape[0], *self.image_shape)).reshape(rows.shape)
+
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.mean is None else normalise(images, self.mean, self.std)

@@ -32,6 +32,7 @@ from rayeffi.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
 from rayeffi.device import choose_device, to_device
 from rayeffi.worker.build import build_worker
+from rayeffi.worker.loop import row_augment
 from rayeffi.worker.batches import ShardBatches
 from rayeffi.worker.step import eval_step, train_step
 
@@ -89,6 +90,7 @@ class GradientWorker:
         self.batch_size = stage.data.batch_size // stage.scaling.num_workers
         # the shard in memory once read, if it is small (Ray Data costs milliseconds per batch)
         self.batches = ShardBatches(train_shard, self.batch_size, train_shard.size_bytes())
+        self.augment = row_augment(stage, spec.info, spec.index)  # data.augment, or None
         torch.manual_seed(stage.seed + 1 + spec.index)  # dropout differs per worker
 
     # -- talking to the shards --------------------------------------------------------
@@ -148,6 +150,8 @@ class GradientWorker:
         num_batches = -(-self.train_shard.count() // self.batch_size)
         loss_sum, rows, scored, steps = 0.0, 0, 0, 0
         start = time.perf_counter()
+        if self.augment is not None:
+            self.augment.start_epoch(epoch)
         for step, batch in enumerate(self._train_batches(epoch)):
             if step < skip:
                 continue
@@ -155,6 +159,8 @@ class GradientWorker:
             if step == skip or (config.mode == "async" and step % config.push_every and step % config.fetch_every == 0):
                 self._pull(min_version=round_ or 0)  # first step, or a fetch inside a push span
             inputs, targets, extras = self._on_device(batch)
+            if self.augment is not None:
+                inputs = self.augment.train(inputs)
             loss = train_step(self.parts, inputs, targets, extras)
             loss_sum += loss.item() * len(targets)
             rows += len(targets)
@@ -179,6 +185,8 @@ class GradientWorker:
         sums = torch.zeros(3, dtype=torch.float64)
         for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
             inputs, targets, _ = self._on_device(batch)
+            if self.augment is not None:
+                inputs = self.augment.eval(inputs)
             sums += eval_step(self.parts, inputs, targets).cpu()
         return sums.tolist()
 

@@ -65,6 +65,32 @@ class TaskConfig(Section):
         return self.name in ("language_modeling", "token_classification")
 
 
+class AugmentConfig(Section):
+    """Seeded image augmentation on the workers (``data/augment.py``); images only
+    (``data.image_shape``, or the built-in digits and MNIST)."""
+
+    crop_padding: int = Field(0, ge=0)
+    """Training: a random crop of the original size from the image zero-padded by this
+    many pixels on each side (0: off)."""
+    horizontal_flip: bool = False
+    """Training: flip each image left-right with probability 0.5 (not for digits: a
+    mirrored 2 is not a 2)."""
+    mean: tuple[float, ...] | None = None
+    """Per-channel mean subtracted from training and validation images alike."""
+    std: tuple[PositiveFloat, ...] | None = None
+    """Per-channel standard deviation the images are divided by (with ``mean``)."""
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> AugmentConfig:
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+            raise ValueError("data.augment.mean and std go together, one number per channel each")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.crop_padding or self.horizontal_flip or self.mean is not None)
+
+
 class DataConfig(Section):
     """Where the examples come from and how they are batched."""
 
@@ -107,6 +133,9 @@ class DataConfig(Section):
     max_samples: PositiveInt | None = None
     """Use at most this many training rows (``--smoke`` sets it)."""
     shuffle: bool = True
+    augment: AugmentConfig = AugmentConfig()
+    """Seeded image augmentation on the workers: random crops and flips for training,
+    per-channel normalisation for both splits (off by default)."""
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
 
     @model_validator(mode="after")

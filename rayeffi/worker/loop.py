@@ -18,6 +18,7 @@ import ray.train.torch
 import torch
 
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
+from rayeffi.data.augment import Augment, RowAugment
 from rayeffi.data.info import DatasetInfo
 from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
 from rayeffi.device import choose_device, to_device
@@ -62,6 +63,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
                            "devices": devices})
     layout = stage.data_layout  # the same layout the driver split the datasets by
+    augment = row_augment(stage, spec.info, rank)
     train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size)
     val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size)
     try:
@@ -69,8 +71,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
-            train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch))
-            val_sums = _evaluate(parts, val)
+            train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch),
+                                               augment)
+            val_sums = _evaluate(parts, val, augment)
             scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
             train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count = totals.tolist()  # the epoch's one host sync
@@ -118,7 +121,17 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
     return report
 
 
-def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None):
+def row_augment(stage: StageConfig, info: DatasetInfo, rank: int) -> RowAugment | None:
+    """The stage's image augmentation on this worker (``data.augment``), or None."""
+    config = stage.data.augment
+    if not config.active or info.image_shape is None:
+        return None
+    return RowAugment(Augment(config.crop_padding, config.horizontal_flip), info.image_shape, stage.seed, rank,
+                      config.mean, config.std)
+
+
+def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None,
+                 augment: RowAugment | None = None):
     """Returns ``[loss_sum, num_rows, num_scored]`` for this worker (on its device) and the epoch's training seconds."""
     parts.model.train()
     device = parts.strategy.device
@@ -128,8 +141,12 @@ def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, ep
     seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
     start = time.perf_counter()
     non_finite = 0  # consecutive non-finite losses
+    if augment is not None:
+        augment.start_epoch(epoch)
     for step, batch in enumerate(batches.epoch(seed)):
         inputs, targets, extras = _on_device(batch, device, parts.task)
+        if augment is not None:
+            inputs = augment.train(inputs)  # on the device, before the strategy picks its rows
         inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
         loss = train_step(parts, inputs, targets, extras)
         non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1  # host sync: the step must decide
@@ -153,12 +170,14 @@ def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task)
     return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
 
 
-def _evaluate(parts: StepParts, batches: ShardBatches) -> torch.Tensor:
+def _evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None = None) -> torch.Tensor:
     """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, on its device."""
     parts.model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=parts.strategy.device)  # on the device: no host sync
     for batch in batches.epoch(None):
         inputs, targets, _ = _on_device(batch, parts.strategy.device, parts.task)
+        if augment is not None:
+            inputs = augment.eval(inputs)  # normalisation only
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
         sums += eval_step(parts, inputs, targets).to(sums.device, torch.float64)
     return sums

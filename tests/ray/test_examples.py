@@ -6,6 +6,7 @@ below reuse the smoke runs of their examples whichever test runs first.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from rayeffi.cli import main
 from rayeffi.recipe import load_recipe
 from rayeffi.run import run_recipe
+from rayeffi.task import headline_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -35,7 +37,16 @@ def smoke_run(tmp_path_factory):
 
 
 def test_there_are_examples():
-    assert {"quickstart", "cnn_finetune", "dsd", "dsd_tune"} <= set(EXAMPLES)
+    assert {"quickstart", "cnn_finetune", "dsd", "dsd_tune", "language_model", "mnist_cnn"} <= set(EXAMPLES)
+
+
+def test_the_language_model_example_reports_perplexity_and_measured_sparsity(smoke_run):
+    _, summary = smoke_run("language_model")
+    for stage in summary["stages"]:
+        assert "val_perplexity" in stage["metrics"] and "val_accuracy" not in stage["metrics"]
+    prune = next(stage for stage in summary["stages"] if stage["name"] == "prune")
+    sparse = [phase for phase in prune["rounds"] if phase["phase"] == "sparse"]
+    assert sparse and abs(sparse[0]["measured_sparsity"] - 0.5) < 0.01
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
@@ -48,7 +59,10 @@ def test_example_runs_at_smoke_size(name, smoke_run):
     assert [s["name"] for s in summary["stages"]] == [s.name for s in recipe.stages]
     for stage in summary["stages"]:
         assert Path(stage["checkpoint"]).is_file()
-        assert 0.0 <= stage["metrics"]["val_accuracy"] <= 1.0
+        figures = headline_metrics(stage["metrics"])  # the task's: accuracy, perplexity, ...
+        assert figures and all(math.isfinite(value) for value in figures.values())
+        if "val_accuracy" in figures:
+            assert 0.0 <= figures["val_accuracy"] <= 1.0
         if "trials" not in stage:  # a tuned stage's epochs depend on its best trial's schedule
             assert len(stage["history"]) == recipe.stage(stage["name"]).total_epochs
 

@@ -72,3 +72,24 @@ def test_negative_padding_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="crop_padding is -1"):
         Augment(crop_padding=-1)
 
+
+
+def test_row_augment_draws_per_seed_epoch_and_rank_and_only_normalises_validation():
+    from rayeffi.data.augment import RowAugment
+
+    rows = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 108)
+
+    def draw(seed, epoch, rank, mean=None, std=None):
+        augment = RowAugment(Augment(crop_padding=2, horizontal_flip=True), (3, 6, 6), seed, rank, mean, std)
+        augment.start_epoch(epoch)
+        return augment, augment.train(rows)
+
+    _, first = draw(0, 1, 0)
+    assert first.shape == rows.shape
+    assert torch.equal(first, draw(0, 1, 0)[1])  # a restarted worker draws the same
+    assert not torch.equal(first, draw(0, 2, 0)[1]) and not torch.equal(first, draw(0, 1, 1)[1])
+    plain, _ = draw(0, 1, 0)
+    assert torch.equal(plain.eval(rows), rows)  # validation: no crops, no flips
+    normalised, _ = draw(0, 1, 0, mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0))
+    expected = (rows.reshape(2, 3, 6, 6) - torch.tensor([1.0, 2.0, 3.0])[None, :, None, None]) / 2.0
+    assert torch.equal(normalised.eval(rows), expected.reshape(2, 108))

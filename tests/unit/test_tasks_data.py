@@ -113,6 +113,15 @@ def test_each_task_trains_end_to_end_in_local_mode(tmp_path, capsys):
             assert history[-1]["tokens_per_s"] > 0
 
 
+def test_mnist_with_augmentation_trains_a_cnn_in_local_mode(tmp_path, capsys):
+    code, captured = _run(tmp_path, capsys, "data: {dataset: mnist, batch_size: 32, max_samples: 512, augment: "
+                          "{crop_padding: 2, mean: [0.13], std: [0.31]}}\nmodel: {name: cnn, channels: [8, 16]}\n"
+                          "optimizer: {name: adam, lr: 0.003}\n" + LOCAL)
+    assert code == 0, captured.err
+    history = json.loads((tmp_path / "out" / "summary.json").read_text())["stages"][0]["history"]
+    assert history[-1]["val_accuracy"] > 0.5  # 512 augmented digits, 2 epochs: well above chance (0.1)
+
+
 @pytest.fixture
 def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
@@ -169,6 +178,10 @@ def _bad_inputs(tmp_path):
             lm.replace("{name: lm, d_model: 16, num_layers: 1, num_heads: 2}", "{name: mlp}")
             + "data: {dataset: text, seq_len: 8}\n", "starts with an embedding"),
         "unknown task": ("task: translation\n", "task"),
+        "augmentation without images": ("data: {dataset: synthetic, augment: {crop_padding: 2}}\n",
+                                        "data.augment works on images"),
+        "normalisation of the wrong channels": (
+            "data: {dataset: mnist, augment: {mean: [0.1, 0.2], std: [1, 1]}}\n", "one mean and std per channel"),
     }
 
 
