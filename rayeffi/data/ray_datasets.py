@@ -22,6 +22,8 @@ def build_ray_datasets(source: DataSource, config: DataConfig, seed: int) -> dic
         train, val = train.train_test_split(test_size=config.val_fraction, shuffle=True, seed=seed)
     if config.max_samples is not None:
         train = train.limit(config.max_samples)
+    if config.max_val_samples is not None:
+        val = val.limit(config.max_val_samples)
     return {"train": train.materialize(), "val": val.materialize()}
 
 

@@ -126,6 +126,7 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
             f"values but each row of {train} has {num_features}: fix data.image_shape"
         )
     _check_enough_rows(num_train, train, config)
+    num_val = min(num_val, config.max_val_samples or num_val)
     info = DatasetInfo(num_features, num_classes, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column, label_column, "rows", num_features)
     return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
@@ -153,6 +154,7 @@ def _inspect_regression(train, val, feature_column, label_column, image_shape, c
     if config.max_samples is not None:
         num_train = min(num_train, config.max_samples)
     _check_enough_rows(num_train, train, config)
+    num_val = min(num_val, config.max_val_samples or num_val)
     info = DatasetInfo(num_features, num_targets, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column, label_column, "regression", num_features, num_targets)
     return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
@@ -210,6 +212,7 @@ def _inspect_tokens(train, val, token_column, label_column, task: TaskConfig, co
     if config.max_samples is not None:
         num_train = min(num_train, config.max_samples)
     _check_enough_rows(num_train, train, config)
+    num_val = min(num_val, config.max_val_samples or num_val)
     info = DatasetInfo(seq_len, num_classes, None, num_train, num_val, vocab_size=vocab_size)
     layout = ColumnLayout(token_column, label_column if explicit else None, "tokens", seq_len,
                           pad_token_id=config.pad_token_id, ignore_index=task.ignore_index)

@@ -20,6 +20,7 @@ from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
 
 SMOKE_MAX_EPOCHS = 2
 SMOKE_MAX_SAMPLES = 512
+SMOKE_MAX_VAL_SAMPLES = 256
 SMOKE_MAX_TRIALS = 2
 SMOKE_MAX_WORKERS = 2
 
@@ -229,6 +230,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 def _smoke_stage(stage: StageConfig) -> StageConfig:
     raw = stage.smoke_raw(stage.model_dump(), SMOKE_MAX_EPOCHS)
     raw["data"]["max_samples"] = min(stage.data.max_samples or SMOKE_MAX_SAMPLES, SMOKE_MAX_SAMPLES)
+    raw["data"]["max_val_samples"] = min(stage.data.max_val_samples or SMOKE_MAX_VAL_SAMPLES, SMOKE_MAX_VAL_SAMPLES)
     raw["data"]["synthetic"]["num_samples"] = min(stage.data.synthetic.num_samples, SMOKE_MAX_SAMPLES)
     raw["scaling"]["num_workers"] = stage.parallel.smoke_num_workers(stage.scaling.num_workers, SMOKE_MAX_WORKERS)
     if stage.tune is not None:

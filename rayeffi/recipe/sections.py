@@ -132,6 +132,8 @@ class DataConfig(Section):
     """Global batch size: split evenly across the data-parallel workers."""
     max_samples: PositiveInt | None = None
     """Use at most this many training rows (``--smoke`` sets it)."""
+    max_val_samples: PositiveInt | None = None
+    """Validate on at most this many rows (``--smoke`` sets it)."""
     shuffle: bool = True
     augment: AugmentConfig = AugmentConfig()
     """Seeded image augmentation on the workers: random crops and flips for training,
