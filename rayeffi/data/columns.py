@@ -6,6 +6,9 @@ see exactly the same tensors:
 
 - rows of numbers (``classification``, ``regression``): ``features`` a fixed-width
   float32 list; ``label`` int64 classes, or a fixed-width float32 list of targets;
+- encoded images (a PNG/JPEG bytes column, or the files of an image folder): decoded
+  here, on Ray Data's workers, to ``features`` float32 ``C*H*W`` in ``[0, 1]``; the label
+  is the label column, or for an image folder the index of the file's class folder;
 - token sequences (``language_modeling``, ``token_classification``): ``features`` a
   fixed-width int64 list of ``seq_len`` token ids, **padded at the end** with
   ``pad_token_id`` (or cut); ``label`` int64 of the same width: the per-token label
@@ -44,15 +47,58 @@ class ColumnLayout:
     ignore_index: int = -100
     extra_columns: tuple[str, ...] = ()
     """Carried as they are (e.g. cached teacher logits)."""
+    image_shape: tuple[int, int, int] | None = None
+    """``images``: ``[C, H, W]`` every image decodes to (C 1: grayscale, 3: RGB)."""
+    class_names: tuple[str, ...] = ()
+    """An image folder's classes (sorted folder names): a file's label is its folder's index."""
 
     @property
     def columns(self) -> list[str]:
         return [self.feature_column, *([self.label_column] if self.label_column else []), *self.extra_columns]
 
 
+PATH = "path"
+"""The file path column of an image folder read (``ray.data.read_binary_files(include_paths=True)``)."""
+
+
+def class_of(path: str) -> str:
+    """An image folder file's class: the name of the folder it is in."""
+    return path.replace("\\", "/").rsplit("/", 2)[-2]
+
+
+def image_mode(channels: int) -> str:
+    return "L" if channels == 1 else "RGB"
+
+
+def decode_images(encoded: list[bytes], image_shape: tuple[int, int, int]) -> np.ndarray:
+    """PNG/JPEG/... bytes -> ``[N, C*H*W]`` float32 in ``[0, 1]`` (channels first)."""
+    import io
+
+    from PIL import Image
+
+    channels, height, width = image_shape
+    out = np.empty((len(encoded), channels * height * width), dtype=np.float32)
+    for row, data in enumerate(encoded):
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert(image_mode(channels)), dtype=np.float32) / 255.0
+        if pixels.shape[:2] != (height, width):
+            raise ValueError(f"an image is {pixels.shape[1]}x{pixels.shape[0]}, not {width}x{height} (data.image_shape)")
+        out[row] = (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)).reshape(-1)
+    return out
+
+
 def normalise(batch: pa.Table, layout: ColumnLayout) -> pa.Table:
     """``features`` / ``label`` (and the extra columns) as the workers read them."""
-    if layout.kind == "tokens":
+    if layout.kind == "images":
+        features = _fixed(decode_images(_column(batch, layout.feature_column).to_pylist(), layout.image_shape),
+                          pa.float32())
+        if layout.class_names:
+            classes = {name: index for index, name in enumerate(layout.class_names)}
+            labels = pa.array([classes[class_of(path)] for path in batch[PATH].to_pylist()], type=pa.int64())
+        else:
+            labels = _column(batch, layout.label_column).cast(pa.int64())
+        columns = {FEATURES: features, LABEL: labels}
+    elif layout.kind == "tokens":
         tokens = _column(batch, layout.feature_column)
         features = _padded(tokens, layout.width, 0, layout.pad_token_id)
         if layout.label_column is None:

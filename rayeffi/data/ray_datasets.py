@@ -15,8 +15,13 @@ def build_ray_datasets(source: DataSource, config: DataConfig, seed: int) -> dic
     Materializing also keeps Ray Data tasks from competing with the Train workers for
     CPUs mid-run (a full Train run on a small machine otherwise starves them).
     """
-    train = _read(source.train_path, source.columns(extra=True))
-    if source.val_path is not None:
+    if source.train_files:  # an image folder: the files' bytes, decoded on Ray Data's workers
+        train = _read_files(source.train_files, source.columns(extra=True))
+    else:
+        train = _read(source.train_path, source.columns(extra=True))
+    if source.val_files:
+        val = _read_files(source.val_files, source.columns(extra=False))
+    elif source.val_path is not None:
         val = _read(source.val_path, source.columns(extra=False))
     else:
         train, val = train.train_test_split(test_size=config.val_fraction, shuffle=True, seed=seed)
@@ -25,6 +30,11 @@ def build_ray_datasets(source: DataSource, config: DataConfig, seed: int) -> dic
     if config.max_val_samples is not None:
         val = val.limit(config.max_val_samples)
     return {"train": train.materialize(), "val": val.materialize()}
+
+
+def _read_files(files: tuple[str, ...], layout: ColumnLayout) -> ray.data.Dataset:
+    dataset = ray.data.read_binary_files(list(files), include_paths=True)  # columns: bytes, path
+    return dataset.map_batches(normalise, batch_format="pyarrow", fn_kwargs={"layout": layout})
 
 
 def _read(path: str, layout: ColumnLayout) -> ray.data.Dataset:

@@ -94,12 +94,15 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     """Where the examples come from and how they are batched."""
 
-    dataset: Literal["digits", "mnist", "text", "parquet", "synthetic"] = "digits"
+    dataset: Literal["digits", "mnist", "text", "parquet", "image_folder", "synthetic"] = "digits"
     """``digits``: the 8x8 handwritten digits shipped with rayeffi (1,797 samples).
     ``mnist``: 5,000 real 28x28 MNIST digits shipped with rayeffi (4,000 train / 1,000
     validation). ``text``: a public-domain English book shipped with rayeffi, as byte
     tokens (vocabulary 256) in windows of ``seq_len`` (``task: language_modeling``).
-    ``parquet``: your own Parquet file or directory (``path``). ``synthetic``: generated."""
+    ``parquet``: your own Parquet file or directory (``path``); a feature column of
+    encoded image bytes (PNG, JPEG, ...) is decoded on the workers. ``image_folder``: a
+    directory of image files, one subfolder per class (``path``; torchvision's ImageFolder
+    layout). ``synthetic``: generated."""
     path: str | None = None
     """Parquet file or directory with the training rows (``dataset: parquet`` only)."""
     val_path: str | None = None
@@ -144,7 +147,9 @@ class DataConfig(Section):
     def _paths_match_dataset(self) -> DataConfig:
         if self.dataset == "parquet" and self.path is None:
             raise ValueError("data.dataset 'parquet' needs data.path: a Parquet file or directory")
-        if self.dataset != "parquet" and (self.path or self.val_path):
+        if self.dataset == "image_folder" and self.path is None:
+            raise ValueError("data.dataset 'image_folder' needs data.path: a folder with one subfolder per class")
+        if self.dataset not in ("parquet", "image_folder") and (self.path or self.val_path):
             raise ValueError(
                 f"data.path and data.val_path are only read for dataset 'parquet', "
                 f"not {self.dataset!r}: remove them or set data.dataset=parquet"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rayeffi.cli import main
+from rayeffi.data.image_folder import write_mnist_folder
 from rayeffi.recipe import load_recipe
 from rayeffi.run import run_recipe
 from rayeffi.task import headline_metrics
@@ -30,7 +31,12 @@ def smoke_run(tmp_path_factory):
     def run(name: str) -> tuple[Path, dict]:
         if name not in runs:
             out = tmp_path_factory.mktemp(name)
-            runs[name] = out, run_recipe(load_recipe(EXAMPLES[name], smoke=True), out)
+            recipe = load_recipe(EXAMPLES[name], smoke=True)
+            if name == "images_folder":  # its folder of PNGs, written as the example says
+                root = write_mnist_folder(out / "mnist_png", max_per_split=600)
+                recipe = load_recipe(EXAMPLES[name], [f"data.path={root / 'train'}", f"data.val_path={root / 'val'}"],
+                                     smoke=True)
+            runs[name] = out, run_recipe(recipe, out)
         return runs[name]
 
     return run
@@ -53,8 +59,8 @@ def test_the_language_model_example_reports_perplexity_and_measured_sparsity(smo
 def test_example_runs_at_smoke_size(name, smoke_run):
     if name.startswith("hf_"):
         pytest.importorskip("transformers", reason="the Hugging Face examples need transformers (the test extra)")
-    recipe = load_recipe(EXAMPLES[name], smoke=True)
     _, summary = smoke_run(name)
+    recipe = load_recipe(EXAMPLES[name], smoke=True)
     assert summary["status"] == "complete"
     assert [s["name"] for s in summary["stages"]] == [s.name for s in recipe.stages]
     for stage in summary["stages"]:
