@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "prune-distill: DSD with a distilling teacher against DSD alone")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
+    bench.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                       help="distill: the built-in 8x8 digits, or the 5,000 28x28 MNIST digits (Hinton's setting)")
     bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
     bench.add_argument("--device", choices=("cpu", "cuda"), help="precision: where to measure (default: cuda if present)")
