@@ -17,6 +17,13 @@ from rayeffi.recipe.models import Recipe, StageConfig
 
 BASE_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy", "samples_per_s", "epoch_s", "lr")
 """What every epoch of every stage reports (``worker/metrics.py: epoch_metrics``)."""
+TASK_METRICS = {
+    "classification": ("val_accuracy",),
+    "language_modeling": ("val_perplexity", "val_token_accuracy", "tokens_per_s"),
+    "token_classification": ("val_token_accuracy", "tokens_per_s"),
+    "regression": ("val_rmse",),
+}
+"""What each task adds to an epoch's metrics (``task.py``)."""
 LOSS_SCALED_METRICS = ("loss_scale", "skipped_steps", "grad_underflow_fp16")
 TECHNIQUE_METRICS = {
     "dsd": ("sparsity", "target_sparsity", "dsd_round"),
@@ -52,7 +59,7 @@ def check_recipe(recipe: Recipe) -> None:
 
 def reported_metrics(stage: StageConfig) -> list[str]:
     """The metric names an epoch of ``stage`` reports, which Tune can rank trials by."""
-    names = list(BASE_METRICS)
+    names = [name for name in BASE_METRICS if name != "val_accuracy"] + list(TASK_METRICS[stage.task.name])
     for config in stage.technique_configs:  # a kind's block and the techniques list alike
         names += TECHNIQUE_METRICS.get(config.name, ())
     names += STRATEGY_METRICS.get(stage.parallel.strategy, ())

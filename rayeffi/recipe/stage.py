@@ -157,6 +157,18 @@ class StageConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _tune_metric_of_the_task(cls, raw: Any) -> Any:
+        # Tune ranks by val_accuracy by default; a task without accuracy ranks by val_loss (lower is better)
+        if not isinstance(raw, dict) or not isinstance(raw.get("tune"), dict) or "metric" in raw["tune"]:
+            return raw
+        task = raw.get("task")
+        name = task.get("name") if isinstance(task, dict) else getattr(task, "name", task)
+        if name in ("language_modeling", "token_classification", "regression"):
+            return {**raw, "tune": {**raw["tune"], "metric": "val_loss", "mode": raw["tune"].get("mode", "min")}}
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
     def _strategy_resolves_raw(cls, raw: Any) -> Any:
         if not isinstance(raw, dict):
             return raw

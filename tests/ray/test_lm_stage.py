@@ -1,0 +1,97 @@
+"""A language model through real Ray: 2-worker Train (DDP) and the sync parameter server
+equal one process on the global batch; the pipeline and the image/quickstart paths run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rayeffi.checkpoint import load_checkpoint
+from rayeffi.data.info import DatasetInfo
+from rayeffi.models import build_model
+from rayeffi.recipe import load_recipe, validate_recipe
+from rayeffi.run import run_recipe
+from rayeffi.task import LanguageModeling
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+
+ROWS, SEQ_LEN, VOCAB, STEPS, LR, MOMENTUM = 64, 12, 16, 3, 0.5, 0.9
+MODEL = {"name": "lm", "d_model": 16, "num_layers": 1, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def token_rows(tmp_path_factory):
+    """Rows of SEQ_LEN + 1 tokens (every position scored, so each worker holds as many tokens)."""
+    root = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, VOCAB, ROWS)
+    rows = [[(start + i * step) % VOCAB for i in range(SEQ_LEN + 1)] for start, step in zip(starts, rng.integers(1, 3, ROWS))]
+    pq.write_table(pa.table({"ids": pa.array(rows)}), root / "train.parquet")
+    pq.write_table(pa.table({"ids": pa.array(rows[:16])}), root / "val.parquet")
+    return root
+
+
+def _recipe(root, parallel=None, num_workers=2):
+    return validate_recipe({
+        "seed": 0,
+        "task": "language_modeling",
+        "data": {"dataset": "parquet", "path": str(root / "train.parquet"), "val_path": str(root / "val.parquet"),
+                 "feature_column": "ids", "seq_len": SEQ_LEN, "vocab_size": VOCAB, "batch_size": ROWS,
+                 "shuffle": False},
+        "model": MODEL,
+        "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
+        "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 0.5}},
+        "parallel": parallel or {"strategy": "data_parallel"},
+        "stages": [{"name": "train", "kind": "train", "epochs": STEPS}],
+    })
+
+
+def _one_process(root):
+    """Full-batch SGD with momentum on every row, STEPS times, at seed 0."""
+    tokens = torch.tensor(pq.read_table(root / "train.parquet")["ids"].to_pylist())
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    torch.manual_seed(0)
+    model = build_model(_recipe(root).stages[0].model, DatasetInfo(SEQ_LEN, VOCAB, None, ROWS, 16, vocab_size=VOCAB))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    losses = []
+    for _ in range(STEPS):
+        loss = LanguageModeling().loss(model(inputs), labels)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict(), losses
+
+
+@pytest.mark.parametrize("parallel", [
+    {"strategy": "data_parallel"},
+    {"strategy": "param_server", "mode": "sync", "num_servers": 2, "server_optimizer": "momentum"},
+], ids=["ddp", "param-server-sync"])
+def test_language_model_matches_one_process(token_rows, tmp_path, parallel):
+    summary = run_recipe(_recipe(token_rows, parallel), tmp_path)
+    stage = summary["stages"][0]
+    reference, losses = _one_process(token_rows)
+    params = load_checkpoint(stage["checkpoint"])["model"]
+    for name, value in reference.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+    assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
+    assert stage["metrics"]["val_perplexity"] > 1 and "val_accuracy" not in stage["metrics"]
+
+
+def test_a_pipelined_language_model_runs_and_reports_perplexity(token_rows, tmp_path):
+    parallel = {"strategy": "pipeline", "num_stages": 2, "num_microbatches": 2}
+    summary = run_recipe(_recipe(token_rows, parallel), tmp_path)
+    metrics = summary["stages"][0]["metrics"]
+    assert 1 < metrics["val_perplexity"] < VOCAB and metrics["tokens_per_s"] > 0
+
+
+def test_quickstart_on_mnist_with_a_cnn_runs_at_smoke_size(tmp_path):
+    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    recipe = load_recipe(quickstart, ["data.dataset=mnist", "model.name=cnn"], smoke=True)
+    summary = run_recipe(recipe, tmp_path)
+    assert summary["status"] == "complete" and summary["stages"][0]["metrics"]["val_accuracy"] > 0.1
