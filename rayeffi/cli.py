@@ -116,13 +116,15 @@ def _run(args) -> int:
         diverged = HealthStop.take()
         if diverged:  # stopped by the driver's health check (rayeffi/health.py), not by the user
             raise UserError(diverged) from None
-        mark_interrupted(recipe, out, args.storage)
-        print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(recipe, out, args)
     except UserError:
         _remove_if_empty(out, created)  # a run refused before it started leaves no empty directory behind
         raise
     except Exception as exc:
+        if SIGNALLED.is_set():
+            # a terminal's Ctrl-C reaches the whole process group: Ray's own processes stop too, and
+            # the driver may see their end (an actor died) before or instead of its KeyboardInterrupt
+            return _interrupted(recipe, out, args)
         if not out.is_dir():  # deleted (or replaced) while the stages ran: the failure follows from that
             detail = (str(exc).strip().splitlines() or [""])[0][:200]
             raise UserError(f"--out {out}: the run directory was deleted while the run was going "
@@ -166,6 +168,10 @@ def _remove_if_empty(out: Path, first_created: Path | None) -> None:
         path = path.parent
 
 
+SIGNALLED = threading.Event()
+"""Set by the first Ctrl-C or SIGTERM of a run (whatever exception it then surfaces as)."""
+
+
 @contextlib.contextmanager
 def interrupts_as_keyboard_interrupt():
     """Ctrl-C (SIGINT) and SIGTERM both stop the run the same way, once.
@@ -176,6 +182,7 @@ def interrupts_as_keyboard_interrupt():
     whatever a harder kill leaves).
     """
     def stop(signum, frame):
+        SIGNALLED.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
@@ -183,12 +190,19 @@ def interrupts_as_keyboard_interrupt():
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
+    SIGNALLED.clear()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _interrupted(recipe, out: Path, args) -> int:
+    mark_interrupted(recipe, out, args.storage)
+    print(f"interrupted: resume with rayeffi run {_resume_command(args, out)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def mark_interrupted(recipe, out: Path, storage: str | None) -> None:
