@@ -53,3 +53,19 @@ def gpt2_classifier(num_features: int, num_classes: int, image_shape=None, vocab
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
     )
     return transformers.GPT2ForSequenceClassification(config)
+
+
+def gpt2_lm(num_features: int, num_classes: int, image_shape=None, vocab_size: int | None = None,
+            hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, dropout: float = 0.0):
+    """``GPT2LMHeadModel`` for ``task: language_modeling``: ``[N, T]`` ids -> ``[N, T, vocab]`` logits.
+
+    ``num_features`` is ``seq_len`` (its positions) and ``num_classes`` the vocabulary. Its
+    ``lm_head`` is tied to the token embedding, as GPT-2 ties them: DSD leaves the pair dense
+    (``techniques/dsd/layers.py``) rather than prune the embedding through the head.
+    """
+    transformers = _transformers()
+    config = transformers.GPT2Config(
+        vocab_size=vocab_size or num_classes, n_positions=num_features, n_embd=hidden_size, n_layer=num_layers,
+        n_head=num_heads, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+    )
+    return transformers.GPT2LMHeadModel(config)

@@ -69,3 +69,34 @@ def test_hf_model_trains_with_dsd_and_distillation_under_bf16(family, tmp_path):
     parts.model.eval()
     loss_sum, correct, _ = eval_step(parts, inputs, targets)
     assert torch.isfinite(loss_sum) and 0 <= correct <= len(targets)
+
+
+def test_hf_causal_lm_trains_as_a_language_model_with_dsd_and_per_token_kd(tmp_path):
+    """GPT2LMHeadModel as built: int64 ids in, a CausalLMOutput out, padded labels masked."""
+    lm_info = DatasetInfo(num_features=12, num_classes=20, image_shape=None, num_train=64, num_val=16, vocab_size=20)
+    name = "rayeffi.models.hf:gpt2_lm"
+    torch.manual_seed(5)
+    save_atomic({"model": build_model(ModelConfig(name=name), lm_info).state_dict()}, tmp_path / "teacher.pt")
+    stage = validate_recipe({
+        "task": "language_modeling", "model": {"name": name}, "data": {"batch_size": 16},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "stages": [{"name": "s", "kind": "train", "techniques": [
+            {"name": "dsd", "rounds": [0.5], "dense_epochs": 1, "sparse_epochs": 1, "redense_epochs": 0},
+            {"name": "distill", "teachers": [{"checkpoint": str(tmp_path / "teacher.pt"), "model": {"name": name}}],
+             "temperature": 2.0, "alpha": 0.5},
+        ]}],
+    }).stages[0]
+    parts, _ = build_worker(stage, lm_info, DataParallel())
+    assert parts.task.name == "language_modeling"
+    for technique in parts.techniques:
+        technique.on_epoch_start(1, parts.model, parts.optimizer)  # the sparse phase
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 20, (16, 12), generator=generator)
+    labels = torch.roll(ids, -1, dims=1)
+    labels[:8, 6:] = -100  # half the rows padded
+    losses = [train_step(parts, ids, labels).item() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    sums = eval_step(parts, ids, labels)
+    assert sums[2].item() == (labels != -100).sum().item()  # scored tokens only
+    dsd, distill = parts.techniques
+    assert dsd.metrics()["sparsity"] == pytest.approx(0.5, abs=1e-3) and "kd_soft_loss" in distill.metrics()
