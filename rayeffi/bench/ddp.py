@@ -2,7 +2,10 @@
 
 Both sides train the same MLP on the same synthetic rows with the same global batch
 and worker count; each side's steady-state step time is the median epoch time after
-the first epoch divided by steps per epoch. Printed: both times and their ratio.
+the first epoch divided by steps per epoch. Printed: both times and their ratio, for two
+workloads: ``small`` (MLP 256-1024-512-10, a step of ~10 ms on a CPU core, where any
+per-step overhead shows) and ``wide`` (MLP 256-2048-2048-10, a step of >= 50 ms, the
+regime real models train in). ``--quick`` runs ``small`` only.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from rayeffi.run import run_recipe
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 
 
-def bench_recipe(num_workers: int, quick: bool):
+WORKLOADS = {"small": (1024, 512), "wide": (2048, 2048)}
+
+
+def bench_recipe(num_workers: int, quick: bool, hidden: tuple[int, ...] = WORKLOADS["small"]):
     return validate_recipe({
         "name": "bench-ddp",
         "seed": 0,
         "data": {"dataset": "synthetic", "batch_size": 256, "shuffle": True,
                  "synthetic": {"num_samples": 4096 if quick else 16384, "num_features": 256,
                                "num_classes": 10, "num_shards": 4}},
-        "model": {"name": "mlp", "hidden_sizes": [1024, 512]},
+        "model": {"name": "mlp", "hidden_sizes": list(hidden)},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
         "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 1}},
         "stages": [{"name": "train", "kind": "train", "epochs": 3 if quick else 5}],
@@ -42,7 +48,14 @@ def steady_step_ms(epoch_seconds: list[float], steps_per_epoch: int) -> float:
 
 
 def run(args) -> None:
-    recipe = bench_recipe(args.workers, args.quick)
+    for name in (["small"] if args.quick else list(WORKLOADS)):
+        print(f"-- workload {name}", flush=True)
+        _run_workload(args, WORKLOADS[name])
+    _quickstart_wall_time()
+
+
+def _run_workload(args, hidden: tuple[int, ...]) -> None:
+    recipe = bench_recipe(args.workers, args.quick, hidden)
     stage = recipe.stages[0]
     with tempfile.TemporaryDirectory(prefix="rayeffi-bench-") as out:
         summary = run_recipe(recipe, out, echo=lambda line: None)
@@ -56,12 +69,16 @@ def run(args) -> None:
     info = DatasetInfo(stage.data.synthetic.num_features, stage.data.synthetic.num_classes, None, num_train, 0)
     native_ms = steady_step_ms(native_ddp_epoch_seconds(stage, info, max(args.workers, 1)), steps)
 
-    print(f"workload: MLP 256-1024-512-10, {num_train} synthetic rows, global batch {stage.data.batch_size}, "
+    widths = "-".join(str(width) for width in (256, *hidden, 10))
+    print(f"workload: MLP {widths}, {num_train} synthetic rows, global batch {stage.data.batch_size}, "
           f"{args.workers} workers, {stage.total_epochs} epochs ({steps} steps each)")
     print(f"rayeffi train stage : {rayeffi_ms:8.2f} ms/step (steady state, Ray Data input, DDP on gloo)")
     print(f"native PyTorch DDP  : {native_ms:8.2f} ms/step (torch.multiprocessing, in-memory tensors)")
     print(f"ratio rayeffi/native: {rayeffi_ms / native_ms:8.2f}x")
-    print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)")
+    print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)", flush=True)
+
+
+def _quickstart_wall_time() -> None:
     if QUICKSTART.is_file():
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="rayeffi-quickstart-") as out:
