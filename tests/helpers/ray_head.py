@@ -80,7 +80,9 @@ def start_head(num_cpus: int, resources: dict[str, float] | None = None, timeout
     command += [item for option, port in ports.items() for item in (option, str(port))]
     if resources:
         command += ["--resources", json.dumps(resources)]
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+    # a job's entrypoint runs `python ...` on the head: this interpreter, activated venv or not
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    process = subprocess.Popen(command, env={**os.environ, **env, "PATH": path}, stdout=subprocess.DEVNULL,
                                stderr=open(temp_dir / "ray-start.log", "w"), start_new_session=True)
     head = RayHead(process, temp_dir, f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", env)
     deadline = time.time() + timeout_s
