@@ -9,9 +9,13 @@ stage module but ``stages/base.py``.
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
+
+import ray
 
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -73,13 +77,22 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
         local_mode=local_mode,
     )
     start = time.perf_counter()
+    trainer = build_trainer(stage, context, spec)
+    # Ray Train's fit() replaces the driver's SIGINT handler with its own, which aborts the run
+    # and then exits the process (status 1, no message) when the controller is already gone, as
+    # it is after a terminal's Ctrl-C reaches the whole process group: keep rayeffi's instead
+    trainer._register_sigint_handler = _abort_then_interrupt
+    previous = signal.getsignal(signal.SIGINT)
     try:
-        result = build_trainer(stage, context, spec).fit()
+        result = trainer.fit()
     except Exception as exc:
         user_error = find_user_error(exc)  # e.g. a diverged loss: one error line, not a Ray traceback
         if user_error is None:
             raise
         raise UserError(str(user_error).strip().splitlines()[0]) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
     wall_s = time.perf_counter() - start
     with result.checkpoint.as_directory() as checkpoint_dir:
         artifact = publish_checkpoint(Path(checkpoint_dir), context.stage_dir)
@@ -90,6 +103,25 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
         context.progress.drain()
         history = context.progress.stage_history(stage.name)
     return StageResult(stage.name, stage.kind, artifact, history, wall_s, {"num_workers": stage.scaling.num_workers})
+
+
+def _abort_then_interrupt(controller) -> None:
+    """In place of Ray Train's SIGINT handler (main thread only): abort the run's controller
+    (gracefully stops the workers, if it is still there), then hand the signal to the handler
+    that was installed before (``cli.py``: KeyboardInterrupt, exit 130, a resumable run)."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
+        try:
+            ray.get(controller.abort.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - the controller may be gone already: the Ctrl-C reached it too
+            pass
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
 
 
 def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:
