@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ray_with_logical_gpus():
+def ray_with_logical_gpus(own_ray):
     assert not ray.is_initialized(), "a previous module leaked its Ray instance"
     start_ray(address=None, num_cpus_needed=3, num_gpus=2)
     yield
