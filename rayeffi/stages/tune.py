@@ -144,7 +144,7 @@ def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
     trials = [_trial_summary(result, stage, context) for result in results]
     finished = [r for r in results if r.error is None and r.metrics and CHECKPOINT_PATH_KEY in r.metrics
                 and _diverged(r) is None]  # a trial whose loss went NaN is never the best
-    num_diverged = sum(1 for r in results if _diverged(r))
+    num_diverged = sum(1 for trial in trials if str(trial.get("error", "")).startswith("diverged: "))
     if num_diverged and context.progress is not None:
         context.progress.echo(f"[{stage.name}] {num_diverged} of {len(trials)} trials diverged (non-finite loss): "
                               "listed as errors, left out of the choice of the best")
@@ -176,7 +176,10 @@ def _trial_summary(result, stage: StageConfig, context: StageContext) -> dict[st
         "metrics": {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", *HEADLINE_KEYS) if k in metrics},
     }
     if result.error is not None:
-        summary["error"] = str(result.error).strip().splitlines()[-1][:500]
+        message = str(result.error).strip().splitlines()[-1][:500]
+        if "TrainingDiverged" in message:  # the step stopped on non-finite losses (worker/loop.py)
+            message = "diverged: " + message.split(": ", 1)[-1]
+        summary["error"] = message
     elif _diverged(result):
         summary["status"], summary["error"] = "error", _diverged(result)
     return summary
