@@ -126,17 +126,13 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
         _check_labels(val_labels, val, label_column, num_classes)
         num_val = len(val_labels)
     else:
-        num_val = round(num_train * config.val_fraction)
-        num_train -= num_val
-    if config.max_samples is not None:
-        num_train = min(num_train, config.max_samples)
+        num_val = None
     if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != num_features:
         raise UserError(
             f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
             f"values but each row of {train} has {num_features}: fix data.image_shape"
         )
-    _check_enough_rows(num_train, train, config)
-    num_val = min(num_val, config.max_val_samples or num_val)
+    num_train, num_val = _row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_classes, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column, label_column, "rows", num_features)
     return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
@@ -159,12 +155,8 @@ def _inspect_regression(train, val, feature_column, label_column, image_shape, c
         _check_finite(val_table, val, feature_column)
         num_val = val_table.count_rows()
     else:
-        num_val = round(num_train * config.val_fraction)
-        num_train -= num_val
-    if config.max_samples is not None:
-        num_train = min(num_train, config.max_samples)
-    _check_enough_rows(num_train, train, config)
-    num_val = min(num_val, config.max_val_samples or num_val)
+        num_val = None
+    num_train, num_val = _row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_targets, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column, label_column, "regression", num_features, num_targets)
     return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
@@ -217,12 +209,8 @@ def _inspect_tokens(train, val, token_column, label_column, task: TaskConfig, co
             _check_token_labels(val_table, val, token_column, label_column, task, config, vocab_size, num_classes)
         num_val = val_table.count_rows()
     else:
-        num_val = round(num_train * config.val_fraction)
-        num_train -= num_val
-    if config.max_samples is not None:
-        num_train = min(num_train, config.max_samples)
-    _check_enough_rows(num_train, train, config)
-    num_val = min(num_val, config.max_val_samples or num_val)
+        num_val = None
+    num_train, num_val = _row_counts(num_train, num_val, train, config)
     info = DatasetInfo(seq_len, num_classes, None, num_train, num_val, vocab_size=vocab_size)
     layout = ColumnLayout(token_column, label_column if explicit else None, "tokens", seq_len,
                           pad_token_id=config.pad_token_id, ignore_index=task.ignore_index)
@@ -295,13 +283,7 @@ def _inspect_encoded_images(train_table, train, val, image_column, label_column,
             num_classes = max(int(pc.max(labels).as_py()) + 1, 2)
         _check_labels(labels, path, label_column, num_classes)
         counts.append(len(labels))
-    num_train = counts[0]
-    num_val = counts[1] if val is not None else round(num_train * config.val_fraction)
-    num_train -= 0 if val is not None else num_val
-    if config.max_samples is not None:
-        num_train = min(num_train, config.max_samples)
-    _check_enough_rows(num_train, train, config)
-    num_val = min(num_val, config.max_val_samples or num_val)
+    num_train, num_val = _row_counts(counts[0], counts[1] if val is not None else None, train, config)
     num_features = shape[0] * shape[1] * shape[2]
     info = DatasetInfo(num_features, num_classes, shape, num_train, num_val)
     layout = ColumnLayout(image_column, label_column, "images", num_features, image_shape=shape)
@@ -344,13 +326,7 @@ def _inspect_image_folder(config: DataConfig) -> DataSource:
         _, val_files = _image_files(Path(config.val_path), "data.val_path", classes)
     for file in (*train_files, *val_files):
         _check_image(file, file, shape)
-    num_train = len(train_files)
-    num_val = len(val_files) or round(num_train * config.val_fraction)
-    num_train -= 0 if val_files else num_val
-    if config.max_samples is not None:
-        num_train = min(num_train, config.max_samples)
-    _check_enough_rows(num_train, config.path, config)
-    num_val = min(num_val, config.max_val_samples or num_val)
+    num_train, num_val = _row_counts(len(train_files), len(val_files) or None, config.path, config)
     num_features = shape[0] * shape[1] * shape[2]
     info = DatasetInfo(num_features, len(classes), shape, num_train, num_val)
     layout = ColumnLayout("bytes", None, "images", num_features, image_shape=shape, class_names=classes)
@@ -519,6 +495,18 @@ def _check_finite(dataset: pads.Dataset, path, column: str) -> None:
             f"data {path}: column {column!r} holds {missing} missing (null) and {non_finite} non-finite "
             "(NaN or inf) values; drop or fill those rows before training"
         )
+
+
+def _row_counts(num_rows: int, num_val: int | None, path, config: DataConfig) -> tuple[int, int]:
+    """Training and validation rows: ``val_fraction`` of ``num_rows`` held out where there is no
+    validation file (``num_val`` None), then ``max_samples`` and ``max_val_samples``; at least one
+    global batch to train on."""
+    if num_val is None:
+        num_val = round(num_rows * config.val_fraction)
+        num_rows -= num_val
+    num_train = min(num_rows, config.max_samples or num_rows)
+    _check_enough_rows(num_train, path, config)
+    return num_train, min(num_val, config.max_val_samples or num_val)
 
 
 def _check_enough_rows(num_train: int, path, config: DataConfig) -> None:
