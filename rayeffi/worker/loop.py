@@ -155,11 +155,13 @@ def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, ep
             raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
         loss_sum += loss.to(device, torch.float64) * len(targets)
         num_rows += len(targets)
-        num_scored += parts.task.count(targets) if parts.task.per_token else len(targets)
+        if parts.task.per_token:  # classification and regression score whole rows: counted on the host
+            num_scored += parts.task.count(targets)
         if report is not None:
             report(step + 1, batches.steps, num_rows, time.perf_counter() - start)
     rows = torch.tensor([float(num_rows)], dtype=torch.float64).to(device)
-    return torch.cat([loss_sum.reshape(1), rows, num_scored.reshape(1)]), time.perf_counter() - start
+    scored = num_scored.reshape(1) if parts.task.per_token else rows
+    return torch.cat([loss_sum.reshape(1), rows, scored]), time.perf_counter() - start
 
 
 def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task):
