@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "intra-layer: split layers against unsplit, time and bytes; "
                             "pipeline: step time and bubble per micro-batch count against the unsplit model; "
                             "ps: parameter server sync/async against data parallelism and a one-actor baseline; "
-                            "prune-distill: DSD with a distilling teacher against DSD alone")
+                            "prune-distill: DSD with a distilling teacher against DSD alone; "
+                            "scaling: epoch time and samples/s as rows, width, workers and nodes grow")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
     bench.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=3600.0,
                        help="seconds before the benchmark is stopped with a message (default 3600)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
-    bench.add_argument("--out", help="pipeline: where the JSON and Gantt charts go (default: runs/bench-pipeline)")
+    bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME)")
     return parser
 
 

@@ -18,6 +18,7 @@ _MODULES = {
     "pipeline": "pipeline",
     "ps": "ps",
     "prune-distill": "prune_distill",
+    "scaling": "scaling",
 }
 
 BENCHMARK_NAMES = tuple(_MODULES)

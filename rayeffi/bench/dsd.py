@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
+from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
@@ -60,6 +61,9 @@ def _describe(differences: list[float]) -> str:
 
 def run(args) -> None:
     seeds = range(args.seeds)
+    unknown = sorted(set(args.regimes or ()) - set(REGIMES))
+    if unknown:
+        raise UserError(f"--regimes {' '.join(unknown)}: not a regime; choose from {', '.join(REGIMES)}")
     start_ray(None, 1)
     regimes = {name: REGIMES[name] for name in (args.regimes or REGIMES)}
     for regime, (max_samples, sparsity, hidden) in regimes.items():

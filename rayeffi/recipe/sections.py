@@ -138,6 +138,10 @@ class DataConfig(Section):
     max_val_samples: PositiveInt | None = None
     """Validate on at most this many rows (``--smoke`` sets it)."""
     shuffle: bool = True
+    in_memory_mb: float = Field(256.0, ge=0.0)
+    """A worker's shard up to this many MiB (estimated) is read once, kept as tensors and
+    shuffled in memory each epoch; a larger one streams through Ray Data every epoch
+    with a local shuffle buffer (0: always stream)."""
     augment: AugmentConfig = AugmentConfig()
     """Seeded image augmentation on the workers: random crops and flips for training,
     per-channel normalisation for both splits (off by default)."""

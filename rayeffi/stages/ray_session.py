@@ -16,6 +16,10 @@ TRIAL_RESOURCE = "rayeffi_trial_driver"
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Tune's own SIGINT handler ends the experiment quietly and returns the unfinished
+    # trials as results, so a tuned stage interrupted by Ctrl-C would pick a "best" trial
+    # and go on; without it the driver's handler (cli.py) stops the run, exit 130
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 RAY_JOB_ENV = {

@@ -2,7 +2,7 @@
 
 Iterating Ray Data costs milliseconds per batch (the iterator, Arrow-to-tensor
 conversion, the shuffle buffer), as much as a small model's whole step. A shard whose
-rows fit ``memory_budget`` is therefore read through Ray Data once, kept as tensors,
+rows fit ``memory_budget`` (``data.in_memory_mb``) is therefore read through Ray Data once, kept as tensors,
 and shuffled in memory each epoch (a full permutation seeded by ``(seed, epoch)``, the
 same for a restarted worker); a larger shard streams through Ray Data with a seeded
 local shuffle buffer, as before. The Ray Train loop and the parameter server's
@@ -17,7 +17,7 @@ import torch
 
 SHUFFLE_BUFFER_ROWS = 2048
 MEMORY_BUDGET_BYTES = 256 * 2**20
-"""A shard up to this size (estimated) is kept in memory as tensors."""
+"""A shard up to this size (estimated) is kept in memory as tensors (``data.in_memory_mb``)."""
 
 
 class ShardBatches:

@@ -64,8 +64,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            "devices": devices})
     layout = stage.data_layout  # the same layout the driver split the datasets by
     augment = row_augment(stage, spec.info, rank)
-    train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size)
-    val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size)
+    budget = int(stage.data.in_memory_mb * 2**20)
+    train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size, budget)
+    val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size, budget)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
             for technique in parts.techniques:
@@ -95,10 +96,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.teardown()
 
 
-def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_size: int) -> ShardBatches:
+def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_size: int,
+                   memory_budget: int) -> ShardBatches:
     size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
     drop_last = layout.drop_last and name == "train"
-    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last)
+    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last, memory_budget)
 
 
 PROGRESS_INTERVAL_S = 0.5

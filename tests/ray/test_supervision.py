@@ -64,3 +64,41 @@ def test_a_killed_driver_leaves_no_process(run):
     os.kill(run.process.pid, signal.SIGKILL)
     run.wait(timeout_s=30)
     assert wait_until_gone(run.seen, GONE_TIMEOUT_S) == []
+
+
+TUNED = """
+name: tuned-interrupt
+data: {max_samples: 512, batch_size: 64}
+model: {name: mlp, hidden_sizes: [512, 512]}
+scaling: {num_workers: 1}
+stages:
+  - name: search
+    kind: train
+    epochs: 30
+    tune:
+      search_space: {optimizer.lr: {grid: [0.05, 0.1]}}
+      num_samples: 1
+      metric: val_loss
+      mode: min
+      max_concurrent_trials: 2
+"""
+
+
+def test_ctrl_c_during_a_tuned_stage_stops_it_and_picks_no_trial(tmp_path):
+    recipe = tmp_path / "tuned.yaml"
+    recipe.write_text(TUNED)
+    run = RunningCommand([sys.executable, "-m", "rayeffi", "run", str(recipe), "--out", str(tmp_path / "out")])
+    try:
+        run.wait_for_line("[search/", START_TIMEOUT_S)  # a trial's first epoch line
+        run.seen |= descendants(run.process.pid)
+        os.killpg(run.process.pid, signal.SIGINT)
+        code = run.wait(timeout_s=90)
+        assert code == 130, (run.stdout[-5:], run.stderr[-20:])
+        assert run.stderr[-1].startswith("interrupted: resume with rayeffi run "), run.stderr[-10:]
+        assert wait_until_gone(run.seen, GONE_TIMEOUT_S) == []
+        summary = json.loads((tmp_path / "out/summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert not any(stage.get("best_trial") for stage in summary["stages"]), "an interrupted search chose a trial"
+        assert not any("done in" in line for line in run.stdout), run.stdout[-5:]
+    finally:
+        run.kill_group()
