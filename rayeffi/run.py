@@ -62,6 +62,7 @@ def run_recipe(
     out_dir = Path(out_dir).absolute()
     stage_names = {stage.name for stage in recipe.stages}
     sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    check_stage_links(recipe.stages, sources)
     check_address(address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
@@ -158,6 +159,38 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
     for key, config in stage.technique_keys():
         TECHNIQUES[config.name].check(config, stage, source.info, key)
     return source
+
+
+def check_stage_links(stages, sources: list[DataSource]) -> None:
+    """A stage that starts from an earlier stage's weights (``init_from``) builds a model they
+    load into: checked here, before Ray starts and before the earlier stage spends its time.
+
+    Skipped where the earlier stage searches model keys with Tune (its best trial decides
+    the shape).
+    """
+    from rayeffi.checkpoint import check_model_state
+    from rayeffi.models import build_model
+
+    for index, stage in enumerate(stages):
+        if stage.init_from is None or index == 0 and stage.init_from == "previous":
+            continue
+        names = [earlier.name for earlier in stages[:index]]
+        if stage.init_from == "previous":
+            source_index = index - 1
+        elif stage.init_from in names:
+            source_index = names.index(stage.init_from)
+        else:
+            continue  # a checkpoint file: _check_checkpoint_files opened it
+        earlier = stages[source_index]
+        if earlier.tune is not None and any(key.startswith("model.") for key in earlier.tune.search_space):
+            continue
+        if earlier.model == stage.model and sources[source_index].info == sources[index].info:
+            continue
+        weights = build_model(earlier.model, sources[source_index].info).state_dict()
+        try:
+            check_model_state(weights, build_model(stage.model, sources[index].info), f"of stage {earlier.name!r}")
+        except UserError as exc:
+            raise UserError(f"stages.{stage.name}.init_from: {exc}") from None
 
 
 def _check_checkpoint_files(stage: StageConfig, source: DataSource, links: set) -> None:

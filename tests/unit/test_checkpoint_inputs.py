@@ -110,3 +110,30 @@ def test_shape_mismatch_names_the_parameter(tmp_path):
     _other_shape(path)
     with pytest.raises(UserError, match=r"'layers.1.weight' is \[32, 64\] there but \[16, 64\]"):
         check_model_state(load_checkpoint(path)["model"], _model(), path)
+
+
+LINKED = """
+model: {{name: mlp, hidden_sizes: [16]}}
+stages:
+  - {{name: dense, kind: train, epochs: 1}}
+  - {{name: finetune, kind: train, epochs: 1, init_from: {link}, model: {{name: mlp, hidden_sizes: {hidden}}}}}
+"""
+
+
+@pytest.mark.parametrize("link", ["dense", "previous"])
+def test_a_stage_whose_model_the_earlier_stage_cannot_fill_exits_2_before_ray(link, tmp_path, capsys, no_ray):
+    (tmp_path / "r.yaml").write_text(LINKED.format(link=link, hidden="[32]"))
+    code = main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: stages.finetune.init_from: checkpoint of stage 'dense' holds another model")
+    assert "'layers.1.weight' is [16, 64] there but [32, 64]" in lines[0]
+
+
+def test_a_stage_of_the_same_shape_passes_the_link_check(tmp_path):
+    from rayeffi.recipe import load_recipe
+    from rayeffi.run import check_stage, check_stage_links
+
+    (tmp_path / "r.yaml").write_text(LINKED.format(link="dense", hidden="[16]"))
+    stages = load_recipe(tmp_path / "r.yaml").stages
+    check_stage_links(stages, [check_stage(stage, tmp_path, {"dense", "finetune"}) for stage in stages])
