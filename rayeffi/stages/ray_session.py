@@ -52,6 +52,9 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
         ray.init(address=address, **common)
     else:
         num_cpus = max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1)
+        interface = loopback_interface()
+        if interface and "GLOO_SOCKET_IFNAME" not in os.environ:  # gloo's pairs listen on loopback too
+            common["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] = interface
         _ensure_watchdog()
         with _loopback_only():
             ray.init(
@@ -65,6 +68,15 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
             )
     _quiet_ray_data()
     return True
+
+
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface (``lo`` on Linux, ``lo0`` on macOS), if any."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((name for name in names if name.startswith("lo")), None)
 
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}

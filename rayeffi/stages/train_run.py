@@ -18,12 +18,13 @@ from pathlib import Path
 import ray
 
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.process_group import LoopbackTorchConfig
 from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
 
@@ -50,7 +51,8 @@ def build_trainer(
             resources_per_worker=None if local_mode else dict(scaling.resources_per_worker),
             use_gpu=scaling.use_gpu,
         ),
-        torch_config=TorchConfig(backend=scaling.process_group_backend),  # NCCL on GPUs unless overridden
+        # NCCL on GPUs unless overridden; the rendezvous store on loopback in a local run
+        torch_config=LoopbackTorchConfig(backend=scaling.process_group_backend),
         run_config=RunConfig(
             # a unique name: re-using one makes Ray resume that run's checkpoints
             name=run_name or f"{stage.name}-{uuid.uuid4().hex[:8]}",
