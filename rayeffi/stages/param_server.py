@@ -66,16 +66,19 @@ def start_actors(stage: StageConfig, context: StageContext, run_id: str, init_ch
     options = {"num_cpus": scaling.resources_per_worker.get("CPU", 1.0),
                "num_gpus": scaling.gpus_per_worker,  # gradient workers compute; servers stay on CPUs
                "resources": {k: v for k, v in scaling.resources_per_worker.items() if k not in ("CPU", "GPU")}}
+    # Each worker's shards go to the object store here, and the driver holds the references
+    # for the whole stage: Ray re-runs a restarted worker's constructor with the same
+    # arguments, and a shard passed by value (its serialized form, large once the dataset
+    # has many blocks) was seen freed by then ("already deleted by the reference counting
+    # protocol"), so the restart failed. The driver also owns the shards' blocks.
+    shard_refs = [(ray.put(train_shards[i]), ray.put(val_shards[i])) for i in range(scaling.num_workers)]
     workers = [
         ray.remote(GradientWorker).options(
             name=f"{ACTOR_PREFIX}-{run_id}-worker-{i}", max_restarts=_max_restarts(stage), **options,
-        ).remote(GradientWorkerSpec(stage, context.source.info, i, init_checkpoint), servers,
-                 train_shards[i], val_shards[i])
+        ).remote(GradientWorkerSpec(stage, context.source.info, i, init_checkpoint), servers, *shard_refs[i])
         for i in range(scaling.num_workers)
     ]
-    # the driver owns the shards' blocks: holding them keeps a restarted worker's
-    # constructor arguments alive (Ray re-runs it with the same ones)
-    return servers, workers, (datasets, train_shards, val_shards)
+    return servers, workers, (datasets, train_shards, val_shards, shard_refs)
 
 
 class _Failures:

@@ -82,7 +82,10 @@ def start_head(num_cpus: int, resources: dict[str, float] | None = None, timeout
         command += ["--resources", json.dumps(resources)]
     # a job's entrypoint runs `python ...` on the head: this interpreter, activated venv or not
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    process = subprocess.Popen(command, env={**os.environ, **env, "PATH": path}, stdout=subprocess.DEVNULL,
+    # Ray's single-machine switch: with --node-ip-address alone the GCS, raylet and agents
+    # still listen on every interface; a one-node test head needs none of them there
+    loopback = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    process = subprocess.Popen(command, env={**os.environ, **env, **loopback, "PATH": path}, stdout=subprocess.DEVNULL,
                                stderr=open(temp_dir / "ray-start.log", "w"), start_new_session=True)
     head = RayHead(process, temp_dir, f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", env)
     deadline = time.time() + timeout_s
