@@ -27,8 +27,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.pipelining import schedules
-from torch.distributed.pipelining.stage import PipelineStage
 
 from rayeffi.parallel.base import Strategy, load_slot_states
 from rayeffi.task import CLASSIFICATION
@@ -57,14 +55,17 @@ TIMING_ROWS = 16
 """Rows of the micro-batch ``balance: time`` measures each layer on (random features, or token ids)."""
 
 SCHEDULE_CLASSES = {
-    "gpipe": schedules.ScheduleGPipe,
-    "1f1b": schedules.Schedule1F1B,
-    "interleaved_1f1b": schedules.ScheduleInterleaved1F1B,
-    "looped_bfs": schedules.ScheduleLoopedBFS,
-    "interleaved_zero_bubble": schedules.ScheduleInterleavedZeroBubble,
-    "zbv_zero_bubble": schedules.ScheduleZBVZeroBubble,
-    "dualpipev": schedules.ScheduleDualPipeV,
+    "gpipe": "ScheduleGPipe",
+    "1f1b": "Schedule1F1B",
+    "interleaved_1f1b": "ScheduleInterleaved1F1B",
+    "looped_bfs": "ScheduleLoopedBFS",
+    "interleaved_zero_bubble": "ScheduleInterleavedZeroBubble",
+    "zbv_zero_bubble": "ScheduleZBVZeroBubble",
+    "dualpipev": "ScheduleDualPipeV",
 }
+"""``parallel.schedule`` -> its class in ``torch.distributed.pipelining.schedules``, imported
+when a pipeline is built: the package pulls in DTensor and dynamo (0.9 s), which every
+other strategy's workers would pay at start-up."""
 
 
 class LocalChunks(nn.Module):
@@ -190,6 +191,9 @@ class Pipeline(Strategy):
         return examples
 
     def _build_schedule(self, inputs: torch.Tensor):
+        from torch.distributed.pipelining import schedules
+        from torch.distributed.pipelining.stage import PipelineStage
+
         # static shapes from real rows in eval mode (see _chunk_examples)
         examples = self._chunk_examples(inputs[: inputs.shape[0] // self.config.num_microbatches])
         stages = [
@@ -200,7 +204,7 @@ class Pipeline(Strategy):
         if self.timeline is not None:
             for stage in stages:
                 self.timeline.instrument(stage)
-        schedule_class = SCHEDULE_CLASSES[self.config.schedule]
+        schedule_class = getattr(schedules, SCHEDULE_CLASSES[self.config.schedule])
         from rayeffi.recipe.pipeline import SINGLE_STAGE_SCHEDULES
 
         first = stages[0] if self.config.schedule in SINGLE_STAGE_SCHEDULES else stages
