@@ -28,7 +28,8 @@ def test_run_then_report(tmp_path):
     assert summary["recipe"]["stages"][0]["data"]["max_samples"] == 512
     assert summary["stages"][0]["kind"] == "train" and summary["stages"][0]["wall_s"] > 0
 
-    report = subprocess.run([sys.executable, "-m", "rayeffi", "report", str(out)], capture_output=True, text=True)
+    report = subprocess.run([sys.executable, "-m", "rayeffi", "report", str(out)], capture_output=True, text=True,
+                            timeout=120)
     assert report.returncode == 0, report.stderr
     png = out / "report" / "train.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

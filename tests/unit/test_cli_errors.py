@@ -97,7 +97,8 @@ def test_unknown_command_and_report_without_summary(tmp_path, capsys):
 def test_console_entry_point_exit_status(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optimizer: {lr: -1}\n" + GOOD)
-    done = subprocess.run([sys.executable, "-m", "rayeffi", "run", str(recipe)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "rayeffi", "run", str(recipe)], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {recipe}: 'optimizer.lr': Input should be greater than 0 (got -1); "

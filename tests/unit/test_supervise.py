@@ -37,7 +37,7 @@ def test_a_killed_driver_leaves_nothing_behind():
         tree = descendants(driver.pid)
         time.sleep(1.5)  # the watchdog polls every 0.5 s: let it record the tree
         driver.kill()
-        driver.wait()
+        driver.wait(timeout=30)
         assert _wait(lambda: not any(alive(p) for p in tree), 30), [p for p in tree if alive(p)]
         assert watchdog.wait(timeout=30) == 0  # and the watchdog itself ends
     finally:
