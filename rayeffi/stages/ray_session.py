@@ -55,7 +55,6 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
         interface = loopback_interface()
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:  # gloo's pairs listen on loopback too
             common["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] = interface
-        common["runtime_env"]["env_vars"][PRIVATE_ENV] = "1"  # seen by its processes (Tune trials)
         _ensure_watchdog()
         with _loopback_only():
             ray.init(
@@ -67,21 +66,8 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
                 dashboard_host="127.0.0.1",
                 **common,
             )
-        _PRIVATE["gcs_address"] = ray.get_runtime_context().gcs_address
     _quiet_ray_data()
     return True
-
-
-PRIVATE_ENV = "RAYEFFI_PRIVATE_RAY"
-_PRIVATE: dict[str, str] = {}
-
-
-def private_ray() -> bool:
-    """Whether this process runs on a private local Ray that rayeffi started (the driver that
-    started it, or one of that Ray's own processes), not on a cluster it joined."""
-    if os.environ.get(PRIVATE_ENV) == "1":
-        return True
-    return ray.is_initialized() and _PRIVATE.get("gcs_address") == ray.get_runtime_context().gcs_address
 
 
 def loopback_interface() -> str | None:

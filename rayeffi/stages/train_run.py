@@ -25,7 +25,6 @@ from rayeffi.errors import UserError
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
 from rayeffi.stages.process_group import LoopbackTorchConfig
-from rayeffi.stages.ray_session import private_ray
 from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
 
@@ -38,30 +37,13 @@ def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
     return stage.init_from
 
 
-class _Trainer(TorchTrainer):
-    """On a private local Ray, without Ray Train's placement-group cleaner: a detached actor
-    (one more process, ~1 s of a 2-core machine per run) that removes the run's placement
-    group if its controller dies ungracefully; a private Ray ends with the driver (the
-    watchdog of ``supervise.py`` included), placement groups and all. On a cluster it stays."""
-
-    def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if not private_ray():
-            return callbacks
-        try:
-            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-        except ImportError:  # another Ray: keep its callbacks as they are
-            return callbacks
-        return [callback for callback in callbacks if not isinstance(callback, PlacementGroupCleanerCallback)]
-
-
 def build_trainer(
     stage: StageConfig, context: StageContext, spec: WorkerSpec, callbacks=(), run_name: str | None = None
 ) -> TorchTrainer:
     """The ``TorchTrainer`` of one stage; Tune trials build theirs here too."""
     scaling = stage.scaling
     local_mode = scaling.num_workers == 0
-    return _Trainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
