@@ -73,6 +73,7 @@ def test_example_runs_at_smoke_size(name, smoke_run):
             assert len(stage["history"]) == recipe.stage(stage["name"]).total_epochs
 
 
+@pytest.mark.slow  # a full-size run: the smoke run above is the default check
 def test_quickstart_reaches_its_accuracy_floor(tmp_path):
     summary = run_recipe(load_recipe(EXAMPLES["quickstart"]), tmp_path)
     assert summary["stages"][0]["metrics"]["val_accuracy"] >= QUICKSTART_FLOOR
@@ -180,6 +181,7 @@ def test_intra_layer_example_splits_and_checkpoints_the_whole_cnn(smoke_run):
         assert tuple(state["model"][name].shape) == shape  # whole tensors, not one worker's shard
 
 
+@pytest.mark.slow  # a full-size run on 4 workers: the smoke run above is the default check
 def test_intra_layer_example_reaches_the_quickstart_floor(tmp_path):
     summary = run_recipe(load_recipe(EXAMPLES["intra_layer"]), tmp_path)  # 4 workers, 2x2 tiles
     assert summary["stages"][0]["num_workers"] == 4
