@@ -139,27 +139,30 @@ def _plot(points: list[Point], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, axis, key, label in ((axes[0], "rows", "rows", "training rows"),
-                                 (axes[1], "width", "width", "MLP hidden width"),
-                                 (axes[2], "workers", "workers", "workers (1 node) / 3-node cluster")):
-        chosen = [p for p in points if p.axis == axis or (axis == "width" and p.axis == "rows" and p.value == 1)]
-        if axis == "workers":
-            chosen = [p for p in points if p.axis == "workers" or (p.axis == "rows" and p.value == 1)]
-        chosen.sort(key=lambda p: getattr(p, key))
+    base = [p for p in points if p.axis == "rows" and p.value == 1]  # the point every axis varies from
+    panels = (("rows", "rows", "training rows", "log"), ("width", "width", "MLP hidden width", "log"),
+              ("workers", "workers", "workers on one node", "linear"))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (axis, key, label, scale) in zip(axes, panels):
+        chosen = sorted({id(p): p for p in [p for p in points if p.axis == axis] + base}.values(),
+                        key=lambda p: getattr(p, key))
         xs = [getattr(p, key) for p in chosen]
-        ax.plot(xs, [p.epoch_s for p in chosen], "o-", label="s / epoch")
+        handles = ax.plot(xs, [p.epoch_s for p in chosen], "o-", label="s / epoch (steady)")
+        twin = ax.twinx()
+        handles += twin.plot(xs, [p.samples_per_s for p in chosen], "^--", color="C1", label="samples/s")
         if axis == "workers":
             multi = [p for p in points if p.axis == "multinode"]
-            ax.plot([p.workers for p in multi], [p.epoch_s for p in multi], "s", color="C3", label="3-node cluster")
-        if axis in ("rows", "width"):
+            handles += ax.plot([p.workers for p in multi], [p.epoch_s for p in multi], "s", color="C3",
+                               label="2 workers, 3-node cluster")
+            ax.set_xticks(sorted({p.workers for p in chosen}))
+        if scale == "log":
             ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
-        ax.set_ylabel("seconds per epoch (steady)")
-        twin = ax.twinx()
-        twin.plot(xs, [p.samples_per_s for p in chosen], "^--", color="C1", label="samples/s")
+        ax.set_ylabel("seconds per epoch")
         twin.set_ylabel("samples/s")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.set_ylim(bottom=0)
+        twin.set_ylim(bottom=0)
+        ax.legend(handles=handles, loc="upper left", fontsize=8)
     figure.suptitle("rayeffi train stage: cost as work grows")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -55,6 +55,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
 
     choice = choose_device(stage.scaling.use_gpu, ray.train.torch.get_device())  # CPU when CUDA is absent
+    if not spec.local_mode:  # as many torch threads as the worker's CPUs: more would fight its neighbours
+        torch.set_num_threads(max(1, int(stage.scaling.resources_per_worker.get("CPU", 1))))
     strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
     parts, scheduler = build_worker(stage, spec.info, strategy, spec.init_checkpoint)
     start_epoch = _restore(parts, scheduler, spec, rank)
