@@ -72,7 +72,7 @@ def write_soft_labels(
             batch_format="pyarrow",
             concurrency=1,
             # one pass over a materialized split: a lost actor fails the stage instead of restarting
-            ray_remote_args_fn=lambda: {"max_restarts": 0},
+            max_restarts=0,
         )
         train_dir, val_dir = out_dir / "train", out_dir / "val"
         train.write_parquet(str(train_dir))
