@@ -9,6 +9,8 @@ the same batches, and the same logits, as on-the-fly distillation.
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 
 import numpy as np
@@ -64,19 +66,23 @@ def write_soft_labels(
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the cache keeps the split's row order
     try:
-        train = datasets["train"].map_batches(
-            TeacherLogits,
-            fn_constructor_kwargs={"config": config, "info": info, "precision": precision, "use_gpu": use_gpu},
-            num_gpus=1 if use_gpu else None,  # the stage's scaling.use_gpu: the teachers run on a GPU
-            batch_size=BATCH_ROWS,
-            batch_format="pyarrow",
-            concurrency=1,
-            # one pass over a materialized split: a lost actor fails the stage instead of restarting
-            max_restarts=0,
-        )
+        with warnings.catch_warnings():
+            # max_restarts has no named parameter in this Ray Data: both ways to pass it warn
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            train = datasets["train"].map_batches(
+                TeacherLogits,
+                fn_constructor_kwargs={"config": config, "info": info, "precision": precision, "use_gpu": use_gpu},
+                num_gpus=1 if use_gpu else None,  # the stage's scaling.use_gpu: the teachers run on a GPU
+                batch_size=BATCH_ROWS,
+                batch_format="pyarrow",
+                concurrency=1,
+                # one pass over a materialized split: a lost actor fails the stage instead of restarting
+                max_restarts=0,
+            )
         train_dir, val_dir = out_dir / "train", out_dir / "val"
         train.write_parquet(str(train_dir))
         datasets["val"].write_parquet(str(val_dir))
     finally:
         context.execution_options.preserve_order = preserve_order
     return str(train_dir), str(val_dir)
+
