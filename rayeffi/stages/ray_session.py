@@ -129,10 +129,6 @@ def _quiet_ray_data() -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    # Ray Data's V1 Parquet reader (a documented switch): the V2 default lists files in a
-    # task whose thread pool waits out a 2 s join timeout, so reading the built-in digits
-    # took 2.5-5.5 s against 0.1 s with V1, twice per stage (train and validation).
-    context.use_datasource_v2 = False
 
 
 def check_address(address: str | None) -> None:
