@@ -89,8 +89,7 @@ class GradientWorker:
         self.epoch = -1
         self.batch_size = stage.data.batch_size // stage.scaling.num_workers
         # the shard in memory once read, if it is small (Ray Data costs milliseconds per batch)
-        self.batches = ShardBatches(train_shard, self.batch_size, train_shard.size_bytes(),
-                                   memory_budget=int(stage.data.in_memory_mb * 2**20))
+        self.batches = ShardBatches(train_shard, self.batch_size, train_shard.size_bytes(), stage.data.in_memory_bytes)
         self.augment = row_augment(stage, spec.info, spec.index)  # data.augment, or None
         torch.manual_seed(stage.seed + 1 + spec.index)  # dropout differs per worker
 

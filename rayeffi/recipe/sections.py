@@ -147,6 +147,11 @@ class DataConfig(Section):
     per-channel normalisation for both splits (off by default)."""
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
 
+    @property
+    def in_memory_bytes(self) -> int:
+        """``in_memory_mb`` in bytes: the budget a worker's shard is measured against."""
+        return int(self.in_memory_mb * 2**20)
+
     @model_validator(mode="after")
     def _paths_match_dataset(self) -> DataConfig:
         if self.dataset == "parquet" and self.path is None:

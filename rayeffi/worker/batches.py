@@ -16,13 +16,11 @@ from typing import Iterator
 import torch
 
 SHUFFLE_BUFFER_ROWS = 2048
-MEMORY_BUDGET_BYTES = 256 * 2**20
-"""A shard up to this size (estimated) is kept in memory as tensors (``data.in_memory_mb``)."""
 
 
 class ShardBatches:
-    def __init__(self, shard, rows_per_read: int, estimated_bytes: int, drop_last: bool = False,
-                 memory_budget: int = MEMORY_BUDGET_BYTES):
+    def __init__(self, shard, rows_per_read: int, estimated_bytes: int, memory_budget: int,
+                 drop_last: bool = False):
         self.shard = shard
         self.rows_per_read = rows_per_read
         self.drop_last = drop_last

@@ -66,7 +66,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            "devices": devices})
     layout = stage.data_layout  # the same layout the driver split the datasets by
     augment = row_augment(stage, spec.info, rank)
-    budget = int(stage.data.in_memory_mb * 2**20)
+    budget = stage.data.in_memory_bytes
     train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size, budget)
     val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size, budget)
     try:
@@ -102,7 +102,7 @@ def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_si
                    memory_budget: int) -> ShardBatches:
     size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
     drop_last = layout.drop_last and name == "train"
-    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, drop_last, memory_budget)
+    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, memory_budget, drop_last)
 
 
 PROGRESS_INTERVAL_S = 0.5
