@@ -70,3 +70,11 @@ def estimated_shard_bytes(num_rows: int, num_features: int, num_workers: int, sp
     """A worker's share of ``num_rows`` rows of float32 features (a margin for labels and extras)."""
     rows = -(-num_rows // max(num_workers, 1)) if split else num_rows
     return rows * (4 * num_features + 64)
+
+
+def shards_fit_in_memory(info, num_workers: int, split: bool, memory_budget: int) -> bool:
+    """Whether every worker's training and validation shards fit ``memory_budget``
+    (``data.in_memory_mb``): the driver then hands each worker its shards itself
+    (``stages/train_run.py``) and the workers keep them as tensors."""
+    return all(estimated_shard_bytes(rows, info.num_features, num_workers, split) <= memory_budget
+               for rows in (info.num_train, info.num_val))

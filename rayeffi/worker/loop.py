@@ -46,6 +46,10 @@ class WorkerSpec:
     local_mode: bool = False
     label: str | None = None
     """Name of this run in progress lines and history (a Tune trial's is ``stage/trial``)."""
+    shards: dict[str, list] | None = None
+    """Per dataset (``train``, ``val``), one object reference per rank to that rank's
+    materialized shard, when every shard fits ``data.in_memory_mb`` (``stages/train_run.py``);
+    None: the shards stream through Ray Train's split of the datasets."""
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -64,11 +68,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
                            "devices": devices})
-    layout = stage.data_layout  # the same layout the driver split the datasets by
     augment = row_augment(stage, spec.info, rank)
     budget = stage.data.in_memory_bytes
-    train = _shard_batches("train", spec.info.num_train, layout, spec.info, world_size, budget)
-    val = _shard_batches("val", spec.info.num_val, layout, spec.info, world_size, budget)
+    train = _shard_batches("train", spec, rank, world_size, budget)
+    val = _shard_batches("val", spec, rank, world_size, budget)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
             for technique in parts.techniques:
@@ -98,11 +101,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.teardown()
 
 
-def _shard_batches(name: str, num_rows: int, layout, info: DatasetInfo, world_size: int,
-                   memory_budget: int) -> ShardBatches:
+def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int, memory_budget: int) -> ShardBatches:
+    layout, info = spec.stage.data_layout, spec.info  # the same layout the driver split the datasets by
+    num_rows = info.num_train if name == "train" else info.num_val
     size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
     drop_last = layout.drop_last and name == "train"
-    return ShardBatches(ray.train.get_dataset_shard(name), layout.rows_per_read, size, memory_budget, drop_last)
+    shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
+    return ShardBatches(shard, layout.rows_per_read, size, memory_budget, drop_last)
 
 
 PROGRESS_INTERVAL_S = 0.5

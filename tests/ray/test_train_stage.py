@@ -20,13 +20,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 NUM_ROWS, EPOCHS, LR, MOMENTUM = 256, 4, 0.1, 0.9
 
 
-def _full_batch_recipe(root, num_workers, **stage):
+def _full_batch_recipe(root, num_workers, data=None, **stage):
     # full-batch steps: every step sees all 256 rows whatever the sharding, so DDP over
     # 2 workers (128 rows each, gradients averaged) must equal one process on 256 rows
     return validate_recipe({
         "seed": 0,
         "data": {"dataset": "parquet", "path": str(root / "train.parquet"), "val_path": str(root / "val.parquet"),
-                 "batch_size": NUM_ROWS, "shuffle": False, "num_classes": 10},
+                 "batch_size": NUM_ROWS, "shuffle": False, "num_classes": 10, **(data or {})},
         "model": {"name": "mlp", "hidden_sizes": [32]},
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
         "scaling": {"num_workers": num_workers, "resources_per_worker": {"CPU": 1}},
@@ -40,9 +40,12 @@ def _single_process_reference(root):
                           EPOCHS, LR, MOMENTUM)
 
 
-@pytest.mark.parametrize("num_workers", [2, 0])
-def test_matches_single_process_training(small_digits, tmp_path, num_workers):
-    summary = run_recipe(_full_batch_recipe(small_digits, num_workers), tmp_path)
+@pytest.mark.parametrize("num_workers, data", [(2, None), (0, None), (2, {"in_memory_mb": 0})],
+                         ids=["2-in-memory", "local", "2-streaming"])
+def test_matches_single_process_training(small_digits, tmp_path, num_workers, data):
+    # in memory: the driver hands each worker its shard; streaming (a shard over the
+    # budget): Ray Train's streaming split, read through Ray Data every epoch
+    summary = run_recipe(_full_batch_recipe(small_digits, num_workers, data), tmp_path)
     stage = summary["stages"][0]
     params = load_checkpoint(stage["checkpoint"])["model"]
     reference, losses = _single_process_reference(small_digits)
