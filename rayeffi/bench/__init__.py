@@ -7,6 +7,7 @@ Each is imported when it runs: ``rayeffi bench precision`` needs neither Ray nor
 from __future__ import annotations
 
 import importlib
+import statistics
 from typing import Callable
 
 _MODULES = {
@@ -24,9 +25,15 @@ _MODULES = {
 BENCHMARK_NAMES = tuple(_MODULES)
 
 
+def steady_epoch_s(epoch_seconds: list[float]) -> float:
+    """Steady-state seconds per epoch: the median epoch, the first (warm-up: start-up, the
+    shard read into memory) left out when there are others. Every bench that times epochs uses it."""
+    return statistics.median(epoch_seconds[1:] or epoch_seconds)
+
+
 def benchmark(name: str) -> Callable:
     """The ``run(args)`` of benchmark ``name``."""
     return importlib.import_module(f"rayeffi.bench.{_MODULES[name]}").run
 
 
-__all__ = ["BENCHMARK_NAMES", "benchmark"]
+__all__ = ["BENCHMARK_NAMES", "benchmark", "steady_epoch_s"]

@@ -13,13 +13,13 @@ epoch). ``--quick`` runs ``small`` only, without the quickstart timing.
 from __future__ import annotations
 
 import math
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rayeffi.bench import steady_epoch_s
 from rayeffi.bench.native_ddp import native_ddp_epoch_seconds
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
@@ -48,8 +48,7 @@ def bench_recipe(num_workers: int, quick: bool, hidden: tuple[int, ...] = WORKLO
 
 
 def steady_step_ms(epoch_seconds: list[float], steps_per_epoch: int) -> float:
-    steady = epoch_seconds[1:] or epoch_seconds
-    return 1000 * statistics.median(steady) / steps_per_epoch
+    return 1000 * steady_epoch_s(epoch_seconds) / steps_per_epoch
 
 
 def run(args) -> None:

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 from typing import Any
 
+from rayeffi.bench import steady_epoch_s
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
@@ -69,9 +70,7 @@ def _num_parameters(model: dict[str, Any], dataset: str = "digits") -> int:
 
 
 def _steady_epoch_s(stage: dict[str, Any]) -> float:
-    """Median training seconds per epoch, the first (warm-up) epoch left out."""
-    times = [epoch["epoch_s"] for epoch in stage["history"]]
-    return statistics.median(times[1:] if len(times) > 1 else times)
+    return steady_epoch_s([epoch["epoch_s"] for epoch in stage["history"]])
 
 
 def _line(name: str, values: list[float]) -> str:

@@ -17,12 +17,12 @@ table on stdout, ``scaling.json`` and ``scaling.png`` under ``--out``.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rayeffi.bench import steady_epoch_s
 from rayeffi.recipe import validate_recipe
 
 BASE_ROWS, QUICK_ROWS = 8192, 1024
@@ -68,8 +68,7 @@ def measure(axis: str, value: int, rows: int, width: int, workers: int, epochs: 
         summary = run_recipe(scaling_recipe(rows, width, workers, epochs), out, address=address, echo=lambda line: None)
         wall = time.perf_counter() - start
     history = summary["stages"][0]["history"]
-    steady = [row["epoch_s"] for row in history[1:]] or [row["epoch_s"] for row in history]
-    epoch_s = statistics.median(steady)
+    epoch_s = steady_epoch_s([row["epoch_s"] for row in history])
     point = Point(axis, value, rows, width, workers, epoch_s, rows / epoch_s, wall, nodes)
     print(f"   {epoch_s:7.3f} s/epoch  {point.samples_per_s:9.0f} samples/s  {wall:6.1f} s wall", flush=True)
     return point
