@@ -46,9 +46,9 @@ def build_trainer(
     scaling = stage.scaling
     local_mode = scaling.num_workers == 0
     datasets = build_ray_datasets(context.source, stage.data, stage.seed)
-    split = stage.data_layout.split_across_workers
-    if shards_fit_in_memory(spec.info, max(scaling.num_workers, 1), split, stage.data.in_memory_bytes):
-        spec = replace(spec, shards=driver_shards(datasets, max(scaling.num_workers, 1), split))
+    split, world_size = stage.data_layout.split_across_workers, max(scaling.num_workers, 1)  # local mode: 1
+    if shards_fit_in_memory(spec.info, world_size, split, stage.data.in_memory_bytes):
+        spec = replace(spec, shards=driver_shards(datasets, world_size, split))
         datasets = {}  # Ray Train then starts no dataset manager and no split coordinators
     return TorchTrainer(
         train_loop_per_worker,

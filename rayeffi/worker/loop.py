@@ -69,9 +69,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
                            "devices": devices})
     augment = row_augment(stage, spec.info, rank)
-    budget = stage.data.in_memory_bytes
-    train = _shard_batches("train", spec, rank, world_size, budget)
-    val = _shard_batches("val", spec, rank, world_size, budget)
+    train = _shard_batches("train", spec, rank, world_size)
+    val = _shard_batches("val", spec, rank, world_size)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
             for technique in parts.techniques:
@@ -101,13 +100,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy.teardown()
 
 
-def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int, memory_budget: int) -> ShardBatches:
+def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> ShardBatches:
     layout, info = spec.stage.data_layout, spec.info  # the same layout the driver split the datasets by
     num_rows = info.num_train if name == "train" else info.num_val
     size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
     drop_last = layout.drop_last and name == "train"
     shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
-    return ShardBatches(shard, layout.rows_per_read, size, memory_budget, drop_last)
+    return ShardBatches(shard, layout.rows_per_read, size, spec.stage.data.in_memory_bytes, drop_last)
 
 
 PROGRESS_INTERVAL_S = 0.5

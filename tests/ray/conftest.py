@@ -1,8 +1,8 @@
 """One private local Ray shared by the Ray-tier modules that need a plain one (``local_ray``:
-starting Ray costs ~6 s); the modules with a Ray of their own run first. A module that needs a Ray of its own (a cluster, a head started
+starting Ray costs ~6 s). A module that needs a Ray of its own (a cluster, a head started
 with ``ray start``, test models on the workers' path, a ``rayeffi run`` in a subprocess)
-asks for ``own_ray`` first, which stops the shared one; the next module that asks for
-``local_ray`` starts it again."""
+asks for ``own_ray`` first, which stops the shared one; such modules run first
+(``pytest_collection_modifyitems``), so the shared one starts once."""
 
 from __future__ import annotations
 
