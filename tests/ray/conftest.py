@@ -1,8 +1,9 @@
 """One private local Ray shared by the Ray-tier modules that need a plain one (``local_ray``:
-starting Ray costs ~6 s). A module that needs a Ray of its own (a cluster, a head started
-with ``ray start``, test models on the workers' path, a ``rayeffi run`` in a subprocess)
-asks for ``own_ray`` first, which stops the shared one; such modules run first
-(``pytest_collection_modifyitems``), so the shared one starts once."""
+starting Ray costs ~6 s). Its workers can import the test models (``helpers.user_models``).
+A module that needs a Ray of its own (a cluster, a head started with ``ray start``, logical
+GPUs, a ``rayeffi run`` in a subprocess) asks for ``own_ray`` first, which stops the shared
+one; such modules run first (``pytest_collection_modifyitems``), so the shared one starts
+once."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from helpers.ray_head import helpers_importable_by_workers
 from rayeffi.data import builtin_digits_paths
-
 from rayeffi.stages.ray_session import start_ray
 
 
@@ -36,7 +37,8 @@ def pytest_collection_modifyitems(items):
 def local_ray():
     if not _SHARED["started"]:
         assert not ray.is_initialized(), "a previous module leaked its Ray instance"
-        start_ray(address=None, num_cpus_needed=3)
+        with helpers_importable_by_workers():
+            start_ray(address=None, num_cpus_needed=3)
         _SHARED["started"] = True
     yield
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 
 from helpers.ray_head import start_head
 

@@ -1,9 +1,9 @@
 """A language model through real Ray: 2-worker Train (DDP) and the sync parameter server
-equal one process on the global batch; the pipeline and the image/quickstart paths run."""
+equal one process on the global batch. A pipelined language model's numerics:
+tests/unit/test_lm_task_gloo.py; the language_model example (local mode) and MNIST with a CNN
+(the mnist_cnn example, on Ray): tests/ray/test_examples.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +14,7 @@ import torch
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
-from rayeffi.recipe import load_recipe, validate_recipe
+from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.task import LanguageModeling
 
@@ -81,17 +81,3 @@ def test_language_model_matches_one_process(token_rows, tmp_path, parallel):
         torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
     assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
     assert stage["metrics"]["val_perplexity"] > 1 and "val_accuracy" not in stage["metrics"]
-
-
-def test_a_pipelined_language_model_runs_and_reports_perplexity(token_rows, tmp_path):
-    parallel = {"strategy": "pipeline", "num_stages": 2, "num_microbatches": 2}
-    summary = run_recipe(_recipe(token_rows, parallel), tmp_path)
-    metrics = summary["stages"][0]["metrics"]
-    assert 1 < metrics["val_perplexity"] < VOCAB and metrics["tokens_per_s"] > 0
-
-
-def test_quickstart_on_mnist_with_a_cnn_runs_at_smoke_size(tmp_path):
-    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
-    recipe = load_recipe(quickstart, ["data.dataset=mnist", "model.name=cnn"], smoke=True)
-    summary = run_recipe(recipe, tmp_path)
-    assert summary["status"] == "complete" and summary["stages"][0]["metrics"]["val_accuracy"] > 0.1

@@ -1,5 +1,7 @@
-"""The parameter server through real Ray actors: sync parity, async accuracy and the
-staleness bound, and training that goes on when a worker or a server shard is killed."""
+"""The parameter server through real Ray actors: sync parity, DSD masks on the servers, and
+asynchronous training that goes on (to a floor) when a worker or a server shard is killed.
+The staleness bound, every push counted, and the checkpoint's contents: the example's run
+in tests/ray/test_examples.py."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ from helpers.reference import full_batch_sgd
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 NUM_ROWS, STEPS, LR, MOMENTUM = 256, 5, 0.1, 0.9
-ASYNC_FLOOR = 0.9
 COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
 
 
@@ -60,21 +61,6 @@ def test_sync_matches_single_process_sgd_on_the_global_batch(small_digits, tmp_p
     assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
     assert [row["server_updates"] for row in stage["history"]] == [1] * STEPS
     assert stage["param_server"]["staleness_histogram"] == {"0": 2 * 2 * STEPS}  # 2 workers x 2 shards x steps
-
-
-def test_async_reaches_the_floor_within_the_staleness_bound(tmp_path):
-    summary = run_recipe(_recipe({"mode": "async", "max_staleness": 1}, 8, optimizer=COSINE), tmp_path)
-    stage = summary["stages"][0]
-    assert stage["metrics"]["val_accuracy"] >= ASYNC_FLOOR
-    histogram = {int(k): v for k, v in stage["param_server"]["staleness_histogram"].items()}
-    assert max(histogram) <= 1 and histogram.get(1, 0) > 0  # the bound holds, and was reached
-    steps = 8 * 2 * -(-(1437 // 2) // 32)  # epochs x workers x batches per worker (shards of 718 rows)
-    assert sum(histogram.values()) == 2 * steps  # every push, on each of the 2 shards
-    for row in stage["history"]:
-        assert max(int(k) for k in row["staleness_histogram"]) <= row["staleness_max"] <= 1
-    state = torch.load(stage["checkpoint"], weights_only=True)
-    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics", "param_server"}
-    assert state["epoch"] == 8 and len(state["optimizer"]["shards"]) == 2
 
 
 def _named_actor(suffix: str):

@@ -1,33 +1,22 @@
 """A Tune trial that crashes mid-training is reported as failed; its sibling runs to the end.
 
-Its own module, so its own private Ray: a test that expects failures keeps them there.
+The crash is the test model's (``helpers.user_models:crashing``): the shared Ray's workers
+import it (tests/ray/conftest.py).
 """
 
 from __future__ import annotations
 
 import pytest
-import ray
 
-from helpers.ray_head import helpers_importable_by_workers
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
-from rayeffi.stages.ray_session import start_ray
 from rayeffi.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 CRASH_AFTER, NEVER = 10, 10_000  # training batches before the model raises
 
 
-@pytest.fixture(scope="module")
-def ray_with_test_models(own_ray):
-    with helpers_importable_by_workers():
-        start_ray(address=None, num_cpus_needed=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.mark.usefixtures("ray_with_test_models")
 def test_a_crashing_trial_leaves_its_sibling_running(tmp_path):
     recipe = validate_recipe({
         "data": {"max_samples": 256, "batch_size": 32},  # 8 batches per epoch on one worker

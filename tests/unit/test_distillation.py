@@ -23,7 +23,6 @@ from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.techniques.distill.losses import (
     FeatureCapture,
     build_adapter,
-    hint_loss,
     kd_loss,
     soft_target_loss,
     teacher_log_probs,
