@@ -1,4 +1,7 @@
-"""The console script end to end: its own private Ray, summary.json, TensorBoard files, the report."""
+"""The console script end to end: its own private Ray, summary.json, TensorBoard files, the report.
+
+In local mode (the worker loop in the driver): the console script driving Ray Train workers,
+through Ctrl-C and a killed driver too, is tests/ray/test_supervision.py's."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ def test_run_then_report(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "rayeffi", "run", str(ROOT / "examples/quickstart.yaml"), "--smoke",
-         "--set", "stages.train.epochs=2", "--out", str(out)],
+         "--set", "stages.train.epochs=2",
+         "--set", "scaling.num_workers=0", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

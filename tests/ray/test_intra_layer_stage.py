@@ -1,9 +1,9 @@
-"""The intra_layer strategy through real Ray Train runs: data layout, 2-D mesh, whole checkpoints.
+"""The intra_layer strategy through a real Ray Train run: data layout, 2-D mesh, whole checkpoints.
 
 Full-batch steps (every step sees all 256 rows whatever the sharding) make a split run
 comparable with one process: each model-parallel group gathers its members' shards
-(``IntraLayer.group_batch``), so a 2-worker spatial group trains on all 256 rows, and
-two 2-worker groups on 128 rows each, averaged by DDP over the data-parallel axis.
+(``IntraLayer.group_batch``), so two 2-worker groups train on 128 rows each, averaged by
+DDP over the data-parallel axis.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def _single_process_reference(root):
     return full_batch_sgd(root / "train.parquet", lambda: ConvNet((1, 8, 8), 10, CHANNELS), EPOCHS, LR, MOMENTUM)
 
 
-@pytest.mark.parametrize(("num_workers", "parallel"), [
-    (2, {"conv": "spatial", "fc": "split"}),  # one group: 1x2 tiles, classifier split
-    (4, {"conv": "channels", "fc": "split", "model_parallel_size": 2}),  # 2 groups x 2 data-parallel replicas
-])
-def test_split_run_matches_single_process_training(small_digits, tmp_path, num_workers, parallel):
+def test_two_groups_of_two_match_single_process_training(small_digits, tmp_path):
+    # 2 model-parallel groups (channels split, classifier split) x 2 data-parallel replicas;
+    # one group of spatial tiles on 2 workers: the intra_layer example (tests/ray/test_examples.py);
+    # every split mode's numerics: tests/unit/test_intra_layer_gloo.py
+    num_workers, parallel = 4, {"conv": "channels", "fc": "split", "model_parallel_size": 2}
     summary = run_recipe(_recipe(small_digits, num_workers, parallel), tmp_path)
     stage = summary["stages"][0]
     state = load_checkpoint(stage["checkpoint"])

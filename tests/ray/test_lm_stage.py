@@ -1,7 +1,8 @@
 """A language model through real Ray: 2-worker Train (DDP) and the sync parameter server
-equal one process on the global batch. A pipelined language model's numerics:
-tests/unit/test_lm_task_gloo.py; the language_model example (local mode) and MNIST with a CNN
-(the mnist_cnn example, on Ray): tests/ray/test_examples.py."""
+(SGD with momentum on the servers, nothing stale) equal one process on the global batch.
+A pipelined language model's numerics: tests/unit/test_lm_task_gloo.py; the language_model
+example (local mode) and MNIST with a CNN (the mnist_cnn example, on Ray):
+tests/ray/test_examples.py."""
 
 from __future__ import annotations
 
@@ -81,3 +82,6 @@ def test_language_model_matches_one_process(token_rows, tmp_path, parallel):
         torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
     assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
     assert stage["metrics"]["val_perplexity"] > 1 and "val_accuracy" not in stage["metrics"]
+    if parallel["strategy"] == "param_server":  # one full-batch step per epoch, applied once on each shard
+        assert [row["server_updates"] for row in stage["history"]] == [1] * STEPS
+        assert stage["param_server"]["staleness_histogram"] == {"0": 2 * 2 * STEPS}  # 2 workers x 2 shards x steps

@@ -1,7 +1,8 @@
-"""The parameter server through real Ray actors: sync parity, DSD masks on the servers, and
-asynchronous training that goes on (to a floor) when a worker or a server shard is killed.
-The staleness bound, every push counted, and the checkpoint's contents: the example's run
-in tests/ray/test_examples.py."""
+"""The parameter server through real Ray actors: DSD masks on the servers, and asynchronous
+training that goes on (to a floor) when a worker or a server shard is killed. The staleness
+bound, every push counted, and the checkpoint's contents: the example's run in
+tests/ray/test_examples.py; synchronous mode equal to one process on the global batch:
+tests/ray/test_lm_stage.py."""
 
 from __future__ import annotations
 
@@ -14,17 +15,14 @@ import pytest
 import ray
 import torch
 
-from rayeffi.data.info import DatasetInfo
-from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 from rayeffi.stages.param_server import ACTOR_PREFIX
 from rayeffi.checkpoint import load_checkpoint
-from helpers.reference import full_batch_sgd
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
-NUM_ROWS, STEPS, LR, MOMENTUM = 256, 5, 0.1, 0.9
+LR, MOMENTUM = 0.1, 0.9
 COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
 
 
@@ -39,28 +37,6 @@ def _recipe(parallel, epochs, data=None, **sections):
         **sections,
         "stages": [{"name": "train", "kind": "train", "epochs": epochs}],
     })
-
-
-def _single_process_sgd(root):
-    model = _recipe({"mode": "sync"}, 1).stages[0].model
-    return full_batch_sgd(root / "train.parquet", lambda: build_model(model, DatasetInfo(64, 10, None, NUM_ROWS, 64)),
-                          STEPS, LR, MOMENTUM)
-
-
-def test_sync_matches_single_process_sgd_on_the_global_batch(small_digits, tmp_path):
-    # one full-batch step per epoch: each worker's 128 rows, averaged on the servers,
-    # must equal one process on all 256 rows (SGD with momentum 0.9 on the servers)
-    data = {"dataset": "parquet", "path": str(small_digits / "train.parquet"),
-            "val_path": str(small_digits / "val.parquet"), "batch_size": NUM_ROWS, "shuffle": False, "num_classes": 10}
-    summary = run_recipe(_recipe({"mode": "sync", "server_optimizer": "momentum"}, STEPS, data), tmp_path)
-    stage = summary["stages"][0]
-    params = load_checkpoint(stage["checkpoint"])["model"]
-    reference, losses = _single_process_sgd(small_digits)
-    for name, value in reference.items():
-        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
-    assert [row["train_loss"] for row in stage["history"]] == pytest.approx(losses, abs=1e-5)
-    assert [row["server_updates"] for row in stage["history"]] == [1] * STEPS
-    assert stage["param_server"]["staleness_histogram"] == {"0": 2 * 2 * STEPS}  # 2 workers x 2 shards x steps
 
 
 def _named_actor(suffix: str):
