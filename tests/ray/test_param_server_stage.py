@@ -26,10 +26,10 @@ LR, MOMENTUM = 0.1, 0.9
 COSINE = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}}
 
 
-def _recipe(parallel, epochs, data=None, **sections):
+def _recipe(parallel, epochs, **sections):
     return validate_recipe({
         "seed": 0,
-        "data": data or {"batch_size": 64},
+        "data": {"batch_size": 64},
         "model": {"name": "mlp", "hidden_sizes": [32]},
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
         "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2},

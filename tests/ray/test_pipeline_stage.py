@@ -30,9 +30,8 @@ def _recipe(num_workers: int, parallel: dict, cpus_per_worker: float = 1.0) -> d
 def test_two_pipelines_of_two_stages_match_local_mode(tmp_path):
     # 4 workers: 2 data-parallel pipelines of 2 stages (a single pipeline on 2 workers is the
     # example's run in test_examples.py; each schedule's numerics: tests/unit/test_pipeline_parity_gloo.py)
-    num_workers = 4
     parallel = {"strategy": "pipeline", "num_stages": 2, "num_microbatches": 4, "schedule": "gpipe"}
-    pipelined = run_recipe(_recipe(num_workers, parallel, cpus_per_worker=2 / num_workers), tmp_path / "pipeline")
+    pipelined = run_recipe(_recipe(4, parallel, cpus_per_worker=0.5), tmp_path / "pipeline")
     local = run_recipe(_recipe(0, {"strategy": "data_parallel"}), tmp_path / "local")
     ours, theirs = (torch.load(run["stages"][0]["checkpoint"], weights_only=True) for run in (pipelined, local))
     assert ours["model"].keys() == theirs["model"].keys()

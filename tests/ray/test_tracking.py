@@ -11,13 +11,13 @@ import json
 
 import pytest
 
+from helpers.tensorboard_events import scalars
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+pytest.importorskip("tensorboard")
 mlflow = pytest.importorskip("mlflow")
-
 
 
 def _recipe(root, tracking, stages):
@@ -30,12 +30,6 @@ def _recipe(root, tracking, stages):
         "stages": stages,
         "tracking": tracking,
     })
-
-
-def _scalars(logdir, tag):
-    accumulator = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.SCALARS: 0})
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
 def _series(history, key):
@@ -56,7 +50,7 @@ def test_every_stage_writes_tensorboard_events_and_mlflow_runs(small_digits, tmp
     for stage in summary["stages"]:
         logdir = tmp_path / "out" / "tensorboard" / stage["name"]
         for key in ("val_accuracy", "train_loss", "val_loss", "samples_per_s", "lr"):
-            assert _scalars(logdir, key) == _series(stage["history"], key), key
+            assert scalars(logdir, key) == _series(stage["history"], key), key
         run = client.get_run(ids["stages"][stage["name"]])
         assert run.data.tags["mlflow.parentRunId"] == ids["run_id"] and run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
