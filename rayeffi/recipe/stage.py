@@ -211,9 +211,4 @@ class StageConfig(Section):
             )
         if self.data.batch_size < num_workers:
             raise ValueError(f"data.batch_size must be at least scaling.num_workers ({num_workers})")
-        if self.tune is not None and self.scaling.num_workers == 0:
-            raise ValueError(
-                "a stage with a tune block runs each trial as a Ray Train run, which reports to Tune "
-                "from its workers: set scaling.num_workers >= 1 (local mode has no workers)"
-            )
         return self

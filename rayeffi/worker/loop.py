@@ -46,6 +46,9 @@ class WorkerSpec:
     local_mode: bool = False
     label: str | None = None
     """Name of this run in progress lines and history (a Tune trial's is ``stage/trial``)."""
+    report_to: Any = None
+    """Where a local-mode run reports each epoch instead of Ray Train: a Tune trial's
+    ``report(metrics, checkpoint_dir)`` (``stages/tune.py``), which persists the checkpoint."""
     shards: dict[str, list] | None = None
     """Per dataset (``train``, ``val``), one object reference per rank to that rank's
     materialized shard, when every shard fits ``data.in_memory_mb`` (``stages/train_run.py``);
@@ -55,8 +58,7 @@ class WorkerSpec:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec: WorkerSpec = config["spec"]
     stage = spec.stage
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size = _rank_and_world_size(spec)
 
     choice = choose_device(stage.scaling.use_gpu, ray.train.torch.get_device())  # CPU when CUDA is absent
     if not spec.local_mode:  # as many torch threads as the worker's CPUs: more would fight its neighbours
@@ -98,6 +100,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for technique in reversed(parts.techniques):
             technique.teardown()
         strategy.teardown()
+
+
+def _rank_and_world_size(spec: WorkerSpec) -> tuple[int, int]:
+    if spec.report_to is not None:  # a Tune trial in local mode: ray.train's session calls refuse to run in Tune
+        return 0, 1
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size()
 
 
 def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> ShardBatches:
@@ -203,6 +212,10 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
     save_atomic(state, Path(directory) / CHECKPOINT_FILE)
     if spec.progress is not None:
         spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
+    if spec.report_to is not None:  # a Tune trial in local mode: Tune keeps its own copy
+        spec.report_to(metrics, directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        return
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
     if not spec.local_mode:
         shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
@@ -210,7 +223,7 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
 
 def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start epoch."""
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = None if spec.report_to is not None else ray.train.get_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             return restore_state(parts, scheduler, load_checkpoint(directory), rank)

@@ -1,14 +1,14 @@
 """Every recipe in examples/ runs at smoke size; each example's own promises are checked.
 
 Runs are cached per module (a Ray Train run costs 10-30 s of start-up), so the checks below
-reuse the smoke runs of their examples whichever test runs first. A stage that is plain,
-untuned data parallelism runs in local mode here (``stages.NAME.scaling.num_workers=0``: the
-same worker loop, in the driver): what it proves is the recipe, the model and the
-techniques; the Ray Train path of data parallelism is proven by tests/ray/test_train_stage.py
-(parity with one process, in memory and streaming). Every other stage runs on Ray as
-shipped: tuned stages (Ray Tune over Ray Train), strategies with several ranks (pipeline,
-intra-layer, parameter server), and the ``dsd`` example's DSD stage (its masks under DDP
-on 2 Ray Train workers).
+reuse the smoke runs of their examples whichever test runs first. A data-parallel stage
+runs in local mode here (``stages.NAME.scaling.num_workers=0``: the same worker loop, in
+the driver, or in each Tune trial's process for a tuned stage): what it proves is the
+recipe, the model, the techniques and the search; the Ray Train path of data parallelism
+is proven by tests/ray/test_train_stage.py (parity with one process, in memory and
+streaming), Ray Tune over Ray Train runs by tests/ray/test_tune.py. Every other stage runs
+on Ray as shipped: strategies with several ranks (pipeline, intra-layer, parameter
+server), and the ``dsd`` example's DSD stage (its masks under DDP on 2 Ray Train workers).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def local_overrides(name: str) -> list[str]:
     """The overrides that run an example's plain data-parallel stages in local mode."""
     recipe = load_recipe(EXAMPLES[name], smoke=True)
     return [f"stages.{stage.name}.scaling.num_workers=0" for stage in recipe.stages
-            if stage.tune is None and stage.parallel.strategy == "data_parallel" and (name, stage.name) not in ON_RAY]
+            if stage.parallel.strategy == "data_parallel" and (name, stage.name) not in ON_RAY]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """A Tune trial that crashes mid-training is reported as failed; its sibling runs to the end.
 
+The trials run in local mode (each trains in its own Tune trial process) and stream their
+data (``data.in_memory_mb: 0``): Ray Tune over Ray Train runs is tests/ray/test_tune.py's.
 The crash is the test model's (``helpers.user_models:crashing``): the shared Ray's workers
 import it (tests/ray/conftest.py).
 """
@@ -19,9 +21,9 @@ CRASH_AFTER, NEVER = 10, 10_000  # training batches before the model raises
 
 def test_a_crashing_trial_leaves_its_sibling_running(tmp_path):
     recipe = validate_recipe({
-        "data": {"max_samples": 256, "batch_size": 32},  # 8 batches per epoch on one worker
+        "data": {"max_samples": 256, "batch_size": 32, "in_memory_mb": 0},  # 8 batches per epoch
         "model": {"name": "helpers.user_models:crashing", "kwargs": {"crash_after": NEVER, "sleep_s": 0.05}},
-        "scaling": {"num_workers": 1},
+        "scaling": {"num_workers": 0},  # each trial trains in its own process (local mode)
         "stages": [{"name": "search", "kind": "train", "epochs": 3,
                     "tune": {"search_space": {"model.kwargs.crash_after": {"grid": [CRASH_AFTER, NEVER]}},
                              "num_samples": 1,

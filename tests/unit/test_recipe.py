@@ -87,6 +87,21 @@ def test_tune_block_shape_is_validated(write_recipe):
     assert load_recipe(write_recipe(text), smoke=True).stages[0].tune.num_samples == 2
 
 
+def test_a_local_mode_trial_holds_one_workers_resources(write_recipe):
+    from rayeffi.stages.tune import trial_resources
+    from rayeffi.stages.ray_session import TRIAL_RESOURCE
+
+    text = BASE.replace(
+        "stages:\n  - {name: first, kind: train, epochs: 5}",
+        "stages:\n  - {name: first, kind: train, epochs: 5, tune: {search_space: {optimizer.lr: {grid: [0.1]}}}}",
+    )
+    path = write_recipe(text)
+    on_train = load_recipe(path).stages[0]
+    assert trial_resources(on_train) == {"cpu": 0, TRIAL_RESOURCE: 1}  # the Train run holds the workers
+    local = load_recipe(path, ["scaling.num_workers=0", "scaling.resources_per_worker={CPU: 2, accel: 1}"]).stages[0]
+    assert trial_resources(local) == {"cpu": 2, TRIAL_RESOURCE: 1, "accel": 1}
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
