@@ -95,8 +95,7 @@ def run_recipe(
                 summary["stages"].append(entry)
                 echo(f"[{stage.name}] complete in an earlier run: skipped")
                 continue
-            trials = f" in each of {stage.tune.num_samples} Tune trials" if stage.tune else ""
-            echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs on {_workers(stage)}{trials}")
+            echo(f"[{stage.name}] {stage.kind}: {stage.total_epochs} epochs {_where(stage)}")
             context = StageContext(
                 stage_dir=out_dir / "stages" / stage.name,
                 storage_path=storage,
@@ -246,9 +245,13 @@ def cpus_needed(stage: StageConfig) -> float:
     return concurrent_runs * max(stage.scaling.num_workers, 1) * stage.scaling.resources_per_worker.get("CPU", 1.0)
 
 
-def _workers(stage: StageConfig) -> str:
+def _where(stage: StageConfig) -> str:
     num_workers = stage.scaling.num_workers
-    return "the driver (local mode)" if num_workers == 0 else f"{num_workers} worker{'s' * (num_workers > 1)}"
+    workers = f"{num_workers} worker{'s' * (num_workers > 1)}"
+    if stage.tune is None:
+        return f"on {workers}" if num_workers else "on the driver (local mode)"
+    trials = f"in each of {stage.tune.num_trials} Tune trials"
+    return f"on {workers} {trials}" if num_workers else f"{trials}, each in its own process (local mode)"
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:

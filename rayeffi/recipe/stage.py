@@ -71,6 +71,14 @@ class TuneConfig(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     max_concurrent_trials: PositiveInt = 1
 
+    @property
+    def num_trials(self) -> int:
+        """Tune's count: ``num_samples`` runs of every combination of the ``grid`` dimensions."""
+        combinations = 1
+        for domain in self.search_space.values():
+            combinations *= len(domain.grid) if domain.grid is not None else 1
+        return self.num_samples * combinations
+
     @field_validator("search_space", mode="before")
     @classmethod
     def _flatten(cls, space: Any) -> Any:

@@ -52,6 +52,10 @@ def smoke_run(tmp_path_factory):
         if name not in runs:
             out = tmp_path_factory.mktemp(name)
             overrides = local_overrides(name)
+            if name == "mnist_cnn":  # its tiles on a 1x2 grid: 2 workers start where 4 would (a 2x2 tile
+                # grid's numerics: tests/unit/test_intra_layer_gloo.py; a 4-worker mesh on Ray:
+                # tests/ray/test_intra_layer_stage.py)
+                overrides += ["stages.tiles.parallel.grid=[1, 2]", "stages.tiles.scaling.num_workers=2"]
             if name == "images_folder":  # its folder of PNGs, written as the example says
                 root = write_mnist_folder(out / "mnist_png", max_per_split=600)
                 overrides += [f"data.path={root / 'train'}", f"data.val_path={root / 'val'}"]
