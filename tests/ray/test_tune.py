@@ -1,9 +1,12 @@
-"""A stage with a tune: block runs as Ray Tune trials, each one a Ray Train run.
+"""A stage with a tune: block runs as Ray Tune trials: Ray Train runs, or processes in local mode.
 
 One tuned run serves every check (each costs a Ray Train start-up per trial): the best trial
 is chosen by its metric and handed on to the next stage; a trial whose loss goes NaN is an
 error, never the best, and counted; and every trial is an MLflow child run of its stage on a
 real ``mlflow server`` (started here on 127.0.0.1, in its own process group, stopped by PID).
+The Ray Train trials try the best and the diverging learning rates; the same search in
+local mode (each trial training in its own process) adds a slow one, chooses the best by
+its metric, hands it on, and gives each trial the metrics of its 1-worker Ray Train twin.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.ray_head import free_ports
 from helpers.tensorboard_events import scalars
@@ -78,14 +82,17 @@ def _wait_until_healthy(uri, server, log_path):
 @pytest.fixture(scope="module")
 def tuned_run(mlflow_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("tuned")
+    search = {"kind": "train", "epochs": 2,
+              "tune": {"search_space": {"optimizer.lr": {"grid": [SLOW_LR, GOOD_LR, ABSURD_LR]}}, "num_samples": 1,
+                       "metric": "val_loss", "mode": "min", "max_concurrent_trials": 3}}
     recipe = validate_recipe({
         "data": {"max_samples": 256, "batch_size": 32},
         "scaling": {"num_workers": 1},
         "tracking": {"mlflow": {"tracking_uri": mlflow_server, "experiment": "tuned"}},
         "stages": [
-            {"name": "search", "kind": "train", "epochs": 2,
-             "tune": {"search_space": {"optimizer.lr": {"grid": [SLOW_LR, GOOD_LR, ABSURD_LR]}}, "num_samples": 1,
-                      "metric": "val_loss", "mode": "min", "max_concurrent_trials": 3}},
+            {"name": "search", **search,  # Ray Train runs: the best and the diverging lr
+             "tune": {**search["tune"], "search_space": {"optimizer.lr": {"grid": [GOOD_LR, ABSURD_LR]}}}},
+            {"name": "local_search", **search, "scaling": {"num_workers": 0}},
             {"name": "after", "kind": "train", "epochs": 1, "init_from": "previous", "optimizer": {"lr": 1e-12},
              "scaling": {"num_workers": 0}},
         ],
@@ -97,7 +104,7 @@ def tuned_run(mlflow_server, tmp_path_factory):
 
 def test_the_best_trial_is_handed_on(tuned_run):
     _, summary, _ = tuned_run
-    search, after = summary["stages"]
+    _, search, after = summary["stages"]
     trials = {trial["config"]["optimizer.lr"]: trial for trial in search["trials"]}
     assert sorted(trials) == [SLOW_LR, GOOD_LR, ABSURD_LR]
     assert all(trials[lr]["status"] == "done" and trials[lr]["epochs_run"] == 2 for lr in (SLOW_LR, GOOD_LR))
@@ -111,20 +118,41 @@ def test_the_best_trial_is_handed_on(tuned_run):
         assert (second["model"][name] - value).abs().max() < 1e-6
 
 
-def test_a_diverging_trial_is_an_error_and_never_the_best(tuned_run):
+@pytest.mark.parametrize("name", ["search", "local_search"])
+def test_a_diverging_trial_is_an_error_and_never_the_best(tuned_run, name):
     _, summary, lines = tuned_run
-    (search, _) = summary["stages"]
+    search = next(stage for stage in summary["stages"] if stage["name"] == name)
     diverged = next(trial for trial in search["trials"] if trial["config"]["optimizer.lr"] == ABSURD_LR)
     assert diverged["status"] == "error" and diverged["error"].startswith("diverged: "), diverged
     assert search["best_trial"] != diverged["trial_id"] and search["diverged_trials"] == 1
     assert math.isfinite(search["metrics"]["val_loss"])
-    assert "[search] 1 of 3 trials diverged (non-finite loss): listed as errors, left out of the choice of the best" \
-        in lines
+    count = len(search["trials"])
+    assert f"[{name}] 1 of {count} trials diverged (non-finite loss): listed as errors, left out of the choice of " \
+           "the best" in lines
+
+
+def test_a_local_mode_trial_trains_as_its_one_worker_train_run(tuned_run):
+    _, summary, lines = tuned_run
+    search, local, _ = summary["stages"]
+    assert local["num_workers"] == 0 and search["num_workers"] == 1
+    assert "[local_search] train: 2 epochs in each of 3 Tune trials, each in its own process (local mode)" in lines
+    assert "[search] train: 2 epochs on 1 worker in each of 2 Tune trials" in lines
+    twins = {trial["config"]["optimizer.lr"]: trial for trial in search["trials"]}
+    for trial in local["trials"]:
+        twin = twins.get(trial["config"]["optimizer.lr"])
+        if twin is None:
+            continue
+        assert (trial["status"], trial["epochs_run"]) == (twin["status"], twin["epochs_run"])
+        assert trial["metrics"] == pytest.approx(twin["metrics"], rel=1e-6, nan_ok=True), trial["config"]
+    assert local["best_config"] == search["best_config"]
+    ours, theirs = load_checkpoint(local["checkpoint"]), load_checkpoint(search["checkpoint"])  # Tune's copy, Train's
+    for name, value in theirs["model"].items():
+        torch.testing.assert_close(ours["model"][name], value, rtol=1e-6, atol=1e-7)
 
 
 def test_trials_are_children_of_their_stage_on_an_mlflow_server(tuned_run, mlflow_server):
     out, summary, _ = tuned_run
-    search = summary["stages"][0]
+    search = summary["stages"][0]  # Ray Train runs as trials
     ids = summary["tracking"]["mlflow"]
     client = mlflow.MlflowClient(mlflow_server)
     stage_run = ids["stages"]["search"]

@@ -49,9 +49,6 @@ CASES = {
         GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.lr: {choice: [0.1, -1]}}}}"), []),
     "tune unknown key": lambda tmp: (
         GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {optimizer.rate: {choice: [0.1]}}}}"), []),
-    "tune in local mode": lambda tmp: (
-        GOOD.replace("epochs: 1}", "epochs: 1, tune: {search_space: {epochs: {randint: [1, 3]}}}}"),
-        ["--set", "scaling.num_workers=0"]),
     "unknown precision policy": lambda tmp: (GOOD, ["--set", "precision=fp8"]),
     "precision not a name or mapping": lambda tmp: ("precision: [fp16]\n" + GOOD, []),
     "loss scale on bf16": lambda tmp: ("precision: {policy: bf16, loss_scale: 1024}\n" + GOOD, []),
