@@ -118,13 +118,15 @@ def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> S
     return ShardBatches(shard, layout.rows_per_read, size, spec.stage.data.in_memory_bytes, drop_last)
 
 
-PROGRESS_INTERVAL_S = 0.5
+PROGRESS_INTERVAL_S = 1.0
 """Rank 0 sends its progress within an epoch at most this often (``stages/live.py`` shows it)."""
 
 
 def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
     """Rank 0's live progress within the epoch, on the driver's queue at most every
-    ``PROGRESS_INTERVAL_S`` (a queue put is a remote call: never once per step)."""
+    ``PROGRESS_INTERVAL_S``, without waiting for the queue actor's answer: a blocking put
+    held rank 0 (and so every rank, at the next all-reduce) for a round trip to an actor
+    that shares the CPUs (1.6% of a worker's time on 2 cores). Epoch lines stay blocking puts."""
     if rank != 0 or spec.progress is None:
         return None
     label, last = spec.label or spec.stage.name, [0.0]
@@ -132,8 +134,8 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
     def report(step: int, steps: int | None, rows: int, seconds: float) -> None:
         if seconds - last[0] >= PROGRESS_INTERVAL_S:
             last[0] = seconds
-            spec.progress.put({"stage": label, "event": "progress", "epoch": epoch + 1, "step": step,
-                               "steps": steps, "rows": rows, "seconds": seconds})
+            spec.progress.actor.put_nowait.remote({"stage": label, "event": "progress", "epoch": epoch + 1,
+                                                   "step": step, "steps": steps, "rows": rows, "seconds": seconds})
 
     return report
 
