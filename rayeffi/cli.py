@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "prune-distill: DSD with a distilling teacher against DSD alone; "
                             "scaling: epoch time and samples/s as rows, width, workers and nodes grow")
     bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
+    bench.add_argument("--cpu-share", action="store_true",
+                       help="ddp: which processes used the CPUs during each arm's steady epochs (Linux /proc)")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")
     bench.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                        help="distill: the built-in 8x8 digits, or the 5,000 28x28 MNIST digits (Hinton's setting)")

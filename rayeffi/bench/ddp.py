@@ -7,11 +7,13 @@ workloads: ``small`` (MLP 256-1024-512-10, a step of ~10 ms on a CPU core, where
 per-step overhead shows) and ``wide`` (MLP 256-2048-2048-10, a step of >= 50 ms, the
 regime real models train in), and ``small`` again with ``data.in_memory_mb: 0``: the
 streaming path a shard larger than the memory budget takes (Ray Data's iterator every
-epoch). ``--quick`` runs ``small`` only, without the quickstart timing.
+epoch). ``--quick`` runs ``small`` only, without the quickstart timing. ``--cpu-share``
+adds which processes used the CPUs during each arm (``bench/cpu_share.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rayeffi.bench import steady_epoch_s
+from rayeffi.bench import cpu_share, steady_epoch_s
 from rayeffi.bench.native_ddp import native_ddp_epoch_seconds
 from rayeffi.recipe import validate_recipe
 from rayeffi.run import run_recipe
@@ -62,17 +64,21 @@ def run(args) -> None:
 def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> None:
     recipe = bench_recipe(args.workers, args.quick, hidden, in_memory_mb)
     stage = recipe.stages[0]
+    sample = getattr(args, "cpu_share", False) and cpu_share.available()
     with tempfile.TemporaryDirectory(prefix="rayeffi-bench-") as out:
-        summary = run_recipe(recipe, out, echo=lambda line: None)
-    history = summary["stages"][0]["history"]
+        with _sampler(sample) as rayeffi_cpu:
+            summary = run_recipe(recipe, out, echo=lambda line: None)
+    rayeffi_epochs = [row["epoch_s"] for row in summary["stages"][0]["history"]]
     num_train = stage.data.synthetic.num_samples
     steps = math.ceil(num_train / stage.data.batch_size)
-    rayeffi_ms = steady_step_ms([row["epoch_s"] for row in history], steps)
+    rayeffi_ms = steady_step_ms(rayeffi_epochs, steps)
 
     from rayeffi.data.info import DatasetInfo
 
     info = DatasetInfo(stage.data.synthetic.num_features, stage.data.synthetic.num_classes, None, num_train, 0)
-    native_ms = steady_step_ms(native_ddp_epoch_seconds(stage, info, max(args.workers, 1)), steps)
+    with _sampler(sample) as native_cpu:
+        native_epochs = native_ddp_epoch_seconds(stage, info, max(args.workers, 1))
+    native_ms = steady_step_ms(native_epochs, steps)
 
     widths = "-".join(str(width) for width in (256, *hidden, 10))
     print(f"workload: MLP {widths}, {num_train} synthetic rows, global batch {stage.data.batch_size}, "
@@ -82,6 +88,15 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
     print(f"native PyTorch DDP  : {native_ms:8.2f} ms/step (torch.multiprocessing, in-memory tensors)")
     print(f"ratio rayeffi/native: {rayeffi_ms / native_ms:8.2f}x")
     print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)", flush=True)
+    if getattr(args, "cpu_share", False) and not sample:
+        print("cpu share: needs Linux's /proc; not measured")
+    elif sample:  # the arm's last seconds: its steady epochs (and, for rayeffi, the worker group's shutdown)
+        cpu_share.print_share("rayeffi train stage", rayeffi_cpu, sum(rayeffi_epochs[1:]))
+        cpu_share.print_share("native PyTorch DDP", native_cpu, sum(native_epochs[1:]))
+
+
+def _sampler(sample: bool):
+    return cpu_share.CpuSampler() if sample else contextlib.nullcontext()
 
 
 def _quickstart_wall_time() -> None:

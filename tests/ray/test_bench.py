@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("own_ra
 
 DEADLINE_S = 420
 EXTRA_ARGS = {
+    "ddp": ["--cpu-share"],
     "dsd": ["--seeds", "1", "--regimes", "full-data"],
     "distill": ["--seeds", "1"],
     "prune-distill": ["--seeds", "1"],
@@ -60,6 +61,8 @@ def test_benchmark_finishes_in_its_quickest_mode(name, tmp_path):
     assert "Traceback" not in stderr, stderr[-2000:]
     assert stdout.startswith(f"rayeffi bench {name} --quick: deadline"), stdout[:200]
     assert EXPECTED[name] in stdout, stdout[-2000:]
+    if name == "ddp":  # --cpu-share: the workers are among the processes that used the CPUs
+        assert "cpu share, rayeffi train stage:" in stdout and "ray::RayTrainWorker" in stdout, stdout[-2000:]
     if name == "scaling":
         points = json.loads((tmp_path / "out/scaling.json").read_text())
         assert {point["axis"] for point in points} == {"rows", "width", "workers", "multinode"}
