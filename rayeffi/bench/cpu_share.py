@@ -1,7 +1,7 @@
 """Which processes used the CPUs while a benchmark arm ran: ``rayeffi bench ddp --cpu-share``.
 
 A thread reads every process's CPU time from Linux's ``/proc`` once a second; the share
-is taken over the arm's steady epochs (the last ``window_s`` seconds before it ended).
+is taken over the arm's steady epochs (``window_s`` seconds before the last epoch ended).
 On 2 cores shared by 2 single-threaded workers, any other process's CPU is time one of
 them is descheduled, and the other then waits for it at the next all-reduce.
 """
@@ -53,7 +53,7 @@ class CpuSampler:
 
     def __init__(self):
         self.samples: list[tuple[float, dict[str, float], tuple[float, float]]] = []
-        self.names: dict[str, str] = {}  # pid -> name at first sight (an exited process loses its cmdline)
+        self.names: dict[str, str] = {}  # pid -> its latest name (a Ray worker renames itself; an exited one keeps it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,20 +77,22 @@ class CpuSampler:
             seconds = _cpu_seconds(pid)
             if seconds is None:
                 continue
-            if pid not in self.names:
-                try:
-                    self.names[pid] = process_name((PROC / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-                except OSError:
-                    continue
+            try:
+                cmdline = (PROC / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.strip() or pid not in self.names:  # a zombie's cmdline is empty: keep its name
+                self.names[pid] = process_name(cmdline)
             times[pid] = seconds
         self.samples.append((time.monotonic(), times, _machine_seconds()))
 
-    def share(self, window_s: float) -> tuple[float, float, list[tuple[float, str]]]:
+    def share(self, window_s: float, end: float | None = None) -> tuple[float, float, list[tuple[float, str]]]:
         """(window seconds, machine busy fraction, [(cpu seconds, process name), ...] largest first)
-        over the last ``window_s`` seconds sampled."""
-        end = self.samples[-1][0]
+        over the ``window_s`` seconds sampled before ``end`` (``time.monotonic()``; default:
+        the last sample)."""
+        end = self.samples[-1][0] if end is None else end
         start = min(self.samples, key=lambda sample: abs(sample[0] - (end - window_s)))
-        later = [sample for sample in self.samples if sample[0] > start[0]]
+        later = [sample for sample in self.samples if start[0] < sample[0] <= end + SAMPLE_S / 2] or self.samples[-1:]
         last: dict[str, float] = {}
         for _, times, _ in later:
             last.update(times)  # a process that exited keeps its last reading
@@ -102,8 +104,8 @@ class CpuSampler:
             [(seconds, name) for name, seconds in used.most_common() if seconds > 0]
 
 
-def print_share(label: str, sampler: CpuSampler, window_s: float, rows: int = 12) -> None:
-    window, busy, used = sampler.share(window_s)
+def print_share(label: str, sampler: CpuSampler, window_s: float, end: float | None = None, rows: int = 12) -> None:
+    window, busy, used = sampler.share(window_s, end)
     print(f"cpu share, {label}: {window:.1f} s of steady epochs, machine busy {busy:.1%}")
     for seconds, name in used[:rows]:
         if seconds >= 0.05:

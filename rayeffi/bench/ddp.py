@@ -66,8 +66,9 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
     stage = recipe.stages[0]
     sample = getattr(args, "cpu_share", False) and cpu_share.available()
     with tempfile.TemporaryDirectory(prefix="rayeffi-bench-") as out:
+        epoch_ends: list[float] = []  # when the driver printed each epoch line (the sampler's clock)
         with _sampler(sample) as rayeffi_cpu:
-            summary = run_recipe(recipe, out, echo=lambda line: None)
+            summary = run_recipe(recipe, out, echo=lambda line: " epoch " in line and epoch_ends.append(time.monotonic()))
     rayeffi_epochs = [row["epoch_s"] for row in summary["stages"][0]["history"]]
     num_train = stage.data.synthetic.num_samples
     steps = math.ceil(num_train / stage.data.batch_size)
@@ -90,8 +91,9 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
     print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)", flush=True)
     if getattr(args, "cpu_share", False) and not sample:
         print("cpu share: needs Linux's /proc; not measured")
-    elif sample:  # the arm's last seconds: its steady epochs (and, for rayeffi, the worker group's shutdown)
-        cpu_share.print_share("rayeffi train stage", rayeffi_cpu, sum(rayeffi_epochs[1:]))
+    elif sample:  # the steady epochs: rayeffi's up to its last epoch line, native's up to the ranks' exit
+        cpu_share.print_share("rayeffi train stage", rayeffi_cpu, sum(rayeffi_epochs[1:]),
+                                  epoch_ends[-1] if epoch_ends else None)
         cpu_share.print_share("native PyTorch DDP", native_cpu, sum(native_epochs[1:]))
 
 
