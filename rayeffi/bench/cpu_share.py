@@ -16,6 +16,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 SAMPLE_S = 1.0
+MIN_WINDOW_S = 3.0
 
 
 def available() -> bool:
@@ -91,6 +92,7 @@ class CpuSampler:
         over the ``window_s`` seconds sampled before ``end`` (``time.monotonic()``; default:
         the last sample)."""
         end = self.samples[-1][0] if end is None else end
+        window_s = max(window_s, MIN_WINDOW_S)  # epochs shorter than the sampling interval: a few samples
         start = min(self.samples, key=lambda sample: abs(sample[0] - (end - window_s)))
         later = [sample for sample in self.samples if start[0] < sample[0] <= end + SAMPLE_S / 2] or self.samples[-1:]
         last: dict[str, float] = {}
@@ -106,7 +108,7 @@ class CpuSampler:
 
 def print_share(label: str, sampler: CpuSampler, window_s: float, end: float | None = None, rows: int = 12) -> None:
     window, busy, used = sampler.share(window_s, end)
-    print(f"cpu share, {label}: {window:.1f} s of steady epochs, machine busy {busy:.1%}")
+    print(f"cpu share, {label}: {window:.1f} s over its steady epochs (3 s at least), machine busy {busy:.1%}")
     for seconds, name in used[:rows]:
         if seconds >= 0.05:
             print(f"  {seconds:7.2f} cpu-s  {seconds / window:6.1%} of a core  {name}")

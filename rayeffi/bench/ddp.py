@@ -92,7 +92,7 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
     if getattr(args, "cpu_share", False) and not sample:
         print("cpu share: needs Linux's /proc; not measured")
     elif sample:  # the steady epochs: rayeffi's up to its last epoch line, native's up to the ranks' exit
-        last_epoch_end = epoch_ends[-1] if epoch_ends else None
+        last_epoch_end = epoch_ends[-1] + cpu_share.SAMPLE_S if epoch_ends else None  # the sample after it
         cpu_share.print_share("rayeffi train stage", rayeffi_cpu, sum(rayeffi_epochs[1:]), last_epoch_end)
         cpu_share.print_share("native PyTorch DDP", native_cpu, sum(native_epochs[1:]))
 
