@@ -108,7 +108,8 @@ class CpuSampler:
 
 def print_share(label: str, sampler: CpuSampler, window_s: float, end: float | None = None, rows: int = 12) -> None:
     window, busy, used = sampler.share(window_s, end)
-    print(f"cpu share, {label}: {window:.1f} s over its steady epochs (3 s at least), machine busy {busy:.1%}")
+    print(f"cpu share, {label}: {window:.1f} s over its steady epochs ({MIN_WINDOW_S:g} s at least), "
+          f"machine busy {busy:.1%}")
     for seconds, name in used[:rows]:
         if seconds >= 0.05:
             print(f"  {seconds:7.2f} cpu-s  {seconds / window:6.1%} of a core  {name}")

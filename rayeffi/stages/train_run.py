@@ -50,7 +50,7 @@ def build_trainer(
     if shards_fit_in_memory(spec.info, world_size, split, stage.data.in_memory_bytes):
         spec = replace(spec, shards=driver_shards(datasets, world_size, split))
         datasets = {}  # Ray Train then starts no dataset manager and no split coordinators
-    elif spec.report_to is not None:  # a local-mode Tune trial, where ray.train.get_dataset_shard refuses to run
+    elif spec.in_tune_trial:  # ray.train.get_dataset_shard refuses to run there
         spec = replace(spec, shards={name: [ray.put(dataset)] for name, dataset in datasets.items()})
         datasets = {}  # the one rank streams the whole (lazy) dataset, as local mode does
     return TorchTrainer(

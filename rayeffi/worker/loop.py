@@ -54,6 +54,12 @@ class WorkerSpec:
     materialized shard, when every shard fits ``data.in_memory_mb`` (``stages/train_run.py``);
     None: the shards stream through Ray Train's split of the datasets."""
 
+    @property
+    def in_tune_trial(self) -> bool:
+        """A Tune trial in local mode: ``ray.train``'s session calls refuse to run inside Tune,
+        so rank, world size, checkpoint and shards come from the spec, reports go to ``report_to``."""
+        return self.report_to is not None
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec: WorkerSpec = config["spec"]
@@ -103,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _rank_and_world_size(spec: WorkerSpec) -> tuple[int, int]:
-    if spec.report_to is not None:  # a Tune trial in local mode: ray.train's session calls refuse to run in Tune
+    if spec.in_tune_trial:
         return 0, 1
     context = ray.train.get_context()
     return context.get_world_rank(), context.get_world_size()
@@ -214,7 +220,7 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
     save_atomic(state, Path(directory) / CHECKPOINT_FILE)
     if spec.progress is not None:
         spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
-    if spec.report_to is not None:  # a Tune trial in local mode: Tune keeps its own copy
+    if spec.in_tune_trial:  # Tune keeps its own copy
         spec.report_to(metrics, directory)
         shutil.rmtree(directory, ignore_errors=True)
         return
@@ -225,7 +231,7 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
 
 def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start epoch."""
-    checkpoint = None if spec.report_to is not None else ray.train.get_checkpoint()  # Tune trials start afresh
+    checkpoint = None if spec.in_tune_trial else ray.train.get_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             return restore_state(parts, scheduler, load_checkpoint(directory), rank)
