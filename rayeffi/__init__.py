@@ -18,8 +18,11 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "DataParallel": "rayeffi.parallel",
+    "DistillConfig": "rayeffi.recipe.distill",
+    "DsdConfig": "rayeffi.recipe.dsd",
     "Pipeline": "rayeffi.parallel",
     "Precision": "rayeffi.techniques",
+    "Prepared": "rayeffi.worker.prepare",
     "Recipe": "rayeffi.recipe",
     "StageConfig": "rayeffi.recipe",
     "Strategy": "rayeffi.parallel",
@@ -29,6 +32,7 @@ _PUBLIC = {
     "assemble": "rayeffi.worker.build",
     "load_checkpoint": "rayeffi.checkpoint",
     "load_recipe": "rayeffi.recipe",
+    "prepare": "rayeffi.worker.prepare",
     "run_recipe": "rayeffi.run",
     "train_step": "rayeffi.worker.step",
 }
@@ -48,7 +52,10 @@ if TYPE_CHECKING:
     from rayeffi.errors import UserError
     from rayeffi.parallel import DataParallel, Pipeline, Strategy
     from rayeffi.recipe import Recipe, StageConfig, load_recipe
+    from rayeffi.recipe.distill import DistillConfig
+    from rayeffi.recipe.dsd import DsdConfig
     from rayeffi.run import run_recipe
     from rayeffi.techniques import Precision, Technique
     from rayeffi.worker.build import assemble
+    from rayeffi.worker.prepare import Prepared, prepare
     from rayeffi.worker.step import StepParts, train_step

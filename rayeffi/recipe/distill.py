@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, field_validator, model_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveFloat, SkipValidation, field_validator, model_validator
 
 from rayeffi.recipe.sections import ModelConfig, Section
 
 
 class TeacherConfig(Section):
-    """One teacher: an earlier stage's artifact, or a checkpoint file and its model."""
+    """One teacher: an earlier stage's artifact, a checkpoint file and its model, or (from
+    Python, ``rayeffi.prepare``) a trained ``nn.Module`` itself."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     stage: str | None = None
     """Name of an earlier stage; its model config comes with it."""
@@ -27,9 +30,16 @@ class TeacherConfig(Section):
     """A rayeffi checkpoint file (filled in from ``stage`` when the stage has run)."""
     model: ModelConfig | None = None
     """The teacher's network (given with ``checkpoint``; taken from ``stage`` otherwise)."""
+    module: SkipValidation[Any] = Field(None, exclude=True)
+    """A trained ``nn.Module`` passed from Python (``DistillConfig(teachers=[module])``); it is
+    frozen and used as it is. Not part of a dumped recipe."""
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
+        if self.module is not None:
+            if self.stage is not None or self.checkpoint is not None:
+                raise ValueError("a teacher is a module, a stage or a checkpoint: give only one")
+            return self
         if self.stage is None and self.checkpoint is None:
             raise ValueError("a teacher names an earlier stage or gives {checkpoint: PATH, model: {...}}")
         if self.stage is None and self.model is None:
@@ -52,14 +62,24 @@ class HintConfig(Section):
     """Which teacher of an ensemble gives the hint."""
 
 
+def _teacher_item(teacher: Any) -> Any:
+    """A stage name, a mapping, a TeacherConfig, or a module object (anything with ``state_dict``)."""
+    if isinstance(teacher, str):
+        return {"stage": teacher}
+    if isinstance(teacher, (dict, TeacherConfig)) or not callable(getattr(teacher, "state_dict", None)):
+        return teacher
+    return {"module": teacher}
+
+
 class DistillConfig(Section):
     """The distillation settings of one stage: ``distill: {...}`` of a ``kind: distill`` stage,
     or ``{name: distill, ...}`` in any stage's ``techniques`` list."""
 
     name: Literal["distill"] = "distill"
     teachers: tuple[TeacherConfig, ...] = Field(min_length=1)
-    """Stage names (``[teacher]``) or ``{checkpoint, model}`` mappings. Several teachers
-    form an ensemble whose soft targets are averaged."""
+    """Stage names (``[teacher]``) or ``{checkpoint, model}`` mappings; from Python also
+    trained ``nn.Module`` objects. Several teachers form an ensemble whose soft targets are
+    averaged."""
     temperature: PositiveFloat = 4.0
     """Softmax temperature T for the soft targets (Hinton: 1 recovers ordinary softmax)."""
     alpha: float = Field(0.9, ge=0.0, le=1.0)
@@ -78,7 +98,7 @@ class DistillConfig(Section):
         if isinstance(teachers, str):
             teachers = [teachers]
         if isinstance(teachers, (list, tuple)):
-            return [{"stage": t} if isinstance(t, str) else t for t in teachers]
+            return [_teacher_item(t) for t in teachers]
         return teachers
 
     @model_validator(mode="after")

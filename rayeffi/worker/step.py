@@ -65,10 +65,18 @@ def forward_backward(parts: StepParts, inputs, targets, extras: dict[str, torch.
         # per-token tasks: the global batch's real tokens decide the mean (one all-reduce of a scalar)
         mean_count = parts.strategy.mean_count(task.count(targets)) if task.per_token else None
         loss = task.loss(outputs, targets, mean_count)  # FP32 reduction whatever dtype the forward ran in
-        for technique in parts.techniques:
-            loss = technique.loss(loss, outputs, inputs, targets, extras)
+        loss = technique_losses(parts.techniques, loss, outputs, inputs, targets, extras)
     precision.backward(loss)  # DDP all-reduces gradients during backward: sync point
     return loss.detach()
+
+
+def technique_losses(techniques, loss: torch.Tensor, outputs: torch.Tensor, inputs, targets,
+                     extras: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss to optimise: each technique's ``loss`` hook in list order, from the task's
+    (distillation mixes in its KD term). ``outputs`` are the logits (``task.logits_of``)."""
+    for technique in techniques:
+        loss = technique.loss(loss, outputs, inputs, targets, extras)
+    return loss
 
 
 def finish_step(parts: StepParts) -> None:

@@ -33,6 +33,9 @@ def load_teachers(config: DistillConfig, info: DatasetInfo) -> list[nn.Module]:
     """Every teacher built from its model config and checkpoint, frozen in eval mode."""
     teachers = []
     for teacher in config.teachers:
+        if teacher.module is not None:  # passed from Python (``rayeffi.prepare``)
+            teachers.append(freeze(teacher.module))
+            continue
         model = build_model(teacher.model, info)
         model.load_state_dict(load_checkpoint(teacher.checkpoint)["model"])
         teachers.append(freeze(model))
