@@ -6,8 +6,11 @@ import rayeffi
 def test_public_api_is_pinned():
     assert sorted(rayeffi.__all__) == [
         "DataParallel",
+        "DistillConfig",
+        "DsdConfig",
         "Pipeline",
         "Precision",
+        "Prepared",
         "Recipe",
         "StageConfig",
         "StepParts",
@@ -17,6 +20,7 @@ def test_public_api_is_pinned():
         "assemble",
         "load_checkpoint",
         "load_recipe",
+        "prepare",
         "run_recipe",
         "train_step",
     ]
