@@ -62,11 +62,19 @@ def _has_hints(stage: Any) -> bool:
     return any(getattr(config, "hints", ()) for config in stage.technique_configs)
 
 
+def _adds_a_loss_term(stage: Any) -> bool:
+    return any(config.adds_loss for config in stage.technique_configs)
+
+
 RULES: tuple[Rule, ...] = (
     Rule(strategy="pipeline", technique="distill",
          reason="does not run kind 'distill' (the distillation loss needs the student's whole output and the "
                 "teacher on one worker)",
          fix="train the student with parallel.strategy=data_parallel"),
+    Rule(strategy="pipeline", when=_adds_a_loss_term,
+         reason="computes the task loss in its last stage only, so a technique that adds a loss term would be "
+                "left out of the step",
+         fix="use parallel.strategy=data_parallel for a stage whose techniques add a loss"),
     Rule(strategy="intra_layer", precisions=("bf16", "fp16", "fp16-master"),
          reason="runs fp32 only (its collectives were tested in FP32)", fix="set precision=fp32"),
     Rule(strategy="intra_layer", technique="dsd", when=_sharded_intra_layer,

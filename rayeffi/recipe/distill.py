@@ -11,7 +11,7 @@ This module is pure configuration (no torch).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveFloat, SkipValidation, field_validator, model_validator
 
@@ -76,6 +76,8 @@ class DistillConfig(Section):
     or ``{name: distill, ...}`` in any stage's ``techniques`` list."""
 
     name: Literal["distill"] = "distill"
+    adds_loss: ClassVar[bool] = True
+    """Its ``loss`` hook adds a term: a strategy that runs the loss itself must apply it (``recipe/compat.py``)."""
     teachers: tuple[TeacherConfig, ...] = Field(min_length=1)
     """Stage names (``[teacher]``) or ``{checkpoint, model}`` mappings; from Python also
     trained ``nn.Module`` objects. Several teachers form an ensemble whose soft targets are

@@ -16,7 +16,7 @@ driver, the workers and the report agree on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
@@ -38,6 +38,8 @@ class DsdConfig(Section):
     ``{name: dsd, ...}`` in any stage's ``techniques`` list."""
 
     name: Literal["dsd"] = "dsd"
+    adds_loss: ClassVar[bool] = False
+    """DSD acts on gradients and weights, not on the loss."""
     rounds: tuple[DsdRound, ...] = Field(min_length=1)
     """Per round a sparsity (``[0.5, 0.25]``) or a mapping with per-round settings."""
     dense_epochs: NonNegativeInt = 0

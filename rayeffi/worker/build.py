@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rayeffi.checkpoint import load_checkpoint
+from rayeffi.errors import UserError
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.parallel.base import Strategy
@@ -46,6 +47,11 @@ def assemble(
     task: Task = CLASSIFICATION,
 ) -> StepParts:
     """The step's parts, with every slot set up in order."""
+    if strategy.forward_backward is not None:  # a pipeline runs the task loss itself, in its last stage
+        adding = [t.name for t in techniques if type(t).loss is not Technique.loss]
+        if adding:
+            raise UserError(f"parallel.strategy {strategy.name} runs its own loss and cannot add the loss term of "
+                            f"technique {adding[0]}: use parallel.strategy=data_parallel for this stage")
     model, optimizer = strategy.setup(model, precision, make_optimizer)  # the strategy owns the precision
     for technique in techniques:  # entered in list order, torn down in reverse
         technique.task = task

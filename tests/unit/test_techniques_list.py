@@ -97,3 +97,35 @@ stages:
 """
     recipe = load_recipe(write_recipe(text), smoke=True)
     assert recipe.stage("student").total_epochs == 4  # one epoch per phase
+
+
+def test_each_config_says_whether_its_technique_adds_a_loss_term():
+    """The flag the compatibility table reads agrees with the code: a technique that overrides
+    ``Technique.loss`` declares ``adds_loss``, so no strategy that runs its own loss drops it."""
+    from rayeffi.techniques.base import Technique
+    from rayeffi.techniques.distill import Distillation
+    from rayeffi.techniques.dsd import DenseSparseDense
+
+    classes = {"distill": Distillation, "dsd": DenseSparseDense}
+    assert set(classes) == set(TECHNIQUES)
+    for name, config in TECHNIQUE_CONFIGS.items():
+        assert config.adds_loss == (classes[name].loss is not Technique.loss), name
+
+
+def test_a_pipeline_refuses_any_technique_that_adds_a_loss_term():
+    import torch
+
+    from rayeffi.parallel import Pipeline
+    from rayeffi.techniques.base import Technique
+    from rayeffi.worker.build import assemble
+
+    class AddsLoss(Technique):
+        name = "adds_loss"
+
+        def loss(self, loss, outputs, inputs, targets, extras):
+            return loss * 2
+
+    pipeline = Pipeline.__new__(Pipeline)  # the guard reads the class: no process group needed
+    pipeline.name = "pipeline"
+    with pytest.raises(UserError, match="cannot add the loss term of technique adds_loss"):
+        assemble(torch.nn.Linear(2, 2), pipeline, None, None, [AddsLoss()])
