@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe key (as for run)")
     validate.add_argument("--smoke", action="store_true", help="check the CI-sized run")
-    validate.add_argument("--address", help="also check that this Ray cluster has the CPUs the recipe reserves")
+    validate.add_argument("--address", help="also check that this Ray cluster has the CPUs and GPUs the recipe reserves")
 
     submit = commands.add_parser("submit", help="submit a recipe as a Ray job to a running cluster")
     submit.add_argument("recipe", help="YAML recipe, inside the working directory that is uploaded")

@@ -44,10 +44,11 @@ BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {"m
 
 
 def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
-    """The model a recipe names: a built-in one, or ``module:function`` called with the data's shape."""
+    """The model a recipe names: a built-in one, or ``module:function`` (or ``model.builder``)
+    called with the data's shape."""
     if config.name in BUILTIN_MODELS:
         return BUILTIN_MODELS[config.name](config, info)
-    factory = resolve_user_model(config.name)
+    factory = config.builder or resolve_user_model(config.name)  # builder: an object from the Python API
     kwargs = dict(config.kwargs)
     if info.vocab_size is not None:  # per-token tasks: the builder also learns the vocabulary
         kwargs.setdefault("vocab_size", info.vocab_size)
