@@ -9,6 +9,7 @@ def test_public_api_is_pinned():
         "Pipeline",
         "Precision",
         "Recipe",
+        "Result",
         "StageConfig",
         "StepParts",
         "Strategy",
@@ -16,8 +17,11 @@ def test_public_api_is_pinned():
         "UserError",
         "assemble",
         "load_checkpoint",
+        "load_model",
         "load_recipe",
+        "run",
         "run_recipe",
         "train_step",
+        "validate",
     ]
     assert all(hasattr(rayeffi, name) for name in rayeffi.__all__)
