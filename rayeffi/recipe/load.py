@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.checks import check_recipe, reject_non_finite
-from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
+from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig, unmerged
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS
 from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
 
@@ -56,7 +56,7 @@ def _raw_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> tuple[str, dict
     if isinstance(recipe, (str, Path)):
         return str(recipe), read_yaml(Path(recipe))
     if isinstance(recipe, Recipe):
-        return "recipe", recipe.model_dump()  # its stages' merged sections validate again as they are
+        return "recipe", unmerged(recipe)
     if isinstance(recipe, dict):
         return "recipe", copy.deepcopy(recipe)  # overrides never change the caller's dict
     raise UserError(f"recipe: got {type(recipe).__name__}, not a recipe: give the path of a YAML file, a dict of the "
