@@ -1,4 +1,4 @@
-"""Reading a recipe: YAML -> ``--set`` overrides -> validation -> ``--smoke``.
+"""Reading a recipe: YAML (or a dict, or a Recipe) -> ``--set`` overrides -> validation -> ``--smoke``.
 
 Every way this can go wrong raises :class:`~rayeffi.errors.UserError` with one line
 that names the file or key and the fix.
