@@ -89,7 +89,7 @@ def check_builder(builder: object) -> Callable[..., nn.Module] | None:
         raise UserError(f"model: got an instance of {type(builder).__name__}; pass its class or a function that "
                         "builds it (every worker builds its own copy, called with num_features, num_classes, ...)")
     if isinstance(builder, type) or not callable(builder):
-        what = f"class {builder.__name__}" if isinstance(builder, type) else f"a {type(builder).__name__}"
+        what = f"class {builder.__name__}" if isinstance(builder, type) else f"an object of type {type(builder).__name__}"
         raise UserError(f"model: {what} builds no torch.nn.Module: give a function (num_features, num_classes, "
                         "**kwargs) -> nn.Module or an nn.Module subclass")
     return builder

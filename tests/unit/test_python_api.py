@@ -67,7 +67,7 @@ def test_smoke_shrinks_a_dict():
 
 
 @pytest.mark.parametrize("wrong, says", [
-    (3, "a int builds no torch.nn.Module"),
+    (3, "an object of type int builds no torch.nn.Module"),
     (dict, "class dict builds no torch.nn.Module"),
     (nn.Linear(2, 2), "an instance of Linear; pass its class"),
 ])
