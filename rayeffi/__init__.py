@@ -1,6 +1,8 @@
 """rayeffi: efficient deep-network training recipes on Ray.
 
-The public API: load a recipe, run it, and the building blocks of the step for use in
+The public API: load a recipe, check it, run it (``run``, ``validate``: a path, a dict or a
+``Recipe``, and optionally your own model builder), read the trained model back
+(``Result``, ``load_model``; see docs/api.md), and the building blocks of the step for use in
 your own loop. Everything else is internal and may change.
 
 Names are imported on first use (PEP 562), so ``rayeffi.worker.step``,
@@ -24,6 +26,7 @@ _PUBLIC = {
     "Precision": "rayeffi.techniques",
     "Prepared": "rayeffi.worker.prepare",
     "Recipe": "rayeffi.recipe",
+    "Result": "rayeffi.result",
     "StageConfig": "rayeffi.recipe",
     "Strategy": "rayeffi.parallel",
     "StepParts": "rayeffi.worker.step",
@@ -31,10 +34,13 @@ _PUBLIC = {
     "UserError": "rayeffi.errors",
     "assemble": "rayeffi.worker.build",
     "load_checkpoint": "rayeffi.checkpoint",
+    "load_model": "rayeffi.result",
     "load_recipe": "rayeffi.recipe",
     "prepare": "rayeffi.worker.prepare",
-    "run_recipe": "rayeffi.run",
+    "run": "rayeffi.api",
+    "run_recipe": "rayeffi.driver",
     "train_step": "rayeffi.worker.step",
+    "validate": "rayeffi.api",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -48,13 +54,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from rayeffi.api import run, validate
     from rayeffi.checkpoint import load_checkpoint
     from rayeffi.errors import UserError
     from rayeffi.parallel import DataParallel, Pipeline, Strategy
     from rayeffi.recipe import Recipe, StageConfig, load_recipe
     from rayeffi.recipe.distill import DistillConfig
     from rayeffi.recipe.dsd import DsdConfig
-    from rayeffi.run import run_recipe
+    from rayeffi.result import Result, load_model
+    from rayeffi.driver import run_recipe
     from rayeffi.techniques import Precision, Technique
     from rayeffi.worker.build import assemble
     from rayeffi.worker.prepare import Prepared, prepare

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe key (as for run)")
     validate.add_argument("--smoke", action="store_true", help="check the CI-sized run")
-    validate.add_argument("--address", help="also check that this Ray cluster has the CPUs the recipe reserves")
+    validate.add_argument("--address", help="also check that this Ray cluster has the CPUs and GPUs the recipe reserves")
 
     submit = commands.add_parser("submit", help="submit a recipe as a Ray job to a running cluster")
     submit.add_argument("recipe", help="YAML recipe, inside the working directory that is uploaded")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from rayeffi.recipe import load_recipe
-    from rayeffi.run import run_recipe
+    from rayeffi.driver import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -143,7 +143,7 @@ def _run(args) -> int:
 
 def _validate(args) -> int:
     from rayeffi.recipe import load_recipe
-    from rayeffi.validate import validate_run
+    from rayeffi.plan import validate_run
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     for line in validate_run(recipe, args.address):
@@ -214,7 +214,7 @@ def mark_interrupted(recipe, out: Path, storage: str | None) -> None:
     A run stopped in its first stage has no summary yet; without one, ``--resume`` would
     refuse the directory although the stage's checkpoints are in its storage.
     """
-    from rayeffi.run import SUMMARY_FILE, write_summary
+    from rayeffi.driver import SUMMARY_FILE, write_summary
     from rayeffi.storage import resolve_storage
 
     if not out.is_dir():

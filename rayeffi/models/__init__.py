@@ -44,10 +44,11 @@ BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {"m
 
 
 def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
-    """The model a recipe names: a built-in one, or ``module:function`` called with the data's shape."""
+    """The model a recipe names: a built-in one, or ``module:function`` (or ``model.builder``)
+    called with the data's shape."""
     if config.name in BUILTIN_MODELS:
         return BUILTIN_MODELS[config.name](config, info)
-    factory = resolve_user_model(config.name)
+    factory = config.builder or resolve_user_model(config.name)  # builder: an object from the Python API
     kwargs = dict(config.kwargs)
     if info.vocab_size is not None:  # per-token tasks: the builder also learns the vocabulary
         kwargs.setdefault("vocab_size", info.vocab_size)
@@ -79,6 +80,21 @@ def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor
     return model
 
 
+def check_builder(builder: object) -> Callable[..., nn.Module] | None:
+    """A model builder object given to the Python API (``rayeffi.run(model=...)``): a function
+    called like a ``module:function`` user model, or an ``nn.Module`` subclass; None passes."""
+    if builder is None or isinstance(builder, type) and issubclass(builder, nn.Module):
+        return builder
+    if isinstance(builder, nn.Module):
+        raise UserError(f"model: got an instance of {type(builder).__name__}; pass its class or a function that "
+                        "builds it (every worker builds its own copy, called with num_features, num_classes, ...)")
+    if isinstance(builder, type) or not callable(builder):
+        what = f"class {builder.__name__}" if isinstance(builder, type) else f"an object of type {type(builder).__name__}"
+        raise UserError(f"model: {what} builds no torch.nn.Module: give a function (num_features, num_classes, "
+                        "**kwargs) -> nn.Module or an nn.Module subclass")
+    return builder
+
+
 def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     module_name, _, function_name = path.partition(":")
     try:
@@ -91,4 +107,4 @@ def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "TransformerLM", "build_model", "check_model", "dry_run", "resolve_user_model"]
+__all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "TransformerLM", "build_model", "check_builder", "check_model", "dry_run", "resolve_user_model"]

@@ -1,4 +1,4 @@
-"""Reading a recipe: YAML -> ``--set`` overrides -> validation -> ``--smoke``.
+"""Reading a recipe: YAML (or a dict, or a Recipe) -> ``--set`` overrides -> validation -> ``--smoke``.
 
 Every way this can go wrong raises :class:`~rayeffi.errors.UserError` with one line
 that names the file or key and the fix.
@@ -6,6 +6,7 @@ that names the file or key and the fix.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.checks import check_recipe, reject_non_finite
-from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig
+from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig, unmerged
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS
 from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
 
@@ -25,20 +26,41 @@ SMOKE_MAX_TRIALS = 2
 SMOKE_MAX_WORKERS = 2
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> Recipe:
-    """Parse ``path``, apply ``--set`` overrides, validate, and optionally shrink it."""
-    path = Path(path)
-    raw = read_yaml(path)
+def load_recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: list[str] = (), smoke: bool = False, *,
+                builder: Any = None) -> Recipe:
+    """Read ``recipe``, apply ``--set`` overrides, validate, and optionally shrink it.
+
+    ``recipe``: the path of a YAML file, a dict of the same structure, or a :class:`Recipe`
+    (checked again, with the overrides applied). All three go through the same checks and
+    fail with the same one-line :class:`UserError`; a file's errors name the file, a dict's
+    and a Recipe's name the key. ``builder``: a model builder object for every stage
+    (``model.builder``, see :class:`~rayeffi.recipe.sections.ModelConfig`).
+    """
+    source, raw = _raw_recipe(recipe)
     for override in overrides:
         key, value = parse_override(override)
         set_dotted(raw, key, value)
+    if builder is not None:
+        set_dotted(raw, "model.builder", builder)  # merged under every stage, and their teachers
     try:
         reject_non_finite(raw)
     except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    recipe = validate_recipe(raw, source=str(path))
+        raise UserError(f"{source}: {exc}") from None
+    recipe = validate_recipe(raw, source=source)
     check_recipe(recipe)
     return smoke_recipe(recipe) if smoke else recipe
+
+
+def _raw_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> tuple[str, dict[str, Any]]:
+    """``(how errors name it, a raw recipe dict of this caller's own)``."""
+    if isinstance(recipe, (str, Path)):
+        return str(recipe), read_yaml(Path(recipe))
+    if isinstance(recipe, Recipe):
+        return "recipe", unmerged(recipe)
+    if isinstance(recipe, dict):
+        return "recipe", copy.deepcopy(recipe)  # overrides never change the caller's dict
+    raise UserError(f"recipe: got {type(recipe).__name__}, not a recipe: give the path of a YAML file, a dict of the "
+                    "same structure, or a rayeffi.Recipe")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

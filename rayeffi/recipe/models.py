@@ -123,6 +123,44 @@ def _resolve_stage(raw: dict[str, Any], stage: Any) -> Any:
     return merged
 
 
+def unmerged(recipe: Recipe) -> dict[str, Any]:
+    """``recipe`` as a raw dict again, each stage keeping only what differs from the globals.
+
+    A validated recipe's stages hold the merged sections; a global ``--set`` (or a model
+    builder) applied to that dict would not reach them. Here it does, as for a file. A
+    teacher named by stage gives back its model config, which comes from that stage again.
+    """
+    raw = recipe.model_dump()
+    raw["stages"] = [_own_keys(raw, stage) for stage in raw["stages"]]
+    return raw
+
+
+def _own_keys(raw: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    own = {key: value for key, value in stage.items() if key not in (*GLOBAL_SECTIONS, "seed")}
+    for key in (*GLOBAL_SECTIONS, "seed"):
+        difference = _difference(stage.get(key), raw.get(key))
+        if difference is not _SAME:
+            own[key] = difference
+    own["techniques"] = list(own.get("techniques", ()))  # a list, as _teacher_models reads it
+    for config in [own.get("distill"), *own["techniques"]]:
+        if isinstance(config, dict) and config.get("teachers"):
+            config["teachers"] = [{**teacher, "model": None} if teacher.get("stage") is not None else teacher
+                                  for teacher in config["teachers"]]
+    return own
+
+
+_SAME = object()
+
+
+def _difference(value: Any, base: Any) -> Any:
+    """What ``value`` sets on top of ``base`` (:func:`deep_merge` of the two gives ``value`` back)."""
+    if value == base:
+        return _SAME
+    if not (isinstance(value, dict) and isinstance(base, dict)):
+        return value
+    return {key: item for key, item in ((k, _difference(v, base.get(k))) for k, v in value.items()) if item is not _SAME}
+
+
 def _teacher_models(stage: Any, stages: list[Any]) -> Any:
     """Give each teacher named by stage that stage's (merged) model config, in the
     ``distill:`` block and in every ``{name: distill}`` item of ``techniques``."""

@@ -17,7 +17,10 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    PlainSerializer,
+    SerializationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -170,6 +173,13 @@ BUILTIN_MODELS = ("mlp", "cnn", "lm")
 _USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def qualified_name(builder: Any) -> str:
+    """``module:qualname`` of a model builder object (how it shows in messages and ``summary.json``)."""
+    module = getattr(builder, "__module__", None) or type(builder).__module__
+    name = getattr(builder, "__qualname__", None) or type(builder).__qualname__
+    return f"{module}:{name}"
+
+
 class ModelConfig(Section):
     """Which network to train."""
 
@@ -194,10 +204,34 @@ class ModelConfig(Section):
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
     """What ``forward`` receives: ``float32`` feature rows, or ``int64`` token ids (the
     features rounded); ``auto``: token ids when the model's first layer is an embedding."""
+    builder: Annotated[Any, PlainSerializer(lambda builder: qualified_name(builder), when_used="json-unless-none")] = None
+    """A Python object that builds the model (``rayeffi.run(model=...)``, or a dict recipe):
+    a function called like a ``module:function`` user model, or an ``nn.Module`` subclass.
+    It replaces ``name``, which becomes its qualified name. Pickled with the stage config to
+    the workers; left out of JSON (``summary.json`` shows the name)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builder_names_the_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("builder") is None:
+            return data
+        if not callable(data["builder"]):
+            raise ValueError(f"model.builder is a {type(data['builder']).__name__}, not callable: give a function "
+                             "(num_features, num_classes, **kwargs) -> nn.Module or an nn.Module subclass")
+        return {**data, "name": qualified_name(data["builder"])}
+
+    @model_serializer(mode="wrap")
+    def _builder_stays_in_python(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        # JSON (summary.json, tracking, resume's comparison) shows the builder by its name only, and
+        # a recipe without one dumps exactly as before
+        data = handler(self)
+        if self.builder is None or info.mode_is_json():
+            data.pop("builder", None)
+        return data
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        if self.name not in BUILTIN_MODELS and not _USER_MODEL.match(self.name):
+        if self.builder is None and self.name not in BUILTIN_MODELS and not _USER_MODEL.match(self.name):
             raise ValueError(
                 f"model.name {self.name!r} is neither a built-in model "
                 f"({', '.join(BUILTIN_MODELS)}) nor a 'package.module:function' path"

@@ -1,14 +1,19 @@
-"""The train stage through real Ray Train runs: DDP parity, local mode, resume, init_from."""
+"""The train stage through real Ray Train runs: DDP parity, local mode, resume, init_from, and the
+Python API (``rayeffi.run`` with a dict and a model builder, ``load_model``)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+import rayeffi
+from rayeffi.data import builtin_digits_paths
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
-from rayeffi.run import run_recipe
+from rayeffi.driver import run_recipe
 from rayeffi.stages import StageContext
 from rayeffi.stages import run_stage
 from rayeffi.data.sources import resolve_source
@@ -108,3 +113,35 @@ def test_init_from_previous_passes_only_the_weights(tmp_path):
         torch.testing.assert_close(second["model"][name], first["model"][name], rtol=0, atol=1e-8)
     assert second["epoch"] == 1  # a new stage: its own epoch count, fresh optimizer
     assert summary["status"] == "complete" and [s["name"] for s in summary["stages"]] == ["first", "second"]
+
+
+def small_net(num_features, num_classes, image_shape=None, hidden=16):
+    """A model builder defined in this test module, which Ray's workers cannot import."""
+    return torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, num_classes))
+
+
+def test_python_api_runs_a_dict_with_a_model_builder_and_loads_the_trained_model(tmp_path):
+    result = rayeffi.run({
+        "seed": 0,
+        "data": {"dataset": "digits", "batch_size": 64},
+        "model": {"kwargs": {"hidden": 24}},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 1}},
+        "stages": [{"name": "train", "kind": "train", "epochs": 1}],
+    }, out=tmp_path / "run", model=small_net)
+    assert result.status == "complete" and list(result.stages) == ["train"]
+    assert result.summary["recipe"]["model"]["name"].endswith(":small_net")
+    assert result.checkpoint() == result.checkpoint("train") and result.checkpoint().is_file()
+
+    model = result.load_model("train")
+    assert not model.training and model[0].out_features == 24
+    validation = pq.read_table(builtin_digits_paths()[1])
+    features = torch.tensor(np.stack(validation["features"].to_numpy(zero_copy_only=False)), dtype=torch.float32)
+    labels = torch.tensor(validation["label"].to_numpy())
+    with torch.no_grad():
+        accuracy = (model(features).argmax(dim=1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+    again = rayeffi.load_model(tmp_path / "run", model=small_net)  # from the directory alone
+    for name, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value)

@@ -20,8 +20,8 @@ LAYERS = [  # lowest first; a module belongs to the first entry its dotted name 
     ("worker", ("rayeffi.worker",)),
     ("parameter-server actors", ("rayeffi.param_server",)),
     ("stages", ("rayeffi.stages",)),
-    ("entry points", ("rayeffi.run", "rayeffi.resume", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
-                      "rayeffi.bench", "rayeffi.report", "rayeffi.export", "rayeffi.validate", "rayeffi.tracking",
+    ("entry points", ("rayeffi.api", "rayeffi.result", "rayeffi.driver", "rayeffi.resume", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
+                      "rayeffi.bench", "rayeffi.report", "rayeffi.export", "rayeffi.plan", "rayeffi.tracking",
                       "rayeffi")),
 ]
 

@@ -12,6 +12,7 @@ def test_public_api_is_pinned():
         "Precision",
         "Prepared",
         "Recipe",
+        "Result",
         "StageConfig",
         "StepParts",
         "Strategy",
@@ -19,9 +20,12 @@ def test_public_api_is_pinned():
         "UserError",
         "assemble",
         "load_checkpoint",
+        "load_model",
         "load_recipe",
         "prepare",
+        "run",
         "run_recipe",
         "train_step",
+        "validate",
     ]
     assert all(hasattr(rayeffi, name) for name in rayeffi.__all__)

@@ -2,7 +2,7 @@
 
 No worker starts and nothing is written beside a temporary directory (synthetic data is
 generated there to be checked). With ``--address`` it also asks the cluster whether it
-has the CPUs the recipe's largest stage reserves.
+has the CPUs the recipe's largest stage reserves and the GPUs its stages ask for.
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from pathlib import Path
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import Recipe, StageConfig
-from rayeffi.run import check_stage, cpus_needed
-from rayeffi.stages.ray_session import check_address
+from rayeffi.driver import check_gpus, cpus_needed, preflight
 
 
 def validate_run(recipe: Recipe, address: str | None = None) -> list[str]:
-    """The plan, one line per stage, after every driver-side check (raises UserError)."""
-    names = {stage.name for stage in recipe.stages}
+    """The plan, one line per stage, after every check ``run_recipe`` makes before Ray starts
+    (``run.preflight``, GPUs included) and, with ``address``, the cluster's CPUs and GPUs
+    (raises UserError)."""
     with tempfile.TemporaryDirectory(prefix="rayeffi-validate-") as out:
-        for stage in recipe.stages:
-            check_stage(stage, Path(out), names)
-    check_address(address)
+        preflight(recipe, Path(out), address)
     lines = [f"recipe {recipe.name}: {len(recipe.stages)} stage(s); data, models, checkpoints, techniques and "
              "combinations checked"]
     lines += [f"  {index}. {_describe(stage)}" for index, stage in enumerate(recipe.stages, start=1)]
@@ -55,9 +53,11 @@ def _check_cluster(recipe: Recipe, address: str) -> str:
     needed = max(cpus_needed(stage) for stage in recipe.stages)
     ray.init(address=address, log_to_driver=False)
     try:
-        have = ray.cluster_resources().get("CPU", 0.0)
+        resources = ray.cluster_resources()
     finally:
         ray.shutdown()
+    check_gpus(recipe, resources)  # as run_recipe does once it has joined the cluster
+    have = resources.get("CPU", 0.0)
     if have < needed:
         raise UserError(f"--address {address}: the recipe's largest stage reserves {needed:g} CPUs but the cluster "
                         f"has {have:g}: lower scaling.num_workers or resources_per_worker, or add nodes")

@@ -7,6 +7,7 @@ before Ray starts, so a bad input costs no cluster time and leaves nothing behin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -60,14 +61,9 @@ def run_recipe(
         # progress within epochs: redrawn in place on a terminal, bounded plain lines elsewhere
         live = LiveProgress(lambda text: (stream.write(text), stream.flush()), terminal=stream.isatty())
     out_dir = Path(out_dir).absolute()
-    stage_names = {stage.name for stage in recipe.stages}
-    sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
-    check_stage_links(recipe.stages, sources)
-    check_address(address)
+    sources = preflight(recipe, out_dir, address)
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
-    if address is None and not ray.is_initialized():  # a private Ray gets this machine's GPUs: check in seconds
-        check_gpus(recipe, {"GPU": float(torch.cuda.device_count())})
     tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
     started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages))
     try:
@@ -114,6 +110,7 @@ def run_recipe(
             write_summary(summary, out_dir)  # the stage's tracking run ids on disk before it runs (--resume)
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
+            result.extra["data_info"] = dataclasses.asdict(source.info)  # what rayeffi.load_model builds with
             if stage.name in progress.devices:  # where each worker computed (a GPU fallback shows here)
                 result.extra["devices"] = progress.devices[stage.name]
             previous = artifacts[stage.name] = result.artifact
@@ -132,6 +129,29 @@ def run_recipe(
         if started_ray:
             ray.shutdown()
     return summary
+
+
+def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list[DataSource]:
+    """Every check a run makes before Ray starts; returns each stage's data source.
+
+    ``run_recipe`` and ``rayeffi validate`` both call this, so validate passes exactly what
+    run would start: each stage (:func:`check_stage`), the links between stages, the
+    address, and, without an address, the GPUs the stages ask for against this machine (or
+    the Ray this process already joined). With an address, the caller checks the cluster's
+    GPUs with :func:`check_gpus` once it has joined it.
+    """
+    stage_names = {stage.name for stage in recipe.stages}
+    sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    check_stage_links(recipe.stages, sources)
+    check_address(address)
+    if address is None:  # a private Ray gets this machine's GPUs: check in seconds, before it starts
+        check_gpus(recipe, ray.cluster_resources() if ray.is_initialized() else local_resources())
+    return sources
+
+
+def local_resources() -> dict[str, float]:
+    """What a private Ray started on this machine would have, as far as the checks go."""
+    return {"GPU": float(torch.cuda.device_count())}
 
 
 def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:

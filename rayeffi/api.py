@@ -1,0 +1,90 @@
+"""The Python API: a recipe (a path, a dict or a :class:`~rayeffi.recipe.Recipe`) and,
+optionally, a model object in; a :class:`~rayeffi.result.Result` out.
+
+The same driver as ``rayeffi run`` (``run.run_recipe``) behind a function: every check,
+the same one-line :class:`~rayeffi.errors.UserError` for a user's mistake, the same run
+directory. See docs/api.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from rayeffi.errors import UserError
+from rayeffi.health import HealthStop, check_final
+from rayeffi.models import check_builder
+from rayeffi.recipe import Recipe, load_recipe
+from rayeffi.result import Result
+from rayeffi.driver import run_recipe
+from rayeffi.plan import validate_run
+
+RecipeLike = str | Path | dict[str, Any] | Recipe
+
+
+def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] | None = None, smoke: bool = False,
+        overrides: list[str] = (), address: str | None = None, resume: bool = False) -> Result:
+    """Run every stage of ``recipe`` into the run directory ``out``; return its :class:`Result`.
+
+    ``model``: a function ``(num_features, num_classes, image_shape, **model.kwargs) -> nn.Module``
+    or an ``nn.Module`` subclass, called that way; it builds the model of every stage,
+    in place of ``model.name`` (which becomes its qualified name in ``summary.json``).
+    ``overrides``: ``--set`` strings (``"stages.train.epochs=3"``); ``smoke``: the CI-sized run.
+
+    Raises :class:`UserError` (one line) for a bad recipe or model object, a failed check,
+    a stage whose loss became non-finite or ended non-finite; other exceptions (a worker's
+    crash, Ray's ``TrainingFailedError``) propagate as ``run_recipe`` raises them.
+    """
+    builder = check_builder(model)
+    loaded = load_recipe(recipe, overrides, smoke=smoke, builder=builder)
+    if builder is not None:
+        _send_by_value(builder)
+    out = Path(out).absolute()
+    try:
+        summary = run_recipe(loaded, out, address=address, resume=resume)
+    except KeyboardInterrupt:
+        diverged = HealthStop.take()  # the driver's health check stops a diverging run this way
+        if diverged:
+            raise UserError(diverged) from None
+        raise
+    for stage in summary["stages"]:
+        diverged = check_final(stage.get("metrics") or {})
+        if diverged:
+            raise UserError(f"stages.{stage['name']}: {diverged}")
+    return Result(out, summary, builder)
+
+
+def validate(recipe: RecipeLike, address: str | None = None, *, model: Callable[..., nn.Module] | None = None,
+             smoke: bool = False, overrides: list[str] = ()) -> list[str]:
+    """Every check :func:`run` makes before training, without training; returns the plan's lines.
+
+    Raises :class:`UserError` where ``run`` would (GPUs asked for and not there included).
+    """
+    return validate_run(load_recipe(recipe, overrides, smoke=smoke, builder=check_builder(model)), address)
+
+
+def _send_by_value(builder: Callable[..., nn.Module]) -> None:
+    """Let the builder reach Ray's workers although they cannot import its module.
+
+    The stage config (holding the builder) is pickled to every worker. A function from
+    ``__main__`` travels by value anyway; one from a script, notebook helper or test module
+    would travel by reference and fail to import there, so its module travels by value
+    too. Installed packages (site-packages) and rayeffi itself stay by reference.
+    """
+    from ray import cloudpickle
+
+    module = sys.modules.get(builder.__module__)
+    if module is None or module.__name__ == "__main__" or module.__name__.split(".")[0] == "rayeffi":
+        return
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    location = Path(getattr(module, "__file__", None) or "").resolve()
+    if getattr(module, "__file__", None) is None or any(location.is_relative_to(root) for root in installed):
+        return
+    cloudpickle.register_pickle_by_value(module)
+
+
+__all__ = ["run", "validate"]
