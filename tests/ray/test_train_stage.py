@@ -108,3 +108,25 @@ def test_init_from_previous_passes_only_the_weights(tmp_path):
         torch.testing.assert_close(second["model"][name], first["model"][name], rtol=0, atol=1e-8)
     assert second["epoch"] == 1  # a new stage: its own epoch count, fresh optimizer
     assert summary["status"] == "complete" and [s["name"] for s in summary["stages"]] == ["first", "second"]
+
+
+def test_step_options_in_one_recipe(tmp_path):
+    """An optimizer by import path, a per-step warm-up + cosine, clipping and early stopping
+    through run_recipe (local mode): early stopping ends the stage after epoch 2 of 3."""
+    summary = run_recipe(validate_recipe({
+        "data": {"max_samples": 256, "batch_size": 32},
+        "model": {"hidden_sizes": [32]},
+        "optimizer": {"name": "torch.optim.RMSprop", "lr": 0.002, "kwargs": {"alpha": 0.9}, "max_grad_norm": 0.5,
+                      "schedule": {"name": "cosine", "warmup_steps": 4}},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 3,
+                    # no val_loss improves by 100: the second epoch is the one without improvement
+                    "early_stop": {"patience": 1, "metric": "val_loss", "min_delta": 100.0}}],
+    }), tmp_path)["stages"][0]
+    assert summary["stopped_early"] == {"epoch": 2, "of_epochs": 3}
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+    assert summary["history"][0]["lr"] == pytest.approx(0.002 / 4)  # the first warm-up step's lr
+    assert all(row["grad_norm"] > 0 for row in summary["history"])
+    state = load_checkpoint(summary["checkpoint"])
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 16  # 8 optimizer steps per epoch
+    assert "square_avg" in next(iter(state["optimizer"]["state"].values()))  # RMSprop's state
