@@ -237,3 +237,14 @@ def test_early_stopping_counts_epochs_without_improvement_and_resumes():
     assert resumed.update({"val_accuracy": float("nan")})  # a NaN never improves: the second bad epoch stops
     loss = EarlyStopping.from_config(EarlyStopConfig(patience=1, metric="val_loss"), "classification")
     assert [loss.update({"val_loss": value}) for value in (1.0, 0.5, 0.7)] == [False, False, True]
+
+
+def test_smoke_keeps_a_per_step_warmup_shorter_than_the_run(write_recipe):
+    from rayeffi.recipe import load_recipe
+
+    text = """
+optimizer: {schedule: {name: cosine, warmup_steps: 500}}
+stages: [{name: train, kind: train, epochs: 9}]
+"""
+    stage = load_recipe(write_recipe(text), smoke=True).stage("train")
+    assert stage.optimizer.schedule.warmup_steps < stage.total_epochs  # >= 1 step per epoch
