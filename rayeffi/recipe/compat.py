@@ -81,6 +81,10 @@ def _stops_early(stage: Any) -> bool:
     return stage.early_stop is not None
 
 
+def _user_metrics(stage: Any) -> bool:
+    return bool(stage.task.metrics)
+
+
 RULES: tuple[Rule, ...] = (
     Rule(strategy="pipeline", technique="distill",
          reason="does not run kind 'distill' (the distillation loss needs the student's whole output and the "
@@ -139,6 +143,12 @@ RULES: tuple[Rule, ...] = (
     Rule(strategy="param_server", when=_per_step_schedule, option="optimizer.schedule.warmup_steps",
          reason="publishes one lr per epoch to the servers",
          fix="use a per-epoch schedule (warmup_epochs)"),
+    Rule(strategy="pipeline", when=_user_metrics, option="task.metrics",
+         reason="evaluates on its last stage and sends back only the task's own sums",
+         fix="remove task.metrics, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_user_metrics, option="task.metrics",
+         reason="runs its own evaluation, which sums only the task's own figures",
+         fix="remove task.metrics, or use parallel.strategy=data_parallel"),
     Rule(strategy="param_server", when=_stops_early, option="early_stop",
          reason="runs its own loop, which does not stop early",
          fix="remove early_stop, or use parallel.strategy=data_parallel"),

@@ -39,6 +39,7 @@ class SyntheticDataConfig(Section):
     """Parquet files the training rows are spread over (Ray Data reads them in parallel)."""
 
 
+_USER_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TASK_NAMES = ("classification", "language_modeling", "token_classification", "regression")
 
 
@@ -52,6 +53,29 @@ class TaskConfig(Section):
     a label per token. ``regression``: a float target (or a fixed-size list of them); MSE."""
     ignore_index: int = -100
     """Label of a position that scores nothing (padding; the end of a sequence)."""
+    loss: str | None = None
+    """``package.module:function`` called ``(logits, targets) -> scalar tensor`` (FP32 logits),
+    replacing the task's loss in training and in ``val_loss`` (classification and regression;
+    checked on 2 rows before Ray starts)."""
+    metrics: tuple[str, ...] = ()
+    """``package.module:function`` paths, each called ``(logits, targets)`` on every validation
+    batch and returning a number or a dict of numbers, read as a mean over the batch's rows:
+    ``val_NAME`` is the row-weighted mean over the whole validation set (``task.py: UserScores``)."""
+
+    @field_validator("loss", "metrics")
+    @classmethod
+    def _function_paths(cls, value: Any) -> Any:
+        for path in [value] if isinstance(value, str) else value or ():
+            if not _USER_FUNCTION.match(path):
+                raise ValueError(f"{path!r} is not a 'package.module:function' path")
+        return value
+
+    @model_validator(mode="after")
+    def _user_loss_on_row_tasks(self) -> TaskConfig:
+        if self.loss is not None and self.per_token:
+            raise ValueError(f"task.loss replaces the loss of a row task (classification, regression), not "
+                             f"{self.name!r}, whose loss is a mean over the global batch's real tokens: remove it")
+        return self
 
     @model_validator(mode="before")
     @classmethod

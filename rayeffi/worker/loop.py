@@ -94,10 +94,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
                 scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
-            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count = totals.tolist()  # the epoch's one host sync
+            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count, *extra_sums = \
+                totals.tolist()  # the epoch's one host sync
             metrics = epoch_metrics(train_loss_sum=train_loss_sum, train_rows=train_rows, val_loss_sum=val_loss_sum,
                                     val_correct=val_correct, val_count=val_count, train_s=train_s, epoch=epoch + 1,
                                     lr=lr, task=parts.task, train_tokens=train_tokens)
+            metrics.update(parts.task.extra_metrics(extra_sums))  # the recipe's task.metrics
             for technique in parts.techniques:
                 metrics.update(technique.metrics())
             metrics.update(parts.precision.metrics())
@@ -209,16 +211,19 @@ def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task)
 
 
 def _evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None = None) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, on its device."""
+    """``[loss_sum, num_correct, num_scored, ...]`` over this worker's validation shard, on its device
+    (``Task.eval_sums``: the recipe's task.metrics append their row-weighted sums)."""
     parts.model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=parts.strategy.device)  # on the device: no host sync
+    sums = None  # on the device: no host sync; its length is the task's (user metrics add entries)
     for batch in batches.epoch(None):
         inputs, targets, _ = _on_device(batch, parts.strategy.device, parts.task)
         if augment is not None:
             inputs = augment.eval(inputs)  # normalisation only
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
-        sums += eval_step(parts, inputs, targets).to(sums.device, torch.float64)
-    return sums
+        batch_sums = eval_step(parts, inputs, targets).to(parts.strategy.device, torch.float64)
+        sums = batch_sums if sums is None else sums + batch_sums
+    return sums if sums is not None else torch.zeros(parts.task.num_eval_sums, dtype=torch.float64,
+                                                     device=parts.strategy.device)
 
 
 def _grad_norm_metrics(parts: StepParts) -> dict[str, float]:

@@ -111,9 +111,11 @@ def test_init_from_previous_passes_only_the_weights(tmp_path):
 
 
 def test_step_options_in_one_recipe(tmp_path):
-    """An optimizer by import path, a per-step warm-up + cosine, clipping and early stopping
-    through run_recipe (local mode): early stopping ends the stage after epoch 2 of 3."""
+    """An optimizer by import path, a per-step warm-up + cosine, clipping, early stopping and
+    a user loss and metric through run_recipe (local mode): early stopping ends the stage
+    after epoch 2 of 3."""
     summary = run_recipe(validate_recipe({
+        "task": {"loss": "helpers.user_scores:smoothed_cross_entropy", "metrics": ["helpers.user_scores:top2_accuracy"]},
         "data": {"max_samples": 256, "batch_size": 32},
         "model": {"hidden_sizes": [32]},
         "optimizer": {"name": "torch.optim.RMSprop", "lr": 0.002, "kwargs": {"alpha": 0.9}, "max_grad_norm": 0.5,
@@ -127,6 +129,7 @@ def test_step_options_in_one_recipe(tmp_path):
     assert [row["epoch"] for row in summary["history"]] == [1, 2]
     assert summary["history"][0]["lr"] == pytest.approx(0.002 / 4)  # the first warm-up step's lr
     assert all(row["grad_norm"] > 0 for row in summary["history"])
+    assert all(row["val_accuracy"] <= row["val_top2_accuracy"] <= 1 for row in summary["history"])
     state = load_checkpoint(summary["checkpoint"])
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 16  # 8 optimizer steps per epoch
     assert "square_avg" in next(iter(state["optimizer"]["state"].values()))  # RMSprop's state

@@ -248,3 +248,75 @@ stages: [{name: train, kind: train, epochs: 9}]
 """
     stage = load_recipe(write_recipe(text), smoke=True).stage("train")
     assert stage.optimizer.schedule.warmup_steps < stage.total_epochs  # >= 1 step per epoch
+
+
+# -- user loss and metrics ------------------------------------------------------------------------------
+
+
+def test_user_scores_parse_and_are_refused_where_they_cannot_run():
+    stage = _stage(task={"loss": "helpers.user_scores:smoothed_cross_entropy",
+                         "metrics": ["helpers.user_scores:top2_accuracy"]})
+    assert stage.task.metrics == ("helpers.user_scores:top2_accuracy",)
+    with pytest.raises(UserError, match="'helpers.user_scores' is not a 'package.module:function' path"):
+        _stage(task={"loss": "helpers.user_scores"})
+    with pytest.raises(UserError, match="task.loss replaces the loss of a row task"):
+        _stage(task={"name": "language_modeling", "loss": "helpers.user_scores:smoothed_cross_entropy"},
+               data={"dataset": "text"}, model={"name": "lm"})
+    with pytest.raises(UserError, match="pipeline with task.metrics"):
+        _stage(task={"metrics": ["helpers.user_scores:top2_accuracy"]},
+               parallel={"strategy": "pipeline", "num_stages": 2, "num_microbatches": 2})
+
+
+def _user_task(**keys):
+    from rayeffi.recipe.sections import TaskConfig
+    from rayeffi.task import build_task
+
+    return build_task(TaskConfig(**keys))
+
+
+def test_a_user_loss_trains_and_scores_val_loss():
+    task = _user_task(loss="helpers.user_scores:smoothed_cross_entropy")
+    parts = _parts()
+    parts.task = task
+    reference = _model()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    inputs, targets = _batch()
+    train_step(parts, inputs, targets)
+    torch.nn.functional.cross_entropy(reference(inputs), targets, label_smoothing=0.1).backward()
+    optimizer.step()
+    for mine, theirs in zip(parts.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    logits = reference(inputs).detach()
+    expected = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.1).item() * len(targets)
+    assert task.eval_sums(logits, targets)[0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_user_metrics_are_row_weighted_means_over_uneven_batches():
+    task = _user_task(metrics=["helpers.user_scores:top2_accuracy", "helpers.user_scores:margin_stats"])
+    generator = torch.Generator().manual_seed(3)
+    logits, targets = torch.randn(10, 5, generator=generator), torch.randint(0, 5, (10,), generator=generator)
+    sums = task.eval_sums(logits[:7], targets[:7]) + 0  # a batch of 7, then one of 3
+    sums = sums + task.eval_sums(logits[7:], targets[7:])
+    assert task.metric_names == ("val_top2_accuracy", "val_mean_max_logit", "val_rows_seen")
+    assert task.num_eval_sums == len(sums) == 3 + 1 + 3
+    metrics = task.extra_metrics(sums[3:].tolist())
+    whole = (logits.topk(2, dim=-1).indices == targets[:, None]).any(-1).float().mean().item()
+    assert metrics["val_top2_accuracy"] == pytest.approx(whole)  # the mean over all 10 rows
+    assert metrics["val_mean_max_logit"] == pytest.approx(logits.max(-1).values.mean().item())
+    assert metrics["val_rows_seen"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    ({"loss": "helpers.user_scores:per_row_loss"}, r"task.loss helpers.user_scores:per_row_loss returned \[8\]: "
+                                                   "it must return a scalar tensor"),
+    ({"loss": "helpers.user_scores:one_argument"}, r"task.loss .*one_argument\(logits, targets\) failed on 2 rows"),
+    ({"metrics": ["helpers.user_scores:a_list"]}, "task.metrics .*a_list.* must return a number or a dict"),
+    ({"loss": "helpers.user_scores:nothing_here"}, "has no function 'nothing_here'"),
+    ({"loss": "helpers.no_such_module:f"}, "cannot import 'helpers.no_such_module'"),
+])
+def test_user_scores_are_checked_in_the_dry_run(keys, expected):
+    from rayeffi.models.contract import dry_run
+
+    with pytest.raises(UserError, match=expected) as error:
+        dry_run(_model(), "mlp", *_batch(), 3, task=_user_task(**keys))
+    assert "\n" not in str(error.value)
