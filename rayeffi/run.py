@@ -122,7 +122,9 @@ def run_recipe(
             summary["tracking"] = tracker.ids()
             write_summary(summary, out_dir)
             figures = "  ".join(f"{key} {value:.4f}" for key, value in headline_metrics(previous.metrics).items())
-            echo(f"[{stage.name}] done in {result.wall_s:.1f} s: {figures}")
+            stopped = result.extra.get("stopped_early")
+            early = f" (stopped early after epoch {stopped['epoch']} of {stopped['of_epochs']})" if stopped else ""
+            echo(f"[{stage.name}] done in {result.wall_s:.1f} s{early}: {figures}")
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
         write_summary(summary, out_dir)
