@@ -119,7 +119,9 @@ def run_recipe(
             summary["tracking"] = tracker.ids()
             write_summary(summary, out_dir)
             figures = "  ".join(f"{key} {value:.4f}" for key, value in headline_metrics(previous.metrics).items())
-            echo(f"[{stage.name}] done in {result.wall_s:.1f} s: {figures}")
+            stopped = result.extra.get("stopped_early")
+            early = f" (stopped early after epoch {stopped['epoch']} of {stopped['of_epochs']})" if stopped else ""
+            echo(f"[{stage.name}] done in {result.wall_s:.1f} s{early}: {figures}")
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
         write_summary(summary, out_dir)
@@ -172,6 +174,7 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
         raise UserError(f"stages.{stage.name}.data.augment.mean has {len(augment.mean)} values but the images have "
                         f"{source.info.image_shape[0]} channels: give one mean and std per channel")
     _check_model_contract(stage, source)
+    _check_step_options(stage, source)
     _check_checkpoint_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
@@ -230,6 +233,22 @@ def _check_checkpoint(path: str, model_config, source: DataSource, key: str) -> 
         check_model_state(load_checkpoint(path)["model"], build_model(model_config, source.info), path)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
+
+
+def _check_step_options(stage: StageConfig, source: DataSource) -> None:
+    """The optimizer class builds with the recipe's arguments; a per-step warm-up fits in the run."""
+    from rayeffi.worker.optim import check_optimizer, steps_per_epoch
+
+    key = f"stages.{stage.name}.optimizer"
+    check_optimizer(stage.optimizer, key)
+    schedule = stage.optimizer.schedule
+    if schedule.per_step:
+        total = stage.total_epochs * steps_per_epoch(source.info.num_train, stage.data_layout,
+                                                     stage.scaling.num_workers)
+        if schedule.warmup_steps >= total:
+            raise UserError(f"{key}.schedule.warmup_steps {schedule.warmup_steps} is not shorter than the run's "
+                            f"{total} optimizer steps ({stage.total_epochs} epochs of {total // stage.total_epochs}): "
+                            f"use fewer warm-up steps or more epochs")
 
 
 def _check_model_contract(stage: StageConfig, source: DataSource) -> None:

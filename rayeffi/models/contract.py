@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rayeffi.errors import UserError
-from rayeffi.task import CLASSIFICATION, Task, logits_of
+from rayeffi.task import CLASSIFICATION, Task, check_user_scores, logits_of
 
 
 def first_layer(model: nn.Module) -> nn.Module | None:
@@ -107,6 +107,7 @@ def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Te
             if not torch.isfinite(logits.float()).all():
                 raise UserError(f"model {name}: forward returned non-finite logits on real rows: check its "
                                 "initialisation and normalisation")
+            check_user_scores(task, logits, targets)  # the recipe's task.loss and task.metrics, if any
             loss = task.loss(logits, targets)
         try:
             loss.backward()

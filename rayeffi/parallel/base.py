@@ -17,6 +17,8 @@ interface is small, and every method has a default that is right for a single pr
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Callable
 
 import torch
@@ -87,6 +89,11 @@ class Strategy:
     def agree_on_gradients(self, parts) -> None:
         """Before the optimizer step, after the techniques' ``after_backward``: make every rank
         take the same decision (a pipeline's stages agree on a loss-scale overflow)."""
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Context for a backward whose gradients are accumulated, not yet synchronised
+        (gradient accumulation's inner micro-batches; DDP: ``model.no_sync()``)."""
+        return contextlib.nullcontext()
 
     @property
     def replicas(self) -> int:

@@ -29,6 +29,10 @@ class DataParallel(Strategy):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model
 
+    def no_sync(self, model: nn.Module):
+        # DDP skips its all-reduce; the next synchronised backward all-reduces the accumulated sum
+        return model.no_sync() if isinstance(model, DistributedDataParallel) else super().no_sync(model)
+
     @property
     def replicas(self) -> int:
         return self.world_size

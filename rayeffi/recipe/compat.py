@@ -27,6 +27,8 @@ class Rule:
     tasks: tuple[str, ...] = (ANY,)
     when: Callable[[Any], bool] | None = None
     """A further condition on the stage (None: the slots alone decide)."""
+    option: str = ""
+    """The stage option ``when`` looks for, as the message names it (e.g. ``optimizer.max_grad_norm``)."""
 
     def matches_slots(self, strategy: str, precision: str, techniques: set[str]) -> bool:
         return (
@@ -45,7 +47,8 @@ class Rule:
         slots = [f"parallel.strategy {self.strategy}" if self.strategy != ANY else "",
                  f"precision {'/'.join(self.precisions)}" if ANY not in self.precisions else "",
                  f"technique {self.technique}" if self.technique != ANY else "",
-                 f"task {'/'.join(self.tasks)}" if ANY not in self.tasks else ""]
+                 f"task {'/'.join(self.tasks)}" if ANY not in self.tasks else "",
+                 self.option]
         return " with ".join(slot for slot in slots if slot)
 
 
@@ -64,6 +67,26 @@ def _has_hints(stage: Any) -> bool:
 
 def _adds_a_loss_term(stage: Any) -> bool:
     return any(config.adds_loss for config in stage.technique_configs)
+
+
+def _clips(stage: Any) -> bool:
+    return stage.optimizer.max_grad_norm is not None
+
+
+def _accumulates(stage: Any) -> bool:
+    return stage.optimizer.accumulate_steps > 1
+
+
+def _per_step_schedule(stage: Any) -> bool:
+    return stage.optimizer.schedule.per_step
+
+
+def _stops_early(stage: Any) -> bool:
+    return stage.early_stop is not None
+
+
+def _user_metrics(stage: Any) -> bool:
+    return bool(stage.task.metrics)
 
 
 RULES: tuple[Rule, ...] = (
@@ -101,6 +124,42 @@ RULES: tuple[Rule, ...] = (
          reason="caches one row of teacher logits per example, and per-token logits are seq_len x vocabulary "
                 "per row",
          fix="set distill.cache: false (the teacher runs in the step)"),
+    Rule(strategy="pipeline", when=_clips, option="optimizer.max_grad_norm",
+         reason="clips the norm of the whole model's gradients, and each pipeline stage holds a part (the norm "
+                "would need a reduction over the stages that this strategy does not make)",
+         fix="remove optimizer.max_grad_norm, or use parallel.strategy=data_parallel"),
+    Rule(strategy="intra_layer", when=_clips, option="optimizer.max_grad_norm",
+         reason="clips the norm of the whole model's gradients, and each rank holds shards of some layers and "
+                "copies of others (the norm would need a reduction this strategy does not make)",
+         fix="remove optimizer.max_grad_norm, or use parallel.strategy=data_parallel"),
+    Rule(strategy="pipeline", when=_accumulates, option="optimizer.accumulate_steps",
+         reason="already splits each step into parallel.num_microbatches micro-batches",
+         fix="raise parallel.num_microbatches instead of optimizer.accumulate_steps"),
+    Rule(strategy="intra_layer", when=_accumulates, option="optimizer.accumulate_steps",
+         reason="is not supported yet (its groups gather each step's rows; accumulation was not tested there)",
+         fix="remove optimizer.accumulate_steps, or use parallel.strategy=data_parallel"),
+    Rule(tasks=("language_modeling", "token_classification"), when=_accumulates, option="optimizer.accumulate_steps",
+         reason="would average per-micro-batch token means, which is not the whole batch's mean over its real "
+                "tokens",
+         fix="remove optimizer.accumulate_steps (lower data.batch_size or data.seq_len to save memory)"),
+    Rule(strategy="param_server", when=_clips, option="optimizer.max_grad_norm",
+         reason="runs its own loop where the servers apply the gradients",
+         fix="remove optimizer.max_grad_norm, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_accumulates, option="optimizer.accumulate_steps",
+         reason="runs its own loop (use parallel.push_every to send fewer, larger updates)",
+         fix="remove optimizer.accumulate_steps, or set parallel.push_every"),
+    Rule(strategy="param_server", when=_per_step_schedule, option="optimizer.schedule.warmup_steps",
+         reason="publishes one lr per epoch to the servers",
+         fix="use a per-epoch schedule (warmup_epochs)"),
+    Rule(strategy="pipeline", when=_user_metrics, option="task.metrics",
+         reason="evaluates on its last stage and sends back only the task's own sums",
+         fix="remove task.metrics, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_user_metrics, option="task.metrics",
+         reason="runs its own evaluation, which sums only the task's own figures",
+         fix="remove task.metrics, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_stops_early, option="early_stop",
+         reason="runs its own loop, which does not stop early",
+         fix="remove early_stop, or use parallel.strategy=data_parallel"),
 )
 """Every forbidden combination; anything not listed here runs."""
 

@@ -260,7 +260,13 @@ def _smoke_stage(stage: StageConfig) -> StageConfig:
         for key in raw["tune"]["search_space"]:
             if key.rsplit(".", 1)[-1].endswith("epochs"):  # searched epoch counts shrink too
                 raw["tune"]["search_space"][key] = {"choice": [1]}
-    return type(stage).model_validate(raw)
+    smoked = type(stage).model_validate(raw)
+    warmup_steps = smoked.optimizer.schedule.warmup_steps
+    if warmup_steps is not None and warmup_steps >= smoked.total_epochs:
+        # every epoch makes a step at least: a warm-up shorter than the epochs is shorter than the run
+        raw["optimizer"]["schedule"]["warmup_steps"] = smoked.total_epochs - 1
+        smoked = type(stage).model_validate(raw)
+    return smoked
 
 
 __all__ = ["GLOBAL_SECTIONS", "load_recipe", "parse_override", "set_dotted", "smoke_recipe", "validate_recipe"]

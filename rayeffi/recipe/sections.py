@@ -42,6 +42,7 @@ class SyntheticDataConfig(Section):
     """Parquet files the training rows are spread over (Ray Data reads them in parallel)."""
 
 
+_USER_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TASK_NAMES = ("classification", "language_modeling", "token_classification", "regression")
 
 
@@ -55,6 +56,29 @@ class TaskConfig(Section):
     a label per token. ``regression``: a float target (or a fixed-size list of them); MSE."""
     ignore_index: int = -100
     """Label of a position that scores nothing (padding; the end of a sequence)."""
+    loss: str | None = None
+    """``package.module:function`` called ``(logits, targets) -> scalar tensor`` (FP32 logits),
+    replacing the task's loss in training and in ``val_loss`` (classification and regression;
+    checked on 2 rows before Ray starts)."""
+    metrics: tuple[str, ...] = ()
+    """``package.module:function`` paths, each called ``(logits, targets)`` on every validation
+    batch and returning a number or a dict of numbers, read as a mean over the batch's rows:
+    ``val_NAME`` is the row-weighted mean over the whole validation set (``task.py: UserScores``)."""
+
+    @field_validator("loss", "metrics")
+    @classmethod
+    def _function_paths(cls, value: Any) -> Any:
+        for path in [value] if isinstance(value, str) else value or ():
+            if not _USER_FUNCTION.match(path):
+                raise ValueError(f"{path!r} is not a 'package.module:function' path")
+        return value
+
+    @model_validator(mode="after")
+    def _user_loss_on_row_tasks(self) -> TaskConfig:
+        if self.loss is not None and self.per_token:
+            raise ValueError(f"task.loss replaces the loss of a row task (classification, regression), not "
+                             f"{self.name!r}, whose loss is a mean over the global batch's real tokens: remove it")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -240,36 +264,112 @@ class ModelConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """Learning-rate schedule, stepped once per epoch."""
+    """Learning-rate schedule: stepped once per epoch, or after every optimizer step when
+    ``warmup_steps`` is given (``worker/optim.py`` has the formulas; ``docs/step_options.md``)."""
 
-    name: Literal["constant", "cosine", "step"] = "constant"
+    name: Literal["constant", "cosine", "linear", "step"] = "constant"
+    """``constant``; ``cosine`` (half a cosine down to ``lr * min_lr_factor``); ``linear`` (a
+    straight line down to ``lr * min_lr_factor``); ``step`` (x ``gamma`` every ``step_size``
+    epochs; per-epoch schedules only)."""
     warmup_epochs: int = Field(0, ge=0)
-    """Linear warm-up from lr/10 over this many epochs (before the schedule)."""
+    """Per-epoch schedule: linear warm-up from lr/10 over this many epochs (before the schedule)."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Given (even 0): the schedule steps after every optimizer step, over ``epochs x steps
+    per epoch`` steps, starting with a linear warm-up: step ``i < warmup_steps`` runs at
+    ``lr * (i + 1) / warmup_steps``. It must be shorter than the run (checked before Ray starts)."""
     step_size: PositiveInt = 10
     """``step``: multiply the lr by ``gamma`` every ``step_size`` epochs."""
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)
-    """``cosine``: the lr decays to ``lr * min_lr_factor``."""
+    """``cosine``, ``linear``: the lr decays to ``lr * min_lr_factor``."""
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> ScheduleConfig:
+        if self.per_step and self.warmup_epochs:
+            raise ValueError("optimizer.schedule: give warmup_steps (a per-step schedule) or warmup_epochs "
+                             "(a per-epoch one), not both")
+        if self.per_step and self.name == "step":
+            raise ValueError("optimizer.schedule 'step' decays every step_size epochs and has no per-step form: "
+                             "use name cosine or linear with warmup_steps, or warmup_epochs with step")
+        return self
+
+    @property
+    def per_step(self) -> bool:
+        """The scheduler steps after every optimizer step (``finish_step``), not once per epoch."""
+        return self.warmup_steps is not None
+
+
+BUILTIN_OPTIMIZERS = ("sgd", "adam", "adamw")
+_OPTIMIZER_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*|\.[A-Za-z_]\w*)$")
 
 
 class OptimizerConfig(Section):
-    """Optimizer and its learning-rate schedule."""
+    """Optimizer, its learning-rate schedule, and what happens to the gradients before a step."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: str = "sgd"
+    """``sgd``, ``adam``, ``adamw``, or any ``torch.optim.Optimizer`` subclass by import
+    path: ``torch.optim.RMSprop`` or ``package.module:Class`` (built with the parameters,
+    ``lr``, ``weight_decay`` when above 0, and ``kwargs``; checked before Ray starts)."""
     lr: PositiveFloat = 0.1
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    """SGD only."""
+    """SGD only (an optimizer by import path takes its own in ``kwargs``)."""
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
+    kwargs: dict[str, Any] = {}
+    """Further keyword arguments of the optimizer class, e.g. ``{betas: [0.9, 0.95]}``."""
+    max_grad_norm: PositiveFloat | None = None
+    """Clip the global gradient norm to this before each optimizer step (after the precision
+    policy unscales; a step skipped for overflow is left alone). The pre-clip norm's epoch
+    mean is reported as ``grad_norm``."""
+    accumulate_steps: int = 1
+    """Split each step's rows into this many micro-batches, backward each (DDP all-reduces
+    the last only), and make one optimizer step: the step of the whole batch with the
+    activations of a part. It must divide the rows a worker reads a step."""
     schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
     def _sgd_only_options(self) -> OptimizerConfig:
+        if self.name not in BUILTIN_OPTIMIZERS and not _OPTIMIZER_PATH.match(self.name):
+            raise ValueError(f"optimizer.name {self.name!r} is neither a built-in optimizer "
+                             f"({', '.join(BUILTIN_OPTIMIZERS)}) nor an import path such as torch.optim.RMSprop "
+                             "or package.module:Class")
         if self.name != "sgd" and (self.momentum or self.nesterov):
-            raise ValueError(f"optimizer.momentum and nesterov are SGD options, not {self.name!r}")
+            raise ValueError(f"optimizer.momentum and nesterov are SGD options, not {self.name!r}: "
+                             "give the optimizer's own in optimizer.kwargs")
         if self.nesterov and self.momentum == 0:
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+        if self.accumulate_steps < 1:
+            raise ValueError(f"optimizer.accumulate_steps must be 1 (no accumulation) or more, "
+                             f"got {self.accumulate_steps}")
         return self
+
+
+TASK_METRICS = {
+    "classification": ("val_accuracy", "val_loss", "train_loss"),
+    "token_classification": ("val_token_accuracy", "val_loss", "train_loss"),
+    "language_modeling": ("val_perplexity", "val_token_accuracy", "val_loss", "train_loss"),
+    "regression": ("val_rmse", "val_loss", "train_loss"),
+}
+"""The epoch metrics each task reports that early stopping may watch, headline first
+(``task.py: Task.headline``)."""
+
+
+class EarlyStopConfig(Section):
+    """Stop the stage when its metric has not improved for ``patience`` epochs."""
+
+    patience: PositiveInt
+    """Epochs without an improvement of more than ``min_delta`` before the stage stops."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """The smallest change that counts as an improvement."""
+    metric: str | None = None
+    """An epoch metric of the task (``TASK_METRICS``; default its headline: ``val_accuracy``,
+    ``val_token_accuracy``, ``val_perplexity``, ``val_rmse``). Accuracies should grow, the rest shrink."""
+
+    def watched(self, task_name: str) -> str:
+        return self.metric or TASK_METRICS[task_name][0]
+
+    def greater_is_better(self, task_name: str) -> bool:
+        return self.watched(task_name).endswith("accuracy")
 
 
 class ScalingConfig(Section):

@@ -15,7 +15,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from rayeffi.recipe.compat import check_compatibility
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
 from rayeffi.recipe.sections import (
+    TASK_METRICS,
     DataConfig,
+    EarlyStopConfig,
     ModelConfig,
     OptimizerConfig,
     Precision,
@@ -106,6 +108,9 @@ class StageConfig(Section):
     """``previous`` (the stage before), the name of an earlier stage, or a checkpoint
     path: load that model's weights before training. Optimizer state starts fresh."""
     tune: TuneConfig | None = None
+    early_stop: EarlyStopConfig | None = None
+    """Stop before ``epochs`` when the stage's metric stops improving (``patience``,
+    ``min_delta``, ``metric``); the summary says at which epoch."""
     techniques: tuple[TechniqueConfig, ...] = ()
     """Techniques the step applies, in list order: mappings with a ``name`` (``distill``,
     ``dsd``) and that technique's keys. Tune addresses an item by position
@@ -219,4 +224,16 @@ class StageConfig(Section):
             )
         if self.data.batch_size < num_workers:
             raise ValueError(f"data.batch_size must be at least scaling.num_workers ({num_workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _step_options_fit(self) -> StageConfig:
+        if self.early_stop is not None and self.early_stop.watched(self.task.name) not in TASK_METRICS[self.task.name]:
+            raise ValueError(f"early_stop.metric {self.early_stop.metric!r} is not a metric of task "
+                             f"{self.task.name!r}: use one of {', '.join(TASK_METRICS[self.task.name])}")
+        accumulate = self.optimizer.accumulate_steps
+        rows = self.data_layout.rows_per_read
+        if rows % accumulate:
+            raise ValueError(f"optimizer.accumulate_steps {accumulate} does not divide the {rows} rows a worker "
+                             f"reads a step (data.batch_size / scaling.num_workers): use a divisor of {rows}")
         return self

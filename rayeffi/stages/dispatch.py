@@ -32,6 +32,8 @@ def run_stage(stage: StageConfig, context: StageContext) -> StageResult:
     else:
         result = run_train(stage, context)
     result.extra.update(summary)
+    if result.artifact.metrics.get("stopped_early"):  # early_stop: the stage ended before its epochs
+        result.extra["stopped_early"] = {"epoch": result.artifact.metrics["epoch"], "of_epochs": stage.total_epochs}
     if stage.techniques:
         result.extra["techniques"] = [config.name for config in stage.technique_configs]
     for config in stage.technique_configs:

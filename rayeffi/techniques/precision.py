@@ -81,6 +81,11 @@ class Precision:
         """The loss backward starts from (a pipeline's schedule runs backward itself)."""
         return loss
 
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the optimizer's gradients the true gradients before :meth:`step` (a loss-scaling
+        policy divides them by the scale; once per step however often it is called). Gradient
+        clipping calls it (``worker/step.py: clip_gradients``)."""
+
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Apply the gradients; return False where the step was skipped (overflow)."""
         optimizer.step()
@@ -205,6 +210,7 @@ class FP16(Precision):
         self.onednn_off = False
         self.scaler: torch.amp.GradScaler | None = None
         self.telemetry = PrecisionTelemetry()
+        self._unscaled = False  # this step's gradients are already divided by the scale
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
@@ -220,9 +226,15 @@ class FP16(Precision):
     def backward(self, loss: torch.Tensor) -> None:
         self.scale_loss(loss).backward()  # DDP all-reduces x S gradients
 
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._unscaled:
+            self._grads_to_optimizer()
+            self.scaler.unscale_(optimizer)  # FP32: g / S
+            self._unscaled = True
+
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        self._grads_to_optimizer()
-        self.scaler.unscale_(optimizer)  # FP32: g / S
+        self.unscale_gradients(optimizer)
+        self._unscaled = False  # the next step's gradients arrive scaled
         grads = optimizer_grads(optimizer)
         overflow = has_non_finite(grads)  # host sync; the same on every rank (gradients are all-reduced)
         if not overflow:

@@ -25,7 +25,7 @@ from rayeffi.techniques import build_precision, build_techniques
 from rayeffi.techniques.base import Technique
 from rayeffi.task import CLASSIFICATION, Task, build_task
 from rayeffi.techniques.precision import Precision
-from rayeffi.worker.optim import build_optimizer, build_scheduler
+from rayeffi.worker.optim import build_optimizer, build_scheduler, steps_per_epoch
 from rayeffi.worker.step import StepParts
 
 
@@ -66,11 +66,16 @@ def build_worker(
     init_checkpoint: str | None = None,
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> tuple[StepParts, torch.optim.lr_scheduler.LRScheduler]:
-    """A worker's step parts and its learning-rate schedule (lr x every technique's factor)."""
+    """A worker's step parts and its learning-rate schedule (lr x every technique's factor); a
+    per-step schedule is also the parts' ``scheduler``, which ``finish_step`` steps."""
     model = initial_model(stage, info, init_checkpoint)
     techniques = build_techniques(stage, info)
     make_optimizer = make_optimizer or partial(build_optimizer, stage.optimizer)
     parts = assemble(model, strategy, build_precision(stage.precision), make_optimizer, techniques,
                      build_task(stage.task))
-    scheduler = build_scheduler(stage.optimizer, parts.optimizer, stage.total_epochs, techniques)
+    config = stage.optimizer
+    steps = steps_per_epoch(info.num_train, stage.data_layout, stage.scaling.num_workers)
+    scheduler = build_scheduler(config, parts.optimizer, stage.total_epochs, techniques, steps)
+    parts.max_grad_norm, parts.accumulate_steps = config.max_grad_norm, config.accumulate_steps
+    parts.scheduler = scheduler if config.schedule.per_step else None
     return parts, scheduler

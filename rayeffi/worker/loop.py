@@ -27,6 +27,7 @@ from rayeffi.recipe.models import StageConfig
 from rayeffi.task import Task
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
 from rayeffi.worker.build import build_worker
+from rayeffi.worker.early_stop import EarlyStopping
 from rayeffi.worker.metrics import epoch_metrics
 from rayeffi.worker.state import collect_state, fresh_start, restore_state
 from rayeffi.worker.step import StepParts, eval_step, train_step
@@ -71,7 +72,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(stage.scaling.resources_per_worker.get("CPU", 1))))
     strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
     parts, scheduler = build_worker(stage, spec.info, strategy, spec.init_checkpoint)
-    start_epoch = _restore(parts, scheduler, spec, rank)
+    start_epoch, restored_metrics = _restore(parts, scheduler, spec, rank)
+    stopper = EarlyStopping.from_config(stage.early_stop, stage.task.name) if stage.early_stop else None
+    if stopper is not None:
+        stopper.restore(restored_metrics)
     devices = strategy.all_gather_object(choice.summary(ray.get_gpu_ids()))  # once per start: a collective
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
@@ -87,21 +91,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch),
                                                augment)
             val_sums = _evaluate(parts, val, augment)
-            scheduler.step()
+            if parts.scheduler is None:  # a per-step schedule steps in finish_step
+                scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
-            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count = totals.tolist()  # the epoch's one host sync
+            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count, *extra_sums = \
+                totals.tolist()  # the epoch's one host sync
             metrics = epoch_metrics(train_loss_sum=train_loss_sum, train_rows=train_rows, val_loss_sum=val_loss_sum,
                                     val_correct=val_correct, val_count=val_count, train_s=train_s, epoch=epoch + 1,
                                     lr=lr, task=parts.task, train_tokens=train_tokens)
+            metrics.update(parts.task.extra_metrics(extra_sums))  # the recipe's task.metrics
             for technique in parts.techniques:
                 metrics.update(technique.metrics())
             metrics.update(parts.precision.metrics())
+            metrics.update(_grad_norm_metrics(parts))
+            stop = stopper is not None and stopper.update(metrics)  # all-reduced metrics: every rank agrees
+            if stop:
+                metrics["stopped_early"] = True
             accuracy = metrics.get("val_accuracy", metrics.get("val_token_accuracy"))  # regression has none
             warning = accuracy is not None and chance_warning(epoch + 1, accuracy, metrics["val_loss"],
                                                               spec.info.num_classes)
             if warning:
                 metrics["warning"] = warning
             _report(metrics, parts, scheduler, spec, epoch + 1)
+            if stop:
+                break
     finally:
         for technique in reversed(parts.techniques):
             technique.teardown()
@@ -198,16 +211,29 @@ def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task)
 
 
 def _evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None = None) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, on its device."""
+    """``[loss_sum, num_correct, num_scored, ...]`` over this worker's validation shard, on its device
+    (``Task.eval_sums``: the recipe's task.metrics append their row-weighted sums)."""
     parts.model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=parts.strategy.device)  # on the device: no host sync
+    sums = None  # on the device: no host sync; its length is the task's (user metrics add entries)
     for batch in batches.epoch(None):
         inputs, targets, _ = _on_device(batch, parts.strategy.device, parts.task)
         if augment is not None:
             inputs = augment.eval(inputs)  # normalisation only
         inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
-        sums += eval_step(parts, inputs, targets).to(sums.device, torch.float64)
-    return sums
+        batch_sums = eval_step(parts, inputs, targets).to(parts.strategy.device, torch.float64)
+        sums = batch_sums if sums is None else sums + batch_sums
+    return sums if sums is not None else torch.zeros(parts.task.num_eval_sums, dtype=torch.float64,
+                                                     device=parts.strategy.device)
+
+
+def _grad_norm_metrics(parts: StepParts) -> dict[str, float]:
+    """``grad_norm``: the mean pre-clip gradient norm of the epoch's steps (overflowed fp16
+    steps left out), where the stage clips; the same on every rank (gradients are all-reduced)."""
+    if not parts.grad_norms:
+        return {}
+    norms = torch.stack(parts.grad_norms)
+    parts.grad_norms.clear()
+    return {"grad_norm": norms.nanmean().item()}  # host sync, once per epoch
 
 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:
@@ -229,12 +255,15 @@ def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: Worker
         shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
 
 
-def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> int:
-    """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start epoch."""
+def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[int, dict[str, Any]]:
+    """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start
+    epoch and the metrics of the epoch before it (none on a fresh start)."""
     checkpoint = None if spec.in_tune_trial else ray.train.get_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            return restore_state(parts, scheduler, load_checkpoint(directory), rank)
-    if spec.resume_checkpoint:
-        return restore_state(parts, scheduler, load_checkpoint(spec.resume_checkpoint), rank)
-    return fresh_start(spec.stage.seed, rank)
+            state = load_checkpoint(directory)
+    elif spec.resume_checkpoint:
+        state = load_checkpoint(spec.resume_checkpoint)
+    else:
+        return fresh_start(spec.stage.seed, rank), {}
+    return restore_state(parts, scheduler, state, rank), state.get("metrics") or {}

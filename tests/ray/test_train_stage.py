@@ -145,3 +145,28 @@ def test_python_api_runs_a_dict_with_a_model_builder_and_loads_the_trained_model
     again = rayeffi.load_model(tmp_path / "run", model=small_net)  # from the directory alone
     for name, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], value)
+
+
+def test_step_options_in_one_recipe(tmp_path):
+    """An optimizer by import path, a per-step warm-up + cosine, clipping, early stopping and
+    a user loss and metric through run_recipe (local mode): early stopping ends the stage
+    after epoch 2 of 3."""
+    summary = run_recipe(validate_recipe({
+        "task": {"loss": "helpers.user_scores:smoothed_cross_entropy", "metrics": ["helpers.user_scores:top2_accuracy"]},
+        "data": {"max_samples": 256, "batch_size": 32},
+        "model": {"hidden_sizes": [32]},
+        "optimizer": {"name": "torch.optim.RMSprop", "lr": 0.002, "kwargs": {"alpha": 0.9}, "max_grad_norm": 0.5,
+                      "schedule": {"name": "cosine", "warmup_steps": 4}},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 3,
+                    # no val_loss improves by 100: the second epoch is the one without improvement
+                    "early_stop": {"patience": 1, "metric": "val_loss", "min_delta": 100.0}}],
+    }), tmp_path)["stages"][0]
+    assert summary["stopped_early"] == {"epoch": 2, "of_epochs": 3}
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+    assert summary["history"][0]["lr"] == pytest.approx(0.002 / 4)  # the first warm-up step's lr
+    assert all(row["grad_norm"] > 0 for row in summary["history"])
+    assert all(row["val_accuracy"] <= row["val_top2_accuracy"] <= 1 for row in summary["history"])
+    state = load_checkpoint(summary["checkpoint"])
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 16  # 8 optimizer steps per epoch
+    assert "square_avg" in next(iter(state["optimizer"]["state"].values()))  # RMSprop's state

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import time
+import subprocess
+import sys
 
 import pytest
 
@@ -19,13 +19,17 @@ def test_names_are_short_and_ray_names_kept():
     assert cpu_share.process_name("") == "(kernel thread)"
 
 
+BUSY = "import time\nend = time.monotonic() + 2.5\nwhile time.monotonic() < end:\n    pass\n"
+
+
 def test_a_busy_process_shows_its_cpu_seconds():
+    # the busy loop runs in a child: in this process it would hold the GIL the sampler's
+    # thread needs after each of its /proc reads, and starve the sampling itself
     with cpu_share.CpuSampler() as sampler:
-        end = time.monotonic() + 2.5
-        while time.monotonic() < end:  # busy: about one core for 2.5 s
-            pass
+        child = subprocess.Popen([sys.executable, "-c", BUSY])  # about one core for 2.5 s
+        child.wait()
     window, busy, used = sampler.share(2.0)
-    mine = sampler.names[str(os.getpid())]
+    mine = sampler.names[str(child.pid)]
     seconds = sum(cpu for cpu, name in used if name == mine)
     assert 1.5 <= window <= 3.5 and 0 < busy <= 1
     assert seconds >= 0.6 * window, (seconds, window, used[:5])

@@ -105,7 +105,7 @@ def test_a_local_mode_trial_holds_one_workers_resources(write_recipe):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("optimizer.lrr=1", "unknown key 'optimizer.lrr'.*allowed here: lr, momentum"),
+        ("optimizer.lrr=1", "unknown key 'optimizer.lrr'.*allowed here: .*lr, max_grad_norm, momentum"),
         ("stages.first.epochs=0", "'stages.first.epochs'.*greater than 0"),
         ("stages.first.kind=prune", "'stages.first.kind' must be one of: train, distill, dsd"),
         ("data.batch_size=33", "does not split evenly over scaling.num_workers 2"),
