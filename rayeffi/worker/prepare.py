@@ -53,6 +53,8 @@ def prepare(
     precision: Any = "fp32",
     techniques: Sequence[Any] = (),
     task: str | Task = "classification",
+    max_grad_norm: float | None = None,
+    accumulate_steps: int = 1,
     num_features: int | None = None,
 ) -> Prepared:
     """Wrap ``model`` and ``optimizer`` for your own loop; see the module docstring.
@@ -64,6 +66,10 @@ def prepare(
     ``rayeffi.DistillConfig``, whose ``teachers`` may be trained modules), a mapping with
     a ``name`` (as in a recipe's ``techniques:`` list) or a :class:`Technique`.
     ``task``: how technique losses read the logits (``language_modeling``: per-token KD).
+    ``max_grad_norm``: clip the global gradient norm before each optimizer step (after the
+    policy unscales; the norm is reported as ``grad_norm``). ``accumulate_steps`` k: ``step``
+    acts on every k-th call, ``backward`` divides the loss by k, and ``with fx.accumulate():``
+    around the forward and backward skips DDP's all-reduce on the inner k-1.
     ``num_features``: the input width, needed only by distillation hints (a probe forward).
 
     The model is used on the device its parameters are on (place it first, e.g. on
@@ -78,20 +84,27 @@ def prepare(
     task = _task(task)
     configs = [_technique(item, index, num_features) for index, item in enumerate(techniques)]
     names = [technique.name for technique in configs]
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise UserError(f"prepare: max_grad_norm must be a positive number, got {max_grad_norm!r}")
+    if not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+        raise UserError(f"prepare: accumulate_steps must be an integer >= 1, got {accumulate_steps!r}")
     if len(set(names)) != len(names):
         raise UserError(f"prepare: techniques {names} name one twice: each technique appears once")
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     strategy = DataParallel(rank, world_size, parameter.device)
     parts = assemble(model, strategy, _precision(precision), _make_optimizer(optimizer), configs, task)
-    return Prepared(parts)
+    parts.max_grad_norm = max_grad_norm
+    return Prepared(parts, accumulate_steps)
 
 
 class Prepared:
     """The step's parts for your own loop: ``model``, ``autocast``, ``loss``, ``backward``, ``step``,
     ``epoch_start``, ``epoch_end``, ``state_dict`` (see :func:`prepare`)."""
 
-    def __init__(self, parts: StepParts):
+    def __init__(self, parts: StepParts, accumulate_steps: int = 1):
         self.parts = parts
+        self.accumulate_steps = accumulate_steps
+        self._calls = 0  # calls of step(): every accumulate_steps-th one steps
         self.epoch = -1
         self.history: list[dict[str, Any]] = []
         self._lr_factor = 1.0
@@ -131,15 +144,27 @@ class Prepared:
         ``alpha * soft + (1 - alpha) * loss``, hints). ``outputs``: what the model returned."""
         return technique_losses(self.techniques, loss, logits_of(outputs), inputs, targets, dict(extras or {}))
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """The policy's backward (fp16: the scaled loss); DDP all-reduces gradients here."""
-        self.parts.precision.backward(loss)
+    def accumulate(self) -> contextlib.AbstractContextManager:
+        """Around the forward and backward of a micro-batch: DDP skips its all-reduce unless the
+        next :meth:`step` is the one that steps (``accumulate_steps``)."""
+        steps_next = (self._calls + 1) % self.accumulate_steps == 0
+        return contextlib.nullcontext() if steps_next else self.parts.strategy.no_sync(self.parts.model)
 
-    def step(self) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
+        """The policy's backward (fp16: the scaled loss; ``accumulate_steps`` k: loss / k); DDP
+        all-reduces gradients here."""
+        self.parts.precision.backward(loss / self.accumulate_steps if self.accumulate_steps > 1 else loss)
+
+    def step(self) -> bool:
         """The rest of the step, as a recipe's: techniques' ``after_backward`` (DSD masks the
-        gradients), unscale and the optimizer step (skipped on an fp16 overflow), ``after_step``
-        (masks re-applied), ``zero_grad``."""
+        gradients), clipping, unscale and the optimizer step (skipped on an fp16 overflow),
+        ``after_step`` (masks re-applied), ``zero_grad``. With ``accumulate_steps`` k only every
+        k-th call steps (it returns True); the others keep the gradients."""
+        self._calls += 1
+        if self._calls % self.accumulate_steps:
+            return False
         finish_step(self.parts)
+        return True
 
     def epoch_start(self, epoch: int) -> None:
         """Before epoch ``epoch`` (0-based): DSD enters its phase (masks chosen once per sparse
@@ -164,6 +189,9 @@ class Prepared:
         for technique in self.techniques:
             metrics.update(technique.metrics())
         metrics.update(self.parts.precision.metrics())
+        if self.parts.grad_norms:  # where it clips: the epoch's mean pre-clip norm (overflowed steps left out)
+            metrics["grad_norm"] = torch.stack(self.parts.grad_norms).nanmean().item()
+            self.parts.grad_norms.clear()
         self.history.append(metrics)
         return metrics
 

@@ -127,6 +127,8 @@ def test_distillation_from_a_teacher_module_and_a_factory_optimizer():
      "techniques[0].name 'prune'"),
     (lambda m: rayeffi.prepare(m, torch.optim.SGD(m.parameters(), lr=0.1), techniques=[{"name": "dsd"}]),
      "techniques[0] (dsd).rounds"),
+    (lambda m: rayeffi.prepare(m, torch.optim.SGD(m.parameters(), lr=0.1), max_grad_norm=0), "max_grad_norm"),
+    (lambda m: rayeffi.prepare(m, torch.optim.SGD(m.parameters(), lr=0.1), accumulate_steps=0), "accumulate_steps"),
     (lambda m: rayeffi.prepare(m, torch.optim.SGD(m.parameters(), lr=0.1), techniques=[42]),
      "not a technique config"),
     (lambda m: rayeffi.prepare(m, torch.optim.SGD(m.parameters(), lr=0.1), techniques=[DSD, DSD]),
@@ -144,3 +146,46 @@ def test_wrong_arguments_are_one_line_user_errors(call, message):
 def test_step_parts_are_public():
     fx = rayeffi.prepare(model := _model(), torch.optim.SGD(model.parameters(), lr=0.1))
     assert isinstance(fx.parts, StepParts) and fx.module is model
+
+
+@pytest.mark.parametrize("policy, tolerance", [("fp32", 1e-5), ("bf16", 1e-3)])
+def test_accumulated_micro_batches_equal_one_step_of_the_whole_batch(policy, tolerance):
+    """k=2 micro-batches of 16 rows with ``accumulate`` == one step of 32 rows, DSD masks included
+    (bf16: each micro-batch's matmuls round to bf16 on their own, 8 bits of mantissa: a looser bound)."""
+    features, labels = _data()
+    whole = rayeffi.prepare(model := _model(), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                            precision=policy, techniques=[DSD])
+    _own_loop(whole, features, labels, 3)
+    accumulated = rayeffi.prepare(other := _model(), torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9),
+                                  precision=policy, techniques=[DSD], accumulate_steps=2)
+    stepped = []
+    for epoch in range(3):
+        accumulated.epoch_start(epoch)
+        for first in range(0, len(labels), 16):
+            x, y = features[first:first + 16], labels[first:first + 16]
+            with accumulated.accumulate(), accumulated.autocast():
+                loss = F.cross_entropy(accumulated.model(x).float(), y)
+            accumulated.backward(loss)
+            stepped.append(accumulated.step())
+    assert stepped[:4] == [False, True, False, True]
+    for (name, ours), theirs in zip(other.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=tolerance, msg=name)
+
+
+def test_clipping_reports_the_pre_clip_norm_and_clips_as_torch_does():
+    features, labels = _data()
+    fx = rayeffi.prepare(model := _model(), torch.optim.SGD(model.parameters(), lr=0.0), max_grad_norm=0.01)
+    reference = _model()
+    x, y = features[:32], labels[:32]
+    F.cross_entropy(reference(x), y).backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.01)
+    clipped = [p.grad.clone() for p in reference.parameters()]
+    fx.epoch_start(0)
+    loss = F.cross_entropy(fx.model(x), y)
+    fx.backward(loss)
+    fx.parts.precision.step = lambda optimizer: None  # keep the clipped gradients to compare
+    fx.parts.optimizer.zero_grad = lambda set_to_none=True: None
+    fx.step()
+    for ours, theirs in zip(model.parameters(), clipped):
+        torch.testing.assert_close(ours.grad, theirs, rtol=1e-5, atol=1e-7)
+    assert fx.epoch_end()["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
