@@ -38,7 +38,7 @@ _PUBLIC = {
     "load_recipe": "rayeffi.recipe",
     "prepare": "rayeffi.worker.prepare",
     "run": "rayeffi.api",
-    "run_recipe": "rayeffi.driver",
+    "run_recipe": "rayeffi.driver.run",
     "train_step": "rayeffi.worker.step",
     "validate": "rayeffi.api",
 }
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from rayeffi.recipe.distill import DistillConfig
     from rayeffi.recipe.dsd import DsdConfig
     from rayeffi.result import Result, load_model
-    from rayeffi.driver import run_recipe
+    from rayeffi.driver.run import run_recipe
     from rayeffi.techniques import Precision, Technique
     from rayeffi.worker.build import assemble
     from rayeffi.worker.prepare import Prepared, prepare

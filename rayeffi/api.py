@@ -20,8 +20,8 @@ from rayeffi.health import HealthStop, check_final
 from rayeffi.models import check_builder
 from rayeffi.recipe import Recipe, load_recipe
 from rayeffi.result import Result
-from rayeffi.driver import run_recipe
-from rayeffi.plan import validate_run
+from rayeffi.driver.run import run_recipe
+from rayeffi.driver.plan import validate_run
 
 RecipeLike = str | Path | dict[str, Any] | Recipe
 

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from rayeffi.recipe import load_recipe
-    from rayeffi.driver import run_recipe
+    from rayeffi.driver.run import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -143,7 +143,7 @@ def _run(args) -> int:
 
 def _validate(args) -> int:
     from rayeffi.recipe import load_recipe
-    from rayeffi.plan import validate_run
+    from rayeffi.driver.plan import validate_run
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     for line in validate_run(recipe, args.address):
@@ -181,7 +181,7 @@ def interrupts_as_keyboard_interrupt():
 
     The first signal raises KeyboardInterrupt in the driver, whose ``finally`` blocks
     stop the workers and the private Ray; further signals are ignored so that a second
-    Ctrl-C cannot cut that cleanup short (the watchdog of rayeffi/supervise.py removes
+    Ctrl-C cannot cut that cleanup short (the watchdog of rayeffi/driver/supervise.py removes
     whatever a harder kill leaves).
     """
     def stop(signum, frame):
@@ -214,8 +214,8 @@ def mark_interrupted(recipe, out: Path, storage: str | None) -> None:
     A run stopped in its first stage has no summary yet; without one, ``--resume`` would
     refuse the directory although the stage's checkpoints are in its storage.
     """
-    from rayeffi.driver import SUMMARY_FILE, write_summary
-    from rayeffi.storage import resolve_storage
+    from rayeffi.driver.run import SUMMARY_FILE, write_summary
+    from rayeffi.driver.storage import resolve_storage
 
     if not out.is_dir():
         return

@@ -22,7 +22,7 @@ from rayeffi.errors import UserError
 from rayeffi.models import BUILTIN_MODELS, build_model, check_builder
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.models import StageConfig
-from rayeffi.driver import SUMMARY_FILE
+from rayeffi.driver.run import SUMMARY_FILE
 from rayeffi.stages.tune import stage_variant
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from rayeffi.bench import cpu_share, steady_epoch_s
 from rayeffi.bench.native_ddp import native_ddp_epoch_seconds
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 

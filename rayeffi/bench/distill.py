@@ -28,7 +28,7 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
 from rayeffi.recipe.sections import ModelConfig
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
 
 TEACHER = {"name": "cnn", "channels": [32, 64]}

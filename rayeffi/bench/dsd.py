@@ -20,7 +20,7 @@ import tempfile
 
 from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
 
 REGIMES = {

@@ -21,7 +21,7 @@ import tempfile
 from typing import Any
 
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
 
 TEACHER = {"name": "cnn", "channels": [32, 64]}

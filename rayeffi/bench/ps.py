@@ -24,7 +24,7 @@ import ray
 
 from rayeffi.bench.ray_doc_ps import run_baseline
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
 
 TARGET = 0.9

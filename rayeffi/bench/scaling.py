@@ -60,7 +60,7 @@ def scaling_recipe(rows: int, width: int, workers: int, epochs: int):
 
 def measure(axis: str, value: int, rows: int, width: int, workers: int, epochs: int,
             address: str | None = None, nodes: int = 1) -> Point:
-    from rayeffi.driver import run_recipe
+    from rayeffi.driver.run import run_recipe
 
     print(f"-- {axis} = {value}: {rows} rows, MLP width {width}, {workers} worker(s), {nodes} node(s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="rayeffi-bench-scaling-") as out:

@@ -35,7 +35,7 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
 
     A private Ray listens on 127.0.0.1 only (dashboard, GCS, raylet, workers, agents),
     gets at least one logical CPU more than the workers reserve, so Ray Data tasks are
-    never starved by the workers, and is watched by ``rayeffi/supervise.py``, so a
+    never starved by the workers, and is watched by ``rayeffi/driver/supervise.py``, so a
     driver killed with SIGKILL leaves none of its processes behind.
     ``num_gpus``: a private Ray's GPU count (default: the GPUs Ray detects; tests declare
     logical GPUs on machines without CUDA).
@@ -116,7 +116,7 @@ def _ensure_watchdog() -> None:
     """One watchdog per driver process: it removes the private Ray's processes if the driver is killed."""
     global _WATCHDOG
     if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-        from rayeffi.supervise import start_watchdog
+        from rayeffi.driver.supervise import start_watchdog
 
         _WATCHDOG = start_watchdog()
 

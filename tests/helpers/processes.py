@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from rayeffi.supervise import alive, descendants
+from rayeffi.driver.supervise import alive, descendants
 
 LISTEN = "0A"  # the TCP state code of a listening socket in /proc/net/tcp
 

@@ -26,7 +26,7 @@ from rayeffi.data import builtin_digits_paths
 from rayeffi.data.image_folder import write_mnist_folder
 from rayeffi.models import ConvNet
 from rayeffi.recipe import load_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.task import headline_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.ray_session import start_ray
 
 pytestmark = pytest.mark.ray

@@ -13,7 +13,7 @@ import torch
 
 from rayeffi.models import ConvNet
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.checkpoint import load_checkpoint
 from helpers.reference import full_batch_sgd
 

@@ -16,7 +16,7 @@ from rayeffi.checkpoint import load_checkpoint
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.task import LanguageModeling
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]

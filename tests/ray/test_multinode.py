@@ -26,7 +26,7 @@ from ray.cluster_utils import Cluster
 from helpers.ray_head import descendants, free_ports, helpers_importable_by_workers, kill_pids
 from rayeffi.cli import main
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.ray

@@ -16,7 +16,7 @@ import rayeffi
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.models.mlp import MLP
 from rayeffi.recipe import Recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

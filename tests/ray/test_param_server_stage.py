@@ -16,7 +16,7 @@ import ray
 import torch
 
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages.param_server import ACTOR_PREFIX
 from rayeffi.checkpoint import load_checkpoint
 

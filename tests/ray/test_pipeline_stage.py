@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

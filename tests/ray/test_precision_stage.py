@@ -6,7 +6,7 @@ import pytest
 
 from rayeffi.data.sources import resolve_source
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages import StageContext
 from rayeffi.stages import run_stage
 from rayeffi.checkpoint import load_checkpoint

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rayeffi.supervise import descendants
+from rayeffi.driver.supervise import descendants
 from helpers.processes import RunningCommand, is_loopback, listening_sockets, wait_until_gone
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("own_ray")]  # no other Ray beside the runs it checks

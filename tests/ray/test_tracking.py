@@ -13,7 +13,7 @@ import pytest
 
 from helpers.tensorboard_events import scalars
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 pytest.importorskip("tensorboard")

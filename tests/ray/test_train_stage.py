@@ -13,7 +13,7 @@ from rayeffi.data import builtin_digits_paths
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.stages import StageContext
 from rayeffi.stages import run_stage
 from rayeffi.data.sources import resolve_source

@@ -27,7 +27,7 @@ from helpers.ray_head import free_ports
 from helpers.tensorboard_events import scalars
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from rayeffi.recipe import validate_recipe
-from rayeffi.driver import run_recipe
+from rayeffi.driver.run import run_recipe
 from rayeffi.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]

@@ -1,6 +1,6 @@
 """The unit tier's one Ray: a private local Ray for a module whose tests run whole recipes
 (``rayeffi run`` in local mode), started once for the module instead of once per run
-(~8 s each). ``main(["run", ...])`` joins it and leaves it running (rayeffi/driver.py stops
+(~8 s each). ``main(["run", ...])`` joins it and leaves it running (rayeffi/driver/run.py stops
 only a Ray it started)."""
 
 from __future__ import annotations

@@ -12,16 +12,16 @@ import rayeffi
 PACKAGE = Path(rayeffi.__file__).parent
 
 LAYERS = [  # lowest first; a module belongs to the first entry its dotted name starts with
-    ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.storage", "rayeffi.task", "rayeffi.health",
-                "rayeffi.supervise", "rayeffi.upload")),
+    ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.task", "rayeffi.health",
+                "rayeffi.driver.supervise", "rayeffi.upload")),
     ("recipe", ("rayeffi.recipe",)),
     ("models and data", ("rayeffi.models", "rayeffi.data")),
     ("slots", ("rayeffi.parallel", "rayeffi.techniques")),
     ("worker", ("rayeffi.worker",)),
     ("parameter-server actors", ("rayeffi.param_server",)),
     ("stages", ("rayeffi.stages",)),
-    ("entry points", ("rayeffi.api", "rayeffi.result", "rayeffi.driver", "rayeffi.resume", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
-                      "rayeffi.bench", "rayeffi.report", "rayeffi.export", "rayeffi.plan", "rayeffi.tracking",
+    ("entry points", ("rayeffi.api", "rayeffi.result", "rayeffi.driver", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
+                      "rayeffi.bench", "rayeffi.report", "rayeffi.export", "rayeffi.tracking",
                       "rayeffi")),
 ]
 

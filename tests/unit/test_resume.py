@@ -10,8 +10,8 @@ import torch
 
 from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
-from rayeffi.resume import PROGRESS_FILE, first_difference, plan_resume
-from rayeffi.storage import resolve_storage
+from rayeffi.driver.resume import PROGRESS_FILE, first_difference, plan_resume
+from rayeffi.driver.storage import resolve_storage
 from rayeffi.checkpoint import save_atomic
 
 

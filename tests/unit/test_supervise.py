@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from rayeffi.supervise import alive, descendants, start_watchdog, stat_fields
+from rayeffi.driver.supervise import alive, descendants, start_watchdog, stat_fields
 
 DRIVER = """
 import subprocess, sys, time

@@ -25,13 +25,13 @@ from rayeffi.errors import UserError
 from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
-from rayeffi.resume import PROGRESS_FILE, plan_resume
+from rayeffi.driver.resume import PROGRESS_FILE, plan_resume
 from rayeffi.stages import Artifact, StageContext, run_stage
 from rayeffi.stages.live import LiveProgress
 from rayeffi.stages.progress import Progress
 from rayeffi.stages.tune import check_search_space
 from rayeffi.stages.ray_session import check_address, start_ray
-from rayeffi.storage import resolve_storage
+from rayeffi.driver.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
 from rayeffi.techniques.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
@@ -52,7 +52,7 @@ def run_recipe(
     ``echo`` receives the progress lines (default: this process's stdout as it is now,
     so libraries that print while a stage runs can be silenced without losing them).
     ``storage`` is Ray Train's storage, a path or a pyarrow URI (default ``out_dir/ray``).
-    ``resume`` continues the run already in ``out_dir`` (see rayeffi/resume.py).
+    ``resume`` continues the run already in ``out_dir`` (see rayeffi/driver/resume.py).
     """
     live = None
     if echo is None:

@@ -10,7 +10,7 @@ never mistaken for one of them. When the driver has exited, however it exited, t
 watchdog waits ``GRACE_S`` for Ray's own shutdown, then sends SIGTERM to every
 recorded process still alive, SIGKILL after ``TERM_WAIT_S``, and exits.
 
-Run as ``python rayeffi/supervise.py DRIVER_PID``; :func:`start_watchdog` does that.
+Run as ``python rayeffi/driver/supervise.py DRIVER_PID``; :func:`start_watchdog` does that.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import Recipe, StageConfig
-from rayeffi.storage import load_state, read_state_bytes, resolve_storage, stage_checkpoints
+from rayeffi.driver.storage import load_state, read_state_bytes, resolve_storage, stage_checkpoints
 
 SUMMARY_FILE = "summary.json"
 PROGRESS_FILE = "progress.jsonl"
