@@ -23,7 +23,7 @@ _PUBLIC = {
     "DistillConfig": "rayeffi.recipe.distill",
     "DsdConfig": "rayeffi.recipe.dsd",
     "Pipeline": "rayeffi.parallel",
-    "Precision": "rayeffi.techniques",
+    "Precision": "rayeffi.precision",
     "Prepared": "rayeffi.worker.prepare",
     "Recipe": "rayeffi.recipe",
     "Result": "rayeffi.result",
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from rayeffi.recipe.dsd import DsdConfig
     from rayeffi.result import Result, load_model
     from rayeffi.driver.run import run_recipe
-    from rayeffi.techniques import Precision, Technique
+    from rayeffi.techniques import Technique
+    from rayeffi.precision import Precision
     from rayeffi.worker.build import assemble
     from rayeffi.worker.prepare import Prepared, prepare
     from rayeffi.worker.step import StepParts, train_step

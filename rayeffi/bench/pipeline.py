@@ -34,7 +34,7 @@ from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.parallel.pipeline_timeline import Timeline, busy_seconds, ideal_bubble, measured_bubble
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.report.gantt import plot_pipeline_gantt
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step
 

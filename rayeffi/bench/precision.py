@@ -31,7 +31,7 @@ from rayeffi.errors import UserError
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
 from rayeffi.parallel import DataParallel
-from rayeffi.techniques.precision import PRECISIONS, Precision
+from rayeffi.precision import PRECISIONS, Precision
 from rayeffi.task import task_loss
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step

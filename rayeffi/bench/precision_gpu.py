@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rayeffi.models.convnet import ConvNet
 from rayeffi.parallel import DataParallel
-from rayeffi.techniques.precision import PRECISIONS
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step
 

@@ -34,7 +34,7 @@ from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.driver.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
-from rayeffi.techniques.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
+from rayeffi.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
 
 SUMMARY_FILE = "summary.json"
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rayeffi.techniques.precision import FP32, Precision
+from rayeffi.precision import FP32, Precision
 
 
 class Strategy:

@@ -1,4 +1,4 @@
-"""Techniques and precision policies: the pluggable parts of the step.
+"""Techniques: the pluggable list of the step (the precision policies are ``rayeffi/precision/``).
 
 A technique is a folder here (its maths, its adapter, its driver-side prepare/summarise,
 its report) plus its config in ``rayeffi/recipe/``, registered once below.
@@ -11,7 +11,6 @@ from rayeffi.techniques import distill, dsd
 from rayeffi.techniques.base import DriverInputs, Prepared, Technique, TechniquePlugin
 from rayeffi.techniques.distill import Distillation
 from rayeffi.techniques.dsd import DenseSparseDense
-from rayeffi.techniques.precision import FP32, PRECISIONS, Precision, build_precision
 
 TECHNIQUES: dict[str, TechniquePlugin] = {
     "distill": distill.PLUGIN,
@@ -26,6 +25,6 @@ def build_techniques(stage, info: DatasetInfo) -> list[Technique]:
 
 
 __all__ = [
-    "DenseSparseDense", "Distillation", "DriverInputs", "FP32", "PRECISIONS", "Precision", "Prepared", "TECHNIQUES",
-    "Technique", "TechniquePlugin", "build_precision", "build_techniques",
+    "DenseSparseDense", "Distillation", "DriverInputs", "Prepared", "TECHNIQUES", "Technique", "TechniquePlugin",
+    "build_techniques",
 ]

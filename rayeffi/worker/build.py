@@ -21,10 +21,11 @@ from rayeffi.errors import UserError
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.parallel.base import Strategy
-from rayeffi.techniques import build_precision, build_techniques
+from rayeffi.techniques import build_techniques
+from rayeffi.precision import build_precision
 from rayeffi.techniques.base import Technique
 from rayeffi.task import CLASSIFICATION, Task, build_task
-from rayeffi.techniques.precision import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.optim import build_optimizer, build_scheduler, steps_per_epoch
 from rayeffi.worker.step import StepParts
 

@@ -38,7 +38,8 @@ from torch import nn
 from rayeffi.errors import UserError
 from rayeffi.parallel.data_parallel import DataParallel
 from rayeffi.task import TASKS, Task, logits_of
-from rayeffi.techniques import TECHNIQUES, build_precision
+from rayeffi.techniques import TECHNIQUES
+from rayeffi.precision import build_precision
 from rayeffi.techniques.base import Technique
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, finish_step, technique_losses
@@ -244,7 +245,7 @@ def _task(task: str | Task) -> Task:
 
 
 def _precision(precision: Any):
-    from rayeffi.techniques.precision import PRECISIONS
+    from rayeffi.precision import PRECISIONS
 
     if isinstance(precision, str) and precision not in PRECISIONS:
         raise UserError(f"prepare: precision {precision!r} is not one of {', '.join(PRECISIONS)}")

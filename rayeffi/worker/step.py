@@ -31,7 +31,7 @@ from torch import nn
 from rayeffi.parallel.base import Strategy
 from rayeffi.task import CLASSIFICATION, Task, logits_of
 from rayeffi.techniques.base import Technique
-from rayeffi.techniques.precision import Precision
+from rayeffi.precision import Precision
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rayeffi.parallel import DataParallel
-from rayeffi.techniques.precision import FP32
+from rayeffi.precision import FP32
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step
 

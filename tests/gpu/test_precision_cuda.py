@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayeffi.techniques.base import Technique
-from rayeffi.techniques.precision import PRECISIONS
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.step import train_step
 
 from cuda_problems import mlp_problem, parts_on

@@ -7,7 +7,7 @@ import torch
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import kd_loss
 from rayeffi.techniques.dsd.sparsity import apply_masks, magnitude_masks, mask_gradients, prunable_weights
-from rayeffi.techniques.precision import PRECISIONS
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.step import train_step
 
 from cuda_problems import mlp_problem, needs_pydantic, parts_on

@@ -81,7 +81,7 @@ BAD_CHECKPOINTS = {
 def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a bad checkpoint reached Ray")
-    monkeypatch.setattr("rayeffi.driver.start_ray", refuse)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", refuse)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))

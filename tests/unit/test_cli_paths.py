@@ -15,7 +15,7 @@ GOOD = "stages: [{name: train, kind: train, epochs: 1}]\n"
 def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a bad --out reached Ray")
-    monkeypatch.setattr("rayeffi.driver.start_ray", refuse)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", refuse)
 
 
 def _one_error_line(capsys) -> str:
@@ -65,7 +65,7 @@ def _fake_run(behaviour):
 def test_interrupt_exits_130_with_the_resume_command(tmp_path, capsys, monkeypatch):
     def interrupted(out_dir):
         raise KeyboardInterrupt
-    monkeypatch.setattr("rayeffi.driver.run_recipe", _fake_run(interrupted))
+    monkeypatch.setattr("rayeffi.driver.run.run_recipe", _fake_run(interrupted))
     (tmp_path / "r.yaml").write_text(GOOD)
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "r.yaml"), "--set", "optimizer.lr=0.05", "--out", str(out)]) == 130
@@ -82,7 +82,7 @@ def test_run_directory_deleted_mid_run(tmp_path, capsys, monkeypatch):
         import shutil
         shutil.rmtree(out_dir)
         raise FileNotFoundError(2, "No such file or directory", str(out_dir / "progress.jsonl"))
-    monkeypatch.setattr("rayeffi.driver.run_recipe", _fake_run(deleted))
+    monkeypatch.setattr("rayeffi.driver.run.run_recipe", _fake_run(deleted))
     (tmp_path / "r.yaml").write_text(GOOD)
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
     assert "the run directory was deleted while the run was going" in _one_error_line(capsys)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rayeffi.parallel import DataParallel
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port

@@ -18,7 +18,7 @@ from rayeffi.recipe import validate_recipe
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import ModelConfig, PrecisionConfig
 from rayeffi.techniques.distill.driver import check_distill_stage
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.techniques.distill.losses import (
     FeatureCapture,

@@ -19,7 +19,7 @@ from rayeffi.models import build_model
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.sections import ModelConfig
-from rayeffi.techniques import PRECISIONS, Precision
+from rayeffi.precision import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step

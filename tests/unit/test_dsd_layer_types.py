@@ -11,7 +11,8 @@ import torch
 from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe.dsd import DsdConfig
-from rayeffi.techniques import DenseSparseDense, Precision
+from rayeffi.techniques import DenseSparseDense
+from rayeffi.precision import Precision
 from rayeffi.techniques.dsd.layers import plan_pruning
 from rayeffi.techniques.dsd.sparsity import magnitude_masks
 from rayeffi.worker.build import assemble

@@ -30,7 +30,7 @@ sys.meta_path.insert(0, _NoRayNoPydantic())
 """
 GPU_SIDE_MODULES = [
     "rayeffi.worker.step", "rayeffi.worker.build", "rayeffi.parallel", "rayeffi.parallel.pipeline",
-    "rayeffi.parallel.halo", "rayeffi.parallel.intra_layer", "rayeffi.techniques", "rayeffi.techniques.precision",
+    "rayeffi.parallel.halo", "rayeffi.parallel.intra_layer", "rayeffi.techniques", "rayeffi.precision",
     "rayeffi.techniques.distill.losses", "rayeffi.techniques.dsd.sparsity", "rayeffi.bench.precision",
     "rayeffi.bench.precision_gpu", "rayeffi.device",
 ]

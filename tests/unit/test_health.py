@@ -64,7 +64,7 @@ def test_cli_turns_a_health_stop_into_one_error_line(tmp_path, capsys, monkeypat
     def diverging_run(recipe, out_dir, **kwargs):
         HealthStop.report("stages.train: the fp16 loss scale collapsed to 2e-16 at epoch 3 (floor 0.00390625)")
         raise KeyboardInterrupt
-    monkeypatch.setattr("rayeffi.driver.run_recipe", diverging_run)
+    monkeypatch.setattr("rayeffi.driver.run.run_recipe", diverging_run)
     (tmp_path / "r.yaml").write_text("stages: [{name: train, kind: train, epochs: 3}]\n")
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -76,7 +76,7 @@ def test_cli_rejects_a_run_that_finished_non_finite(tmp_path, capsys, monkeypatc
 
     def finished(recipe, out_dir, **kwargs):
         return {"wall_s": 1.0, "stages": [{"name": "train", "metrics": _epoch(1, train_loss=math.nan)}]}
-    monkeypatch.setattr("rayeffi.driver.run_recipe", finished)
+    monkeypatch.setattr("rayeffi.driver.run.run_recipe", finished)
     (tmp_path / "r.yaml").write_text("stages: [{name: train, kind: train, epochs: 1}]\n")
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,7 +17,7 @@ from rayeffi.parallel import DataParallel  # noqa: E402
 from rayeffi.recipe import validate_recipe  # noqa: E402
 from rayeffi.recipe.sections import ModelConfig  # noqa: E402
 from rayeffi.techniques.dsd.layers import plan_pruning  # noqa: E402
-from rayeffi.techniques.precision import needs_onednn_off, reduced_precision_autocast  # noqa: E402
+from rayeffi.precision import needs_onednn_off, reduced_precision_autocast  # noqa: E402
 from rayeffi.worker.build import build_worker  # noqa: E402
 from rayeffi.worker.step import eval_step, train_step  # noqa: E402
 

@@ -86,7 +86,7 @@ def test_malformed_images_exit_2_with_one_line_before_ray(folder, tmp_path, caps
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start for a malformed input")
 
-    monkeypatch.setattr("rayeffi.driver.start_ray", refuse)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", refuse)
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.png").write_bytes(_png(np.zeros((28, 28), np.uint8)))

@@ -152,7 +152,7 @@ DATA_MISTAKES = {
 def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a malformed input reached Ray")
-    monkeypatch.setattr("rayeffi.driver.start_ray", refuse)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", refuse)
 
 
 def _assert_contract(args, tmp_path, capsys):
@@ -207,7 +207,7 @@ def test_base_recipe_is_valid(tmp_path, capsys, monkeypatch):
 
     def reached(*args, **kwargs):
         raise Reached
-    monkeypatch.setattr("rayeffi.driver.start_ray", reached)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", reached)
     with pytest.raises(Reached):
         main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
 

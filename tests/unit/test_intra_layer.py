@@ -20,7 +20,7 @@ from rayeffi.parallel.split_layers import ColumnParallelLinear, RowParallelLinea
 from rayeffi.parallel.split_model import check_spatial, split_chain
 from rayeffi.recipe import load_recipe, validate_recipe
 from rayeffi.recipe.intra_layer import IntraLayerConfig, squarest_grid
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "intra_layer.yaml"

@@ -27,7 +27,7 @@ from rayeffi.parallel.intra_layer import IntraLayer
 from rayeffi.parallel.mesh import RankGroup
 from rayeffi.parallel.split_model import check_spatial, split_chain, split_spatial
 from rayeffi.recipe.intra_layer import IntraLayerConfig
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port

@@ -16,7 +16,7 @@ LAYERS = [  # lowest first; a module belongs to the first entry its dotted name 
                 "rayeffi.driver.supervise", "rayeffi.upload")),
     ("recipe", ("rayeffi.recipe",)),
     ("models and data", ("rayeffi.models", "rayeffi.data")),
-    ("slots", ("rayeffi.parallel", "rayeffi.techniques")),
+    ("slots", ("rayeffi.parallel", "rayeffi.precision", "rayeffi.techniques")),
     ("worker", ("rayeffi.worker",)),
     ("parameter-server actors", ("rayeffi.param_server",)),
     ("stages", ("rayeffi.stages",)),

@@ -19,7 +19,7 @@ from rayeffi.models.lm import TransformerLM
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.task import IGNORE_INDEX, LanguageModeling
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import eval_step, train_step
 from helpers.gloo import end_rank, free_port

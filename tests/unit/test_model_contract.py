@@ -77,7 +77,7 @@ def test_the_fix_passes_the_dry_run():
     rows = (torch.randint(0, 17, (2, 64)).float(), torch.tensor([0, 1]))
     check_model(ModelConfig(name="helpers.user_models:late_embedding", input_dtype="int64"), info, rows)
     check_model(ModelConfig(name="helpers.user_models:dict_output"), info, rows)
-    from rayeffi.techniques.precision import needs_onednn_off, reduced_precision_autocast
+    from rayeffi.precision import needs_onednn_off, reduced_precision_autocast
 
     for dtype in (torch.float16, torch.bfloat16):  # an LSTM under fp16/bf16 on CPU: oneDNN off, it runs
         precision = lambda model: reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))  # noqa

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from rayeffi.data.info import DatasetInfo
 from rayeffi.parallel import Pipeline
 from rayeffi.recipe.pipeline import PipelineConfig
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import eval_step, train_step
 from helpers.gloo import end_rank, free_port

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.dsd import DsdConfig
 from rayeffi.recipe.pipeline import PipelineConfig
-from rayeffi.techniques import PRECISIONS, DenseSparseDense, Technique
+from rayeffi.techniques import DenseSparseDense, Technique
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step
 from helpers.gloo import end_rank, free_port

@@ -20,7 +20,7 @@ from rayeffi.models import ConvNet
 from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel, Pipeline
 from rayeffi.recipe.pipeline import SCHEDULES, PipelineConfig
-from rayeffi.techniques import Precision
+from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import eval_step, train_step
 from helpers.gloo import end_rank, free_port

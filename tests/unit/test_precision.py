@@ -22,8 +22,8 @@ from rayeffi.parallel import DataParallel
 from rayeffi.recipe.sections import PrecisionConfig
 from rayeffi.report.plots import loss_scale_points, write_report
 from rayeffi.techniques import Technique
-from rayeffi.techniques.loss_scaling import has_non_finite, underflow_fraction
-from rayeffi.techniques.precision import BF16, FP16, PRECISIONS, FP16Master, build_precision
+from rayeffi.precision.loss_scaling import has_non_finite, underflow_fraction
+from rayeffi.precision import BF16, FP16, PRECISIONS, FP16Master, build_precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import eval_step, train_step
 

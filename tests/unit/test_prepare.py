@@ -13,7 +13,7 @@ import rayeffi
 from rayeffi.errors import UserError
 from rayeffi.worker.build import assemble
 from rayeffi.parallel import DataParallel
-from rayeffi.techniques import build_precision
+from rayeffi.precision import build_precision
 from rayeffi.techniques.dsd import DenseSparseDense
 from rayeffi.worker.step import StepParts, train_step
 

@@ -11,7 +11,8 @@ from rayeffi.models import ConvNet
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.dsd import DsdConfig, dsd_phases
-from rayeffi.techniques import DenseSparseDense, Precision
+from rayeffi.techniques import DenseSparseDense
+from rayeffi.precision import Precision
 from rayeffi.techniques.dsd.sparsity import layer_targets, magnitude_masks, measured_sparsity, prunable_weights
 from rayeffi.worker.optim import build_scheduler
 from rayeffi.recipe import OptimizerConfig

@@ -19,7 +19,8 @@ from rayeffi.parallel import STRATEGIES
 from rayeffi.recipe.compat import forbidden_slots
 from rayeffi.recipe.distill import DistillConfig
 from rayeffi.recipe.dsd import DsdConfig
-from rayeffi.techniques import PRECISIONS, TECHNIQUES, DenseSparseDense, Precision, Technique
+from rayeffi.techniques import TECHNIQUES, DenseSparseDense, Technique
+from rayeffi.precision import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import eval_step, train_step

@@ -19,7 +19,7 @@ from rayeffi.recipe import OptimizerConfig
 from rayeffi.recipe.load import validate_recipe
 from rayeffi.recipe.sections import EarlyStopConfig, ScheduleConfig
 from rayeffi.driver.run import _check_step_options
-from rayeffi.techniques.precision import PRECISIONS
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.early_stop import EarlyStopping
 from rayeffi.worker.optim import build_optimizer, build_scheduler, check_optimizer, lr_factor, step_lr_factor

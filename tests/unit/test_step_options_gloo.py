@@ -25,7 +25,7 @@ from rayeffi.parallel import DataParallel
 from rayeffi.recipe import OptimizerConfig
 from rayeffi.recipe.dsd import DsdConfig
 from rayeffi.techniques import DenseSparseDense
-from rayeffi.techniques.precision import PRECISIONS
+from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.optim import build_scheduler, step_lr_factor
 from rayeffi.worker.step import train_step

@@ -129,7 +129,7 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start for a malformed input")
 
-    monkeypatch.setattr("rayeffi.driver.start_ray", refuse)
+    monkeypatch.setattr("rayeffi.driver.run.start_ray", refuse)
 
 
 def _bad_inputs(tmp_path):

@@ -33,7 +33,7 @@ class TeacherLogits:
     """A Ray Data callable class: loads the teachers once per actor, adds their logits."""
 
     def __init__(self, config: DistillConfig, info: DatasetInfo, precision: PrecisionConfig, use_gpu: bool = False):
-        from rayeffi.techniques.precision import build_precision
+        from rayeffi.precision import build_precision
         from rayeffi.techniques.distill.technique import load_teachers
 
         self.device = choose_device(use_gpu).device  # the CPU when CUDA is absent

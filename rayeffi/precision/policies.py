@@ -26,8 +26,8 @@ is always computed on ``outputs.float()`` (``worker/step.py``). Under autocast t
 activations of matmuls and convolutions are BF16/FP16, and so are the gradients
 flowing back through them; weight gradients take the weight's dtype.
 
-The maths lives in :mod:`rayeffi.techniques.loss_scaling` and
-:mod:`rayeffi.techniques.master_weights`; the classes here only plug it into the step.
+The maths lives in :mod:`rayeffi.precision.loss_scaling` and
+:mod:`rayeffi.precision.master_weights`; the classes here only plug it into the step.
 """
 
 from __future__ import annotations
@@ -38,20 +38,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayeffi.techniques.loss_scaling import (
+from rayeffi.precision.loss_scaling import (
     DEFAULT_INIT_SCALE,
     grad_scaler,
     has_non_finite,
     optimizer_grads,
     underflow_fraction,
 )
-from rayeffi.techniques.master_weights import (
+from rayeffi.precision.master_weights import (
     cast_to_fp16_,
     grads_to_masters_,
     masters_to_model_,
     point_optimizer_at_masters_,
 )
-from rayeffi.techniques.precision_telemetry import PrecisionTelemetry
+from rayeffi.precision.telemetry import PrecisionTelemetry
 
 
 class Precision:
