@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "DataParallel": "rayeffi.parallel",
-    "DistillConfig": "rayeffi.recipe.distill",
-    "DsdConfig": "rayeffi.recipe.dsd",
+    "DistillConfig": "rayeffi.techniques.distill.config",
+    "DsdConfig": "rayeffi.techniques.dsd.config",
     "Pipeline": "rayeffi.parallel",
     "Precision": "rayeffi.precision",
     "Prepared": "rayeffi.worker.prepare",
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from rayeffi.errors import UserError
     from rayeffi.parallel import DataParallel, Pipeline, Strategy
     from rayeffi.recipe import Recipe, StageConfig, load_recipe
-    from rayeffi.recipe.distill import DistillConfig
-    from rayeffi.recipe.dsd import DsdConfig
+    from rayeffi.techniques.distill.config import DistillConfig
+    from rayeffi.techniques.dsd.config import DsdConfig
     from rayeffi.result import Result, load_model
     from rayeffi.driver.run import run_recipe
     from rayeffi.techniques import Technique

@@ -262,7 +262,7 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    from rayeffi.export import export_stage
+    from rayeffi.techniques.dsd.export import export_stage
 
     result = export_stage(args.run_dir, args.stage, args.format, args.out)
     print(f"wrote {result['path']} ({result['format']}, sparse phase of round {result['round']}, "

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from rayeffi.recipe.distill import DistillConfig
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.distill.config import DistillConfig
+from rayeffi.techniques.dsd.config import DsdConfig
 from rayeffi.recipe.stage import StageConfig
 
 

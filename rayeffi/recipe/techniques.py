@@ -1,8 +1,9 @@
 """The ``techniques:`` list of a stage: one config class per technique, tagged by ``name``.
 
-The configs are pure configuration (no torch), so the recipe layer stays below every
-technique's code; ``rayeffi/techniques/__init__.py: TECHNIQUES`` maps the same names to
-the code (a unit test keeps the two in step).
+The configs live in their techniques' folders (``rayeffi/techniques/NAME/config.py``) and
+are pure configuration (no torch); the one list of techniques is
+``rayeffi/techniques/registry.py``, which this module and the code
+(``techniques/plugins.py``) both read.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from rayeffi.recipe.distill import DistillConfig
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.registry import TECHNIQUE_FOLDERS, config_class
 
-TECHNIQUE_CONFIGS: dict[str, type] = {"distill": DistillConfig, "dsd": DsdConfig}
+TECHNIQUE_CONFIGS: dict[str, type] = {name: config_class(name) for name in TECHNIQUE_FOLDERS}
 """Technique name -> its config class (the same classes as :data:`TechniqueConfig`)."""
 
 
@@ -23,10 +23,7 @@ def _technique_name(value: Any) -> Any:
 
 
 TechniqueConfig = Annotated[
-    Union[
-        Annotated[DistillConfig, Tag("distill")],
-        Annotated[DsdConfig, Tag("dsd")],
-    ],
+    Union[tuple(Annotated[config, Tag(name)] for name, config in TECHNIQUE_CONFIGS.items())],
     Discriminator(_technique_name),
 ]
 """One item of a stage's ``techniques`` list, validated by the class its ``name`` names."""

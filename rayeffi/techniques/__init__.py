@@ -1,30 +1,34 @@
-"""Techniques: the pluggable list of the step (the precision policies are ``rayeffi/precision/``).
+"""Techniques: the ordered list of the step (the precision policies are ``rayeffi/precision/``).
 
-A technique is a folder here (its maths, its adapter, its driver-side prepare/summarise,
-its report) plus its config in ``rayeffi/recipe/``, registered once below.
+A technique is a folder here (its config, maths, adapter, driver-side prepare/summarise,
+summary, report, export) registered by one line in :mod:`.registry`. Names are imported on
+first use (PEP 562), so the recipe layer can read a technique's ``config.py`` without
+importing the technique's torch code.
 """
 
 from __future__ import annotations
 
-from rayeffi.data.info import DatasetInfo
-from rayeffi.techniques import distill, dsd
-from rayeffi.techniques.base import DriverInputs, Prepared, Technique, TechniquePlugin
-from rayeffi.techniques.distill import Distillation
-from rayeffi.techniques.dsd import DenseSparseDense
+from typing import TYPE_CHECKING
 
-TECHNIQUES: dict[str, TechniquePlugin] = {
-    "distill": distill.PLUGIN,
-    "dsd": dsd.PLUGIN,
+from rayeffi._lazy import lazy_getattr
+
+_PUBLIC = {
+    "DenseSparseDense": "rayeffi.techniques.dsd.technique",
+    "Distillation": "rayeffi.techniques.distill.technique",
+    "DriverInputs": "rayeffi.techniques.base",
+    "Prepared": "rayeffi.techniques.base",
+    "TECHNIQUES": "rayeffi.techniques.plugins",
+    "Technique": "rayeffi.techniques.base",
+    "TechniquePlugin": "rayeffi.techniques.base",
+    "build_techniques": "rayeffi.techniques.plugins",
 }
-"""Technique name (the ``name`` of a ``techniques:`` item) -> its code."""
 
+__all__ = sorted(_PUBLIC)
 
-def build_techniques(stage, info: DatasetInfo) -> list[Technique]:
-    """The techniques a stage runs, in the order the step applies them."""
-    return [TECHNIQUES[config.name].build(config, info) for config in stage.technique_configs]
+__getattr__ = lazy_getattr("rayeffi.techniques", _PUBLIC, globals())
 
-
-__all__ = [
-    "DenseSparseDense", "Distillation", "DriverInputs", "Prepared", "TECHNIQUES", "Technique", "TechniquePlugin",
-    "build_techniques",
-]
+if TYPE_CHECKING:
+    from rayeffi.techniques.base import DriverInputs, Prepared, Technique, TechniquePlugin
+    from rayeffi.techniques.distill.technique import Distillation
+    from rayeffi.techniques.dsd.technique import DenseSparseDense
+    from rayeffi.techniques.plugins import TECHNIQUES, build_techniques

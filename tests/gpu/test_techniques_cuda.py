@@ -44,7 +44,7 @@ def test_dsd_masks_are_exact_zeros_on_cuda(cuda):
 
 def test_the_dsd_technique_keeps_exact_zeros_on_cuda(cuda):
     needs_pydantic()
-    from rayeffi.recipe.dsd import DsdConfig
+    from rayeffi.techniques.dsd.config import DsdConfig
     from rayeffi.techniques.dsd import DenseSparseDense
 
     model, inputs, targets = mlp_problem()

@@ -60,7 +60,7 @@ def test_two_gloo_workers_match_one_process(tmp_path):
 
 
 def _dsd_rank(rank, world_size, port, out_dir):
-    from rayeffi.recipe.dsd import DsdConfig
+    from rayeffi.techniques.dsd.config import DsdConfig
     from rayeffi.techniques import DenseSparseDense
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -15,7 +15,7 @@ from rayeffi.errors import UserError
 from rayeffi.models import build_model
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import validate_recipe
-from rayeffi.recipe.distill import DistillConfig
+from rayeffi.techniques.distill.config import DistillConfig
 from rayeffi.recipe.sections import ModelConfig, PrecisionConfig
 from rayeffi.techniques.distill.driver import check_distill_stage
 from rayeffi.precision import Precision

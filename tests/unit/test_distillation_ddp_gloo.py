@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.parallel import DataParallel
-from rayeffi.recipe.distill import DistillConfig
+from rayeffi.techniques.distill.config import DistillConfig
 from rayeffi.recipe.sections import ModelConfig
 from rayeffi.precision import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze

@@ -10,7 +10,7 @@ import torch
 
 from rayeffi.models.transformer import TransformerClassifier
 from rayeffi.parallel import DataParallel
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.dsd.config import DsdConfig
 from rayeffi.techniques import DenseSparseDense
 from rayeffi.precision import Precision
 from rayeffi.techniques.dsd.layers import plan_pruning

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from rayeffi.export.formats import decode_state, encode_state
+from rayeffi.techniques.dsd.formats import decode_state, encode_state
 
 
 def _sparse(shape, density, seed=0):

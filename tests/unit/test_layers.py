@@ -14,14 +14,15 @@ PACKAGE = Path(rayeffi.__file__).parent
 LAYERS = [  # lowest first; a module belongs to the first entry its dotted name starts with
     ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.task", "rayeffi.health",
                 "rayeffi.driver.supervise", "rayeffi.upload")),
-    ("recipe", ("rayeffi.recipe",)),
+    ("recipe", ("rayeffi.recipe", "rayeffi.techniques.registry", "rayeffi.techniques.dsd.config",
+                "rayeffi.techniques.distill.config")),  # pure configuration, in its technique's folder
     ("models and data", ("rayeffi.models", "rayeffi.data")),
     ("slots", ("rayeffi.parallel", "rayeffi.precision", "rayeffi.techniques")),
     ("worker", ("rayeffi.worker",)),
     ("parameter-server actors", ("rayeffi.param_server",)),
     ("stages", ("rayeffi.stages",)),
     ("entry points", ("rayeffi.api", "rayeffi.result", "rayeffi.driver", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
-                      "rayeffi.bench", "rayeffi.report", "rayeffi.export", "rayeffi.tracking",
+                      "rayeffi.bench", "rayeffi.report", "rayeffi.tracking",
                       "rayeffi")),
 ]
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rayeffi.parallel import DataParallel, Pipeline
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.dsd.config import DsdConfig
 from rayeffi.recipe.pipeline import PipelineConfig
 from rayeffi.techniques import DenseSparseDense, Technique
 from rayeffi.precision import PRECISIONS

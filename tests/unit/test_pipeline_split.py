@@ -143,7 +143,7 @@ def test_smoke_keeps_whole_pipelines():
 
 
 def test_a_pipelined_dsd_checkpoint_exports_every_stage():
-    from rayeffi.export.stage import sparse_phase
+    from rayeffi.techniques.dsd.export import sparse_phase
 
     def part(names):
         return {"techniques": {"dsd": {"sparse": {"round": 0, "sparsity": 0.5,

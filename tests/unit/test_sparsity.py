@@ -10,7 +10,7 @@ from rayeffi.errors import UserError
 from rayeffi.models import ConvNet
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import load_recipe
-from rayeffi.recipe.dsd import DsdConfig, dsd_phases
+from rayeffi.techniques.dsd.config import DsdConfig, dsd_phases
 from rayeffi.techniques import DenseSparseDense
 from rayeffi.precision import Precision
 from rayeffi.techniques.dsd.sparsity import layer_targets, magnitude_masks, measured_sparsity, prunable_weights

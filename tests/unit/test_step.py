@@ -17,8 +17,8 @@ from torch import nn
 
 from rayeffi.parallel import STRATEGIES
 from rayeffi.recipe.compat import forbidden_slots
-from rayeffi.recipe.distill import DistillConfig
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.distill.config import DistillConfig
+from rayeffi.techniques.dsd.config import DsdConfig
 from rayeffi.techniques import TECHNIQUES, DenseSparseDense, Technique
 from rayeffi.precision import PRECISIONS, Precision
 from rayeffi.techniques.distill import Distillation, freeze

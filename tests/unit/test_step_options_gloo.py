@@ -23,7 +23,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import OptimizerConfig
-from rayeffi.recipe.dsd import DsdConfig
+from rayeffi.techniques.dsd.config import DsdConfig
 from rayeffi.techniques import DenseSparseDense
 from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble

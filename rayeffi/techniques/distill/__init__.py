@@ -1,22 +1,21 @@
 """Knowledge distillation (Hinton et al. 2015; FitNets hints, Romero et al. 2015), in one place.
 
-- config: ``rayeffi/recipe/distill.py`` (``DistillConfig``; pure configuration)
+- config: :mod:`.config` (``DistillConfig``; pure configuration)
 - maths: :mod:`.losses` (KD, soft targets, ensembles, hints; pure functions)
 - adapter: :mod:`.technique` (``Distillation``: frozen teachers in the step, hint adapters)
 - driver: :mod:`.driver` (checks before Ray starts, teachers' checkpoints, the cache job)
   and :mod:`.soft_labels` (the teacher-logit cache, one Ray Data pass)
+- plugin: :mod:`.plugin` (``PLUGIN``: what the driver and the workers call)
 """
 
-from rayeffi.techniques.base import TechniquePlugin
-from rayeffi.techniques.distill import driver
-from rayeffi.techniques.distill.technique import Distillation, freeze, load_teachers
+from __future__ import annotations
 
+from rayeffi._lazy import lazy_getattr
 
-def _build(config, info) -> Distillation:
-    teachers = None if config.cache else load_teachers(config, info)  # the cache brings their logits
-    return Distillation(config, teachers, info.num_features)
+_PUBLIC = {"DistillConfig": "rayeffi.techniques.distill.config", "Distillation": "rayeffi.techniques.distill.technique",
+           "PLUGIN": "rayeffi.techniques.distill.plugin", "freeze": "rayeffi.techniques.distill.technique",
+           "load_teachers": "rayeffi.techniques.distill.technique"}
 
+__all__ = sorted(_PUBLIC)
 
-PLUGIN = TechniquePlugin(build=_build, check=driver.check, prepare=driver.prepare)
-
-__all__ = ["PLUGIN", "Distillation", "freeze", "load_teachers"]
+__getattr__ = lazy_getattr("rayeffi.techniques.distill", _PUBLIC, globals())  # the config reads without torch

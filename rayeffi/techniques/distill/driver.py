@@ -23,7 +23,7 @@ from rayeffi.techniques.distill.technique import Distillation, freeze
 
 if TYPE_CHECKING:
     # pure configuration (pydantic): annotations only, so the step imports without pydantic
-    from rayeffi.recipe.distill import DistillConfig
+    from rayeffi.techniques.distill.config import DistillConfig
 
 CACHE_DIR = "soft_labels"
 

@@ -21,7 +21,7 @@ import torch
 from rayeffi.data.info import DatasetInfo
 from rayeffi.data.ray_datasets import FEATURES, LABEL
 from rayeffi.device import choose_device, to_device
-from rayeffi.recipe.distill import DistillConfig
+from rayeffi.techniques.distill.config import DistillConfig
 from rayeffi.recipe.sections import PrecisionConfig
 from rayeffi.task import logits_of
 

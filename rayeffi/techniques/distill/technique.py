@@ -23,7 +23,7 @@ from rayeffi.task import logits_of
 
 if TYPE_CHECKING:
     # pure configuration (pydantic): annotations only, so the step imports without pydantic
-    from rayeffi.recipe.distill import DistillConfig
+    from rayeffi.techniques.distill.config import DistillConfig
 
 CACHE_COLUMN = "teacher_logits"
 """Batch column of cached logits: ``[N, K * C]`` for ``K`` teachers and ``C`` classes."""

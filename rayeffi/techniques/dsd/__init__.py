@@ -1,16 +1,21 @@
 """Dense-Sparse-Dense training (Han et al., ICLR 2017), in one place.
 
-- config: ``rayeffi/recipe/dsd.py`` (``DsdConfig``, the phase plan; pure configuration)
+- config: :mod:`.config` (``DsdConfig``, the phase plan; pure configuration)
 - maths: :mod:`.sparsity` (magnitude masks, per-layer targets; pure functions)
 - adapter: :mod:`.technique` (``DenseSparseDense``: the step's hooks, phase by phase)
 - driver: :mod:`.summary` (the stage's per-phase rounds for ``summary.json``)
 - report: :mod:`.report` (phase and pruning-histogram plots)
+- export: :mod:`.export` and :mod:`.formats` (``rayeffi export``: the last sparse phase as bitmask or CSR)
+- plugin: :mod:`.plugin` (``PLUGIN``: what the driver and the workers call)
 """
 
-from rayeffi.techniques.base import TechniquePlugin
-from rayeffi.techniques.dsd.summary import summarise
-from rayeffi.techniques.dsd.technique import DenseSparseDense
+from __future__ import annotations
 
-PLUGIN = TechniquePlugin(build=lambda config, info: DenseSparseDense(config), summarise=summarise)
+from rayeffi._lazy import lazy_getattr
 
-__all__ = ["PLUGIN", "DenseSparseDense"]
+_PUBLIC = {"DenseSparseDense": "rayeffi.techniques.dsd.technique", "DsdConfig": "rayeffi.techniques.dsd.config",
+           "PLUGIN": "rayeffi.techniques.dsd.plugin"}
+
+__all__ = sorted(_PUBLIC)
+
+__getattr__ = lazy_getattr("rayeffi.techniques.dsd", _PUBLIC, globals())  # the config reads without torch

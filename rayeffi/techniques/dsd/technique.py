@@ -1,6 +1,6 @@
 """The DSD technique: plugs the sparsity functions into the step, phase by phase.
 
-Per epoch it looks up its phase (:func:`rayeffi.recipe.dsd.dsd_phases`). Entering a
+Per epoch it looks up its phase (:func:`rayeffi.techniques.dsd.config.dsd_phases`). Entering a
 sparse phase it chooses masks once from the current weights, zeros the pruned weights
 and their optimizer state; during the phase it masks gradients after backward and
 weights after every optimizer step. Entering a re-dense phase it keeps a copy of the
@@ -30,7 +30,7 @@ from rayeffi.techniques.dsd.layers import plan_pruning
 
 if TYPE_CHECKING:
     # pure configuration (pydantic): annotations only, so the step imports without pydantic
-    from rayeffi.recipe.dsd import DsdConfig, Phase
+    from rayeffi.techniques.dsd.config import DsdConfig, Phase
 
 HISTOGRAM_EDGES = torch.linspace(-6.0, 1.0, 57)  # log10 |w| from 1e-6 to 10
 
@@ -40,7 +40,7 @@ class DenseSparseDense(Technique):
 
     def __init__(self, config: DsdConfig):
         self.config = config
-        from rayeffi.recipe.dsd import dsd_phases  # with its config: pydantic is needed from here on
+        from rayeffi.techniques.dsd.config import dsd_phases  # with its config: pydantic is needed from here on
 
         self.phases = dsd_phases(config)
         self.phase_index = -1

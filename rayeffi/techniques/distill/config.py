@@ -136,3 +136,7 @@ class DistillConfig(Section):
                 f"distill.hint_epochs {self.hint_epochs} leaves no KD epochs of the stage's "
                 f"{stage.total_epochs}: lower hint_epochs or raise epochs"
             )
+
+
+CONFIG = DistillConfig
+"""This technique's recipe section (``techniques/registry.py`` reads it)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rayeffi.errors import UserError
-from rayeffi.export.formats import decode_state, encode_state
+from rayeffi.techniques.dsd.formats import decode_state, encode_state
 from rayeffi.checkpoint import load_checkpoint, save_atomic
 
 

@@ -130,3 +130,7 @@ def dsd_phases(config: DsdConfig) -> list[Phase]:
             phases.append(Phase("redense", number, epoch, redense_epochs, 0.0, factor))
             epoch += redense_epochs
     return phases
+
+
+CONFIG = DsdConfig
+"""This technique's recipe section (``techniques/registry.py`` reads it)."""
