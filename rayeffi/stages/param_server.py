@@ -18,8 +18,9 @@ tells the shards to forget its in-flight gradient and runs the rest of its epoch
 (the batches it has not pushed). A shard that dies is restarted by Ray from its last
 checkpoint and in-flight calls are retried. Both count against
 ``scaling.max_failures``. A worker whose loss becomes non-finite raises ``TrainingDiverged``:
-the stage stops with its one error line (exit 2), as under Ray Train, and every actor is killed. The driver never touches a tensor: only counts, floats and
-actor handles pass through it.
+the stage stops with its one error line (exit 2), as under Ray Train, and every actor is
+killed. The driver never touches a tensor: only counts, floats and actor handles pass
+through it.
 """
 
 from __future__ import annotations
