@@ -7,8 +7,10 @@ Downpour SGD's client (Dean et al. 2012, Algorithm 7.1), one step at a time::
     accrued  <- accrued + gradient;  parameters <- parameters - lr * gradient
     if step % n_push == 0:   push accrued to every shard (then pull: fetch_every | push_every)
 
-The step is rayeffi's own ``train_step``: the precision policy (autocast, loss scaling,
-overflow skip) and the techniques (distillation loss, DSD gradient masks) act exactly
+The epoch is the Ray Train loop's own (``worker/epoch.py: train_epoch``, with
+:class:`DownpourHooks` for the pulls and pushes), and so is the step (``train_step``): the
+precision policy (autocast, loss scaling, overflow skip), the techniques (distillation loss,
+DSD gradient masks) and the health check (a non-finite loss stops the stage) act exactly
 as under data parallelism. Its optimizer is a :class:`PushOptimizer`, whose ``step``
 accrues the (unscaled, FP32) gradients and makes Dean's local update.
 """
@@ -16,7 +18,6 @@ accrues the (unscaled, FP32) gradients and makes Dean's local update.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,10 @@ from rayeffi.param_server.calls import get_all
 from rayeffi.param_server.plan import shard_plan
 from rayeffi.param_server.wire import encode_gradients
 from rayeffi.recipe.models import StageConfig
-from rayeffi.device import choose_device, to_device
+from rayeffi.device import choose_device
 from rayeffi.worker.build import build_worker
+from rayeffi.worker.epoch import EpochHooks, evaluate, finish_metrics, stage_batches, train_epoch
 from rayeffi.worker.loop import row_augment
-from rayeffi.worker.batches import ShardBatches
-from rayeffi.worker.step import eval_step, train_step
 
 
 class PushOptimizer(torch.optim.SGD):
@@ -73,7 +73,7 @@ class GradientWorker:
         torch.set_num_threads(1)
         stage = spec.stage
         self.spec, self.stage, self.config = spec, stage, stage.parallel
-        self.servers, self.train_shard, self.val_shard = servers, train_shard, val_shard
+        self.servers = servers
         # the same build as a Ray Train worker (the shards start from the same weights), with a
         # single-process strategy and an optimizer that accrues gradients for the shards
         make_optimizer = lambda model: PushOptimizer(  # noqa: E731
@@ -87,9 +87,10 @@ class GradientWorker:
         self.wire_dtype = self.config.resolved_gradient_dtype(stage.precision.policy)
         self.versions = [0] * len(servers)
         self.epoch = -1
-        self.batch_size = stage.data.batch_size // stage.scaling.num_workers
-        # the shard in memory once read, if it is small (Ray Data costs milliseconds per batch)
-        self.batches = ShardBatches(train_shard, self.batch_size, train_shard.size_bytes(), stage.data.in_memory_bytes)
+        # the stage's DataLayout, as a Ray Train worker reads it: the shard in memory once
+        # read, if it is small (Ray Data costs milliseconds per batch)
+        self.train = stage_batches(train_shard, "train", stage, spec.info, stage.scaling.num_workers)
+        self.val = stage_batches(val_shard, "val", stage, spec.info, stage.scaling.num_workers)
         self.augment = row_augment(stage, spec.info, spec.index)  # data.augment, or None
         torch.manual_seed(stage.seed + 1 + spec.index)  # dropout differs per worker
 
@@ -141,67 +142,25 @@ class GradientWorker:
         lr = self.optimizer.param_groups[0]["lr"]
         get_all([lambda s=server: s.set_epoch_settings.remote(lr, masks or None) for server in self.servers])
 
-    def run_epoch(self, epoch: int, start_version: int, skip: int = 0) -> dict[str, float]:
-        """Train on this worker's shard; ``skip`` batches already done (a replaced worker)."""
+    def run_epoch(self, epoch: int, start_version: int, skip: int = 0) -> list[float]:
+        """Train on this worker's shard (``worker/epoch.py``, the Ray Train loop's own epoch);
+        ``skip`` batches already done (a replaced worker). ``[loss_sum, rows, scored, seconds]``."""
         if epoch != self.epoch:
             self.start_epoch(epoch)
-        config, model = self.config, self.parts.model
-        model.train()
-        num_batches = -(-self.train_shard.count() // self.batch_size)
-        loss_sum, rows, scored, steps = 0.0, 0, 0, 0
-        start = time.perf_counter()
-        if self.augment is not None:
-            self.augment.start_epoch(epoch)
-        for step, batch in enumerate(self._train_batches(epoch)):
-            if step < skip:
-                continue
-            round_ = start_version + step if config.mode == "sync" else None
-            if step == skip or (config.mode == "async" and step % config.push_every and step % config.fetch_every == 0):
-                self._pull(min_version=round_ or 0)  # first step, or a fetch inside a push span
-            inputs, targets, extras = self._on_device(batch)
-            if self.augment is not None:
-                inputs = self.augment.train(inputs)
-            loss = train_step(self.parts, inputs, targets, extras)
-            loss_sum += loss.item() * len(targets)
-            rows += len(targets)
-            scored += int(self.parts.task.count(targets))
-            steps += 1
-            last = step == num_batches - 1
-            if (step + 1) % config.push_every == 0 or last:
-                self._push(round_, pull=not last)  # the reply carries the next step's weights
-        return {"loss_sum": loss_sum, "rows": rows, "scored": scored, "seconds": time.perf_counter() - start,
-                "steps": steps}
-
-    def _train_batches(self, epoch: int):
-        """This epoch's batches (``worker/batches.py``: in memory when the shard is small, with the
-        same seed for a replaced worker)."""
-        seed = self.stage.seed * 1000 + epoch if self.stage.data.shuffle else None
-        return self.batches.epoch(seed)
+        hooks = DownpourHooks(self, start_version, skip)
+        sums, seconds = train_epoch(self.parts, self.train, self.stage, epoch, hooks=hooks, augment=self.augment)
+        return [*sums.tolist(), seconds]
 
     def evaluate(self) -> list[float]:
-        """``[loss_sum, num_correct, num_scored]`` over this worker's validation shard, latest weights."""
+        """``evaluate``'s sums over this worker's validation shard, on the latest weights."""
         self._pull(register=False)
-        self.parts.model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for batch in self.val_shard.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
-            inputs, targets, _ = self._on_device(batch)
-            if self.augment is not None:
-                inputs = self.augment.eval(inputs)
-            sums += eval_step(self.parts, inputs, targets).cpu()
-        return sums.tolist()
+        return evaluate(self.parts, self.val, self.augment).tolist()
 
-    def _on_device(self, batch: dict[str, torch.Tensor]):
-        device = self.parts.strategy.device
-        inputs = to_device(batch.pop("features"), device)  # float32 features or int64 token ids
-        targets = to_device(batch.pop("label"), device, self.parts.task.label_dtype)
-        return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
-
-    def epoch_metrics(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = {}
-        for technique in self.techniques:
-            metrics.update(technique.metrics())
-        metrics.update(self.precision.metrics())
-        return metrics
+    def finish_metrics(self, sums: list[float], train_s: float, epoch: int, lr: float) -> dict[str, Any]:
+        """Worker 0: the epoch's metrics from every worker's summed figures, as a Ray Train worker
+        makes them (this worker's task names the user metrics; its techniques and policy add theirs)."""
+        return finish_metrics(self.parts, sums, train_s=train_s, epoch=epoch, lr=lr,
+                              num_classes=self.spec.info.num_classes)
 
     def was_restarted(self) -> bool:
         """True in a process Ray started again after this worker died."""
@@ -229,3 +188,27 @@ class GradientWorker:
                           "staleness": [s["staleness"] for s in shard_states]},
         )
         return str(save_atomic(state, path))
+
+
+class DownpourHooks(EpochHooks):
+    """Downpour SGD around each step (Dean et al. 2012, Algorithm 7.1): pull before the first
+    step and at each fetch inside a push span; push the accrued gradients every ``push_every``
+    steps and at the last (the push's reply carries the next step's weights). Sync mode tags
+    step t with round ``start_version + t``."""
+
+    def __init__(self, worker: GradientWorker, start_version: int, batches_done: int):
+        self.worker, self.config, self.start_version = worker, worker.config, start_version
+        self.batches_done = batches_done
+
+    def _round(self, step: int) -> int | None:
+        return self.start_version + step if self.config.mode == "sync" else None
+
+    def before_step(self, step: int) -> None:
+        config = self.config
+        if step == self.batches_done or (
+                config.mode == "async" and step % config.push_every and step % config.fetch_every == 0):
+            self.worker._pull(min_version=self._round(step) or 0)  # first step, or a fetch inside a push span
+
+    def after_step(self, step: int, last: bool) -> None:
+        if (step + 1) % self.config.push_every == 0 or last:
+            self.worker._push(self._round(step), pull=not last)  # the reply carries the next step's weights

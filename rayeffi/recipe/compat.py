@@ -143,22 +143,21 @@ RULES: tuple[Rule, ...] = (
                 "tokens",
          fix="remove optimizer.accumulate_steps (lower data.batch_size or data.seq_len to save memory)"),
     Rule(strategy="param_server", when=_clips, option="optimizer.max_grad_norm",
-         reason="runs its own loop where the servers apply the gradients",
+         reason="would clip each worker's gradient by its own norm before the servers combine them, not the "
+                "global batch's gradient as data parallelism does",
          fix="remove optimizer.max_grad_norm, or use parallel.strategy=data_parallel"),
     Rule(strategy="param_server", when=_accumulates, option="optimizer.accumulate_steps",
-         reason="runs its own loop (use parallel.push_every to send fewer, larger updates)",
-         fix="remove optimizer.accumulate_steps, or set parallel.push_every"),
+         reason="is not supported yet (accumulation before a push was not tested against the servers' updates)",
+         fix="remove optimizer.accumulate_steps, or set parallel.push_every to send fewer, larger updates"),
     Rule(strategy="param_server", when=_per_step_schedule, option="optimizer.schedule.warmup_steps",
          reason="publishes one lr per epoch to the servers",
          fix="use a per-epoch schedule (warmup_epochs)"),
     Rule(strategy="pipeline", when=_user_metrics, option="task.metrics",
          reason="evaluates on its last stage and sends back only the task's own sums",
          fix="remove task.metrics, or use parallel.strategy=data_parallel"),
-    Rule(strategy="param_server", when=_user_metrics, option="task.metrics",
-         reason="runs its own evaluation, which sums only the task's own figures",
-         fix="remove task.metrics, or use parallel.strategy=data_parallel"),
     Rule(strategy="param_server", when=_stops_early, option="early_stop",
-         reason="runs its own loop, which does not stop early",
+         reason="runs its epochs from the driver (stages/param_server.py), which does not stop early (the "
+                "decision is made in the Ray Train loop)",
          fix="remove early_stop, or use parallel.strategy=data_parallel"),
 )
 """Every forbidden combination; anything not listed here runs."""

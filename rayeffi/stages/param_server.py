@@ -6,17 +6,21 @@ Ray Data), hands each worker its Ray Data shard, and runs the epochs:
 
     start_epoch on every worker     fresh weights; techniques' epoch start (DSD masks)
     publish_settings (worker 0)     the epoch's lr and masks to every shard
-    run_epoch on every worker       pulls and pushes go straight to the shards
+    run_epoch on every worker       the Ray Train loop's epoch (worker/epoch.py); pulls and
+                                    pushes go straight to the shards
     checkpoint every shard          the restart point of a shard that dies
     evaluate on every worker        validation shards, latest weights
+    finish_metrics (worker 0)       the epoch's metrics from the summed figures, as in DDP
     write_checkpoint (worker 0)     the stage checkpoint, data-parallel format
 
 A worker that dies mid-epoch is restarted by Ray (``max_restarts``); the driver
 tells the shards to forget its in-flight gradient and runs the rest of its epoch
 (the batches it has not pushed). A shard that dies is restarted by Ray from its last
 checkpoint and in-flight calls are retried. Both count against
-``scaling.max_failures``. The driver never touches a tensor: only counts, floats and
-actor handles pass through it.
+``scaling.max_failures``. A worker whose loss becomes non-finite raises ``TrainingDiverged``:
+the stage stops with its one error line (exit 2), as under Ray Train, and every actor is
+killed. The driver never touches a tensor: only counts, floats and actor handles pass
+through it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,7 @@ from rayeffi.param_server.server import ServerShard, ServerSpec
 from rayeffi.param_server.worker import GradientWorker, GradientWorkerSpec
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
-from rayeffi.stages.train_run import init_checkpoint
-from rayeffi.task import CLASSIFICATION, Task, build_task
-from rayeffi.worker.metrics import epoch_metrics
+from rayeffi.stages.train_run import init_checkpoint, worker_user_errors
 
 ACTOR_PREFIX = "rayeffi-ps"
 
@@ -94,13 +96,13 @@ class _Failures:
                                f"{self.count - 1} restarts; raise scaling.max_failures to allow more") from error
 
 
-def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config) -> list[dict[str, float]]:
+def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config) -> list[list[float]]:
     """One epoch over every worker's shard; a worker that dies runs the rest of its epoch again."""
     start = get_all([servers[0].progress.remote])[0]
     get_all([lambda w=worker: w.start_epoch.remote(epoch) for worker in workers])
     get_all([workers[0].publish_settings.remote])
     pending = {workers[i].run_epoch.remote(epoch, start["version"]): i for i in range(len(workers))}
-    results: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(workers))}
+    results: dict[int, list[list[float]]] = {i: [] for i in range(len(workers))}
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         index = pending.pop(ready)
@@ -137,24 +139,21 @@ def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> i
     return pushes * config.push_every
 
 
-def ps_epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stats: list[dict], epoch: int,
-                     lr: float, versions_before: int, task: Task = CLASSIFICATION) -> dict[str, Any]:
-    """The data-parallel metric keys, plus the parameter server's own."""
-    rows = sum(p["rows"] for p in parts)
-    seconds = max(max(p["seconds"] for p in parts), 1e-9)
-    val_loss, val_correct, val_count = (sum(column) for column in zip(*val))
+def epoch_sums(parts: list[list[float]], val: list[list[float]]) -> tuple[list[float], float]:
+    """Every worker's figures summed in ``finish_metrics``' order (``run_epoch``'s ``[loss_sum,
+    rows, scored, seconds]`` parts, then ``evaluate``'s sums), and the slowest part's seconds."""
+    train = [sum(column) for column in zip(*(part[:3] for part in parts))]
+    return train + [sum(column) for column in zip(*val)], max(max(part[3] for part in parts), 1e-9)
+
+
+def server_metrics(stats: list[dict], versions_before: float, seconds: float) -> dict[str, Any]:
+    """The parameter server's own metric keys, beside the data-parallel ones."""
     staleness: Counter[int] = Counter()
     for shard in stats:
         staleness.update({int(k): v for k, v in shard["staleness"].items()})
     updates = sum(s["version"] for s in stats) / len(stats) - versions_before
     applied = sum(staleness.values())
-    metrics: dict[str, Any] = epoch_metrics(
-        train_loss_sum=sum(p["loss_sum"] for p in parts), train_rows=rows, val_loss_sum=val_loss,
-        val_correct=val_correct, val_count=val_count, train_s=seconds, epoch=epoch, lr=lr, task=task,
-        train_tokens=sum(p.get("scored", p["rows"]) for p in parts),
-    )
     return {
-        **metrics,
         "server_updates": updates,
         "updates_per_s": updates / seconds,
         "staleness_histogram": {str(k): staleness[k] for k in sorted(staleness)},
@@ -162,6 +161,29 @@ def ps_epoch_metrics(parts: list[dict[str, float]], val: list[list[float]], stat
         "staleness_mean": sum(k * v for k, v in staleness.items()) / max(applied, 1),
         "server_restores": sum(s["restored"] for s in stats),
     }
+
+
+def _run_epochs(stage: StageConfig, context: StageContext, servers: list, workers: list, failures: _Failures,
+                artifact_path: str) -> tuple[dict[str, Any], Counter[int]]:
+    """Every epoch; the last epoch's metrics and the stage's staleness histogram."""
+    total: Counter[int] = Counter()
+    metrics: dict[str, Any] = {}
+    versions = 0.0
+    for epoch in range(stage.total_epochs):
+        parts = run_epoch(epoch, servers, workers, failures, stage.parallel)
+        lr = get_all([workers[0].current_lr.remote])[0]
+        get_all([server.checkpoint.remote for server in servers])
+        val = get_all([worker.evaluate.remote for worker in workers])
+        stats = get_all([server.epoch_stats.remote for server in servers])
+        sums, train_s = epoch_sums(parts, val)
+        metrics = get_all([lambda: workers[0].finish_metrics.remote(sums, train_s, epoch, lr)])[0]
+        metrics.update(server_metrics(stats, versions, train_s))
+        versions = sum(s["version"] for s in stats) / len(stats)
+        total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})
+        get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
+        if context.progress_queue is not None:
+            context.progress_queue.put({"stage": stage.name, **metrics})
+    return metrics, total
 
 
 def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageResult:
@@ -173,24 +195,10 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
     servers, workers, _data = start_actors(stage, context, run_id, init_checkpoint(stage, context))
     failures = _Failures(stage)
     artifact_path = str(Path(context.stage_dir) / ARTIFACT_FILE)
-    total: Counter[int] = Counter()
-    metrics: dict[str, Any] = {}
     try:
-        versions = 0
-        for epoch in range(stage.total_epochs):
-            parts = run_epoch(epoch, servers, workers, failures, stage.parallel)
-            lr = get_all([workers[0].current_lr.remote])[0]
-            get_all([server.checkpoint.remote for server in servers])
-            val = get_all([worker.evaluate.remote for worker in workers])
-            stats = get_all([server.epoch_stats.remote for server in servers])
-            metrics = ps_epoch_metrics(parts, val, stats, epoch + 1, lr, versions, build_task(stage.task))
-            versions = sum(s["version"] for s in stats) / len(stats)
-            metrics.update(get_all([workers[0].epoch_metrics.remote])[0])
-            total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})
-            get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
-            if context.progress_queue is not None:
-                context.progress_queue.put({"stage": stage.name, **metrics})
-        restarted = sum(get_all([worker.was_restarted.remote for worker in workers]))
+        with worker_user_errors():  # a worker's TrainingDiverged: its one error line, exit 2
+            metrics, total = _run_epochs(stage, context, servers, workers, failures, artifact_path)
+            restarted = sum(get_all([worker.was_restarted.remote for worker in workers]))
     finally:
         for actor in [*workers, *servers]:
             ray.kill(actor, no_restart=True)

@@ -8,6 +8,7 @@ stage module but ``stages/base.py``.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import threading
@@ -115,12 +116,8 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
     trainer._register_sigint_handler = _abort_then_interrupt
     previous = signal.getsignal(signal.SIGINT)
     try:
-        result = trainer.fit()
-    except Exception as exc:
-        user_error = find_user_error(exc)  # e.g. a diverged loss: one error line, not a Ray traceback
-        if user_error is None:
-            raise
-        raise UserError(str(user_error).strip().splitlines()[0]) from None
+        with worker_user_errors():  # e.g. a diverged loss: one error line, not a Ray traceback
+            result = trainer.fit()
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
@@ -153,6 +150,19 @@ def _abort_then_interrupt(controller) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
+
+
+@contextlib.contextmanager
+def worker_user_errors():
+    """A ``UserError`` a worker raised (e.g. ``TrainingDiverged``), wrapped by Ray Train or by a
+    Ray actor call, reaches the driver as that error's first line alone (exit 2, no traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        raise UserError(str(user_error).strip().splitlines()[0]) from None
 
 
 def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:

@@ -1,4 +1,5 @@
-"""The per-worker loop: build the step's parts, then run epochs over the stage's data.
+"""The per-worker loop: build the step's parts, then run epochs over the stage's data
+(each epoch: ``worker/epoch.py``, the one epoch loop, shared with the parameter server).
 
 It runs inside every Ray Train worker (or in the driver in local mode) and never
 imports Ray Tune. Everything it needs arrives in one :class:`WorkerSpec`.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,15 @@ import torch
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.augment import Augment, RowAugment
 from rayeffi.data.info import DatasetInfo
-from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
-from rayeffi.device import choose_device, to_device
+from rayeffi.device import choose_device
 from rayeffi.parallel import build_strategy
 from rayeffi.recipe.models import StageConfig
-from rayeffi.task import Task
-from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
+from rayeffi.worker.batches import ShardBatches
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.early_stop import EarlyStopping
-from rayeffi.worker.metrics import epoch_metrics
+from rayeffi.worker.epoch import evaluate, finish_metrics, stage_batches, train_epoch
 from rayeffi.worker.state import collect_state, fresh_start, restore_state
-from rayeffi.worker.step import StepParts, eval_step, train_step
+from rayeffi.worker.step import StepParts
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -88,30 +86,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
-            train_sums, train_s = _train_epoch(parts, train, stage, epoch, _progress_reporter(spec, rank, epoch),
-                                               augment)
-            val_sums = _evaluate(parts, val, augment)
+            train_sums, train_s = train_epoch(parts, train, stage, epoch, augment=augment,
+                                              report=_progress_reporter(spec, rank, epoch))
+            val_sums = evaluate(parts, val, augment)
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
                 scheduler.step()
             totals = strategy.all_reduce_sum(torch.cat([train_sums, val_sums]))  # sync point (on the device)
-            train_loss_sum, train_rows, train_tokens, val_loss_sum, val_correct, val_count, *extra_sums = \
-                totals.tolist()  # the epoch's one host sync
-            metrics = epoch_metrics(train_loss_sum=train_loss_sum, train_rows=train_rows, val_loss_sum=val_loss_sum,
-                                    val_correct=val_correct, val_count=val_count, train_s=train_s, epoch=epoch + 1,
-                                    lr=lr, task=parts.task, train_tokens=train_tokens)
-            metrics.update(parts.task.extra_metrics(extra_sums))  # the recipe's task.metrics
-            for technique in parts.techniques:
-                metrics.update(technique.metrics())
-            metrics.update(parts.precision.metrics())
-            metrics.update(_grad_norm_metrics(parts))
+            metrics = finish_metrics(parts, totals.tolist(), train_s=train_s, epoch=epoch, lr=lr,  # one host sync
+                                     num_classes=spec.info.num_classes)
             stop = stopper is not None and stopper.update(metrics)  # all-reduced metrics: every rank agrees
             if stop:
                 metrics["stopped_early"] = True
-            accuracy = metrics.get("val_accuracy", metrics.get("val_token_accuracy"))  # regression has none
-            warning = accuracy is not None and chance_warning(epoch + 1, accuracy, metrics["val_loss"],
-                                                              spec.info.num_classes)
-            if warning:
-                metrics["warning"] = warning
             _report(metrics, parts, scheduler, spec, epoch + 1)
             if stop:
                 break
@@ -129,12 +114,8 @@ def _rank_and_world_size(spec: WorkerSpec) -> tuple[int, int]:
 
 
 def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> ShardBatches:
-    layout, info = spec.stage.data_layout, spec.info  # the same layout the driver split the datasets by
-    num_rows = info.num_train if name == "train" else info.num_val
-    size = estimated_shard_bytes(num_rows, info.num_features, world_size, layout.split_across_workers)
-    drop_last = layout.drop_last and name == "train"
     shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
-    return ShardBatches(shard, layout.rows_per_read, size, spec.stage.data.in_memory_bytes, drop_last)
+    return stage_batches(shard, name, spec.stage, spec.info, world_size)
 
 
 PROGRESS_INTERVAL_S = 1.0
@@ -166,74 +147,6 @@ def row_augment(stage: StageConfig, info: DatasetInfo, rank: int) -> RowAugment 
         return None
     return RowAugment(Augment(config.crop_padding, config.horizontal_flip), info.image_shape, stage.seed, rank,
                       config.mean, config.std)
-
-
-def _train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, report=None,
-                 augment: RowAugment | None = None):
-    """Returns ``[loss_sum, num_rows, num_scored]`` for this worker (on its device) and the epoch's training seconds."""
-    parts.model.train()
-    device = parts.strategy.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
-    num_rows = 0  # counted on the host: a count copied to the device each step would wait for the stream
-    num_scored = torch.zeros((), dtype=torch.float64, device=device)  # real tokens of a per-token task
-    seed = stage.seed * 1000 + epoch if stage.data.shuffle else None
-    start = time.perf_counter()
-    non_finite = 0  # consecutive non-finite losses
-    if augment is not None:
-        augment.start_epoch(epoch)
-    for step, batch in enumerate(batches.epoch(seed)):
-        inputs, targets, extras = _on_device(batch, device, parts.task)
-        if augment is not None:
-            inputs = augment.train(inputs)  # on the device, before the strategy picks its rows
-        inputs, targets, extras = parts.strategy.local_batch(inputs, targets, extras)
-        loss = train_step(parts, inputs, targets, extras)
-        non_finite = 0 if torch.isfinite(loss).item() else non_finite + 1  # host sync: the step must decide
-        if loss_is_unhealthy(non_finite, parts.precision.skips_on_overflow):  # the stage stops: one error line
-            lr = parts.optimizer.param_groups[0]["lr"]
-            raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
-        loss_sum += loss.to(device, torch.float64) * len(targets)
-        num_rows += len(targets)
-        if parts.task.per_token:  # classification and regression score whole rows: counted on the host
-            num_scored += parts.task.count(targets)
-        if report is not None:
-            report(step + 1, batches.steps, num_rows, time.perf_counter() - start)
-    rows = torch.tensor([float(num_rows)], dtype=torch.float64).to(device)
-    scored = num_scored.reshape(1) if parts.task.per_token else rows
-    return torch.cat([loss_sum.reshape(1), rows, scored]), time.perf_counter() - start
-
-
-def _on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task):
-    """Features (float32, or int64 token ids, as the data holds them), the task's labels and any
-    extra column (e.g. cached teacher logits), each moved once."""
-    inputs = to_device(batch.pop("features"), device)
-    targets = to_device(batch.pop("label"), device, task.label_dtype)
-    return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
-
-
-def _evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None = None) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_scored, ...]`` over this worker's validation shard, on its device
-    (``Task.eval_sums``: the recipe's task.metrics append their row-weighted sums)."""
-    parts.model.eval()
-    sums = None  # on the device: no host sync; its length is the task's (user metrics add entries)
-    for batch in batches.epoch(None):
-        inputs, targets, _ = _on_device(batch, parts.strategy.device, parts.task)
-        if augment is not None:
-            inputs = augment.eval(inputs)  # normalisation only
-        inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
-        batch_sums = eval_step(parts, inputs, targets).to(parts.strategy.device, torch.float64)
-        sums = batch_sums if sums is None else sums + batch_sums
-    return sums if sums is not None else torch.zeros(parts.task.num_eval_sums, dtype=torch.float64,
-                                                     device=parts.strategy.device)
-
-
-def _grad_norm_metrics(parts: StepParts) -> dict[str, float]:
-    """``grad_norm``: the mean pre-clip gradient norm of the epoch's steps (overflowed fp16
-    steps left out), where the stage clips; the same on every rank (gradients are all-reduced)."""
-    if not parts.grad_norms:
-        return {}
-    norms = torch.stack(parts.grad_norms)
-    parts.grad_norms.clear()
-    return {"grad_norm": norms.nanmean().item()}  # host sync, once per epoch
 
 
 def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:

@@ -1,4 +1,5 @@
-"""The parameter server through real Ray actors: DSD masks on the servers, and asynchronous
+"""The parameter server through real Ray actors: DSD masks (and task.metrics) on the servers,
+a diverged loss that stops the stage with data parallelism's one error line, and asynchronous
 training that goes on (to a floor) when a worker or a server shard is killed. The staleness
 bound, every push counted, and the checkpoint's contents: the example's run in
 tests/ray/test_examples.py; synchronous mode equal to one process on the global batch:
@@ -15,6 +16,7 @@ import pytest
 import ray
 import torch
 
+from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
 from rayeffi.driver.run import run_recipe
 from rayeffi.stages.param_server import ACTOR_PREFIX
@@ -79,11 +81,29 @@ def test_training_goes_on_after_a_worker_and_a_server_shard_are_killed(tmp_path)
     assert stage["metrics"]["val_accuracy"] >= 0.85
 
 
+def test_a_non_finite_loss_stops_the_stage_with_the_data_parallel_error_line(tmp_path):
+    """The worker's TrainingDiverged (worker/epoch.py, the loop DDP runs) reaches the driver as
+    the same one-line UserError, and no actor of the stage is left running."""
+    recipe = _recipe({"mode": "sync"}, 1, data={"batch_size": 16, "max_samples": 256},
+                     optimizer={"name": "sgd", "lr": 1.0e30, "momentum": 0.9})
+    with pytest.raises(UserError) as raised:
+        run_recipe(recipe, tmp_path)
+    message = str(raised.value)
+    assert message.startswith("stages.train: the training loss became non-finite at epoch 1, step "), message
+    assert "lower optimizer.lr" in message and "\n" not in message
+    deadline = time.monotonic() + 30  # ray.kill returns before the actor is gone
+    while _named_actor("-worker-0") or _named_actor("-server-0"):
+        assert time.monotonic() < deadline, "the stage's actors are still running"
+        time.sleep(0.1)
+
+
 def test_dsd_masks_hold_on_the_servers(tmp_path):
     """A dsd stage on the parameter server: pruned weights stay exactly zero through the
-    servers' momentum updates, at the target sparsity, where the technique's masks say."""
+    servers' momentum updates, at the target sparsity, where the technique's masks say. Its
+    task.metrics are reported as under data parallelism (the same epoch loop)."""
     recipe = validate_recipe({
         "seed": 0,
+        "task": {"name": "classification", "metrics": ["helpers.user_scores:top2_accuracy"]},
         "data": {"batch_size": 64, "max_samples": 512},
         "model": {"name": "mlp", "hidden_sizes": [32]},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
@@ -94,6 +114,7 @@ def test_dsd_masks_hold_on_the_servers(tmp_path):
     })
     stage = run_recipe(recipe, tmp_path)["stages"][0]
     assert [row["dsd_phase"] for row in stage["history"]] == ["dense", "sparse", "sparse"]
+    assert stage["metrics"]["val_accuracy"] <= stage["metrics"]["val_top2_accuracy"] <= 1.0
     state = load_checkpoint(stage["checkpoint"])
     masks = state["techniques"]["dsd"]["masks"]
     assert set(masks) == {"layers.1.weight", "layers.3.weight"}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from ray.train import WorkerGroupError
 
+from rayeffi.errors import UserError
 from rayeffi.health import (
     NON_FINITE_STEPS_TOLERATED,
     TrainingDiverged,
@@ -15,7 +17,7 @@ from rayeffi.health import (
 )
 from rayeffi.stages.base import Artifact, StageResult
 from rayeffi.stages.progress import format_epoch_line
-from rayeffi.stages.train_run import find_user_error
+from rayeffi.stages.train_run import find_user_error, worker_user_errors
 
 
 def test_non_finite_loss_stops_unless_loss_scaling_is_skipping():
@@ -33,6 +35,11 @@ def test_the_worker_error_reaches_the_driver_as_one_line():
     wrapped = WorkerGroupError("rank 0 failed", {0: diverged, 1: RuntimeError("gloo connection closed")})
     assert find_user_error(wrapped) is diverged
     assert find_user_error(RuntimeError("a bug")) is None
+    with pytest.raises(UserError) as raised, worker_user_errors():  # the driver's side of both execution models
+        raise wrapped
+    assert str(raised.value) == str(diverged) and raised.value.__cause__ is None
+    with pytest.raises(RuntimeError, match="a bug"), worker_user_errors():
+        raise RuntimeError("a bug")
 
 
 def test_chance_warning():
