@@ -141,7 +141,7 @@ def finish_metrics(parts: StepParts, sums: list[float], *, train_s: float, epoch
     for technique in parts.techniques:
         metrics.update(technique.metrics())
     metrics.update(parts.precision.metrics())
-    metrics.update(_grad_norm_metrics(parts))
+    metrics.update(grad_norm_metrics(parts))
     accuracy = metrics.get("val_accuracy", metrics.get("val_token_accuracy"))  # regression has none
     warning = accuracy is not None and chance_warning(epoch + 1, accuracy, metrics["val_loss"], num_classes)
     if warning:
@@ -149,7 +149,7 @@ def finish_metrics(parts: StepParts, sums: list[float], *, train_s: float, epoch
     return metrics
 
 
-def _grad_norm_metrics(parts: StepParts) -> dict[str, float]:
+def grad_norm_metrics(parts: StepParts) -> dict[str, float]:
     """``grad_norm``: the mean pre-clip gradient norm of the epoch's steps (overflowed fp16
     steps left out), where the stage clips; the same on every rank (gradients are all-reduced)."""
     if not parts.grad_norms:

@@ -42,6 +42,7 @@ from rayeffi.techniques import TECHNIQUES
 from rayeffi.precision import build_precision
 from rayeffi.techniques.base import Technique
 from rayeffi.worker.build import assemble
+from rayeffi.worker.epoch import grad_norm_metrics
 from rayeffi.worker.step import StepParts, finish_step, technique_losses
 
 OptimizerArg = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -190,9 +191,7 @@ class Prepared:
         for technique in self.techniques:
             metrics.update(technique.metrics())
         metrics.update(self.parts.precision.metrics())
-        if self.parts.grad_norms:  # where it clips: the epoch's mean pre-clip norm (overflowed steps left out)
-            metrics["grad_norm"] = torch.stack(self.parts.grad_norms).nanmean().item()
-            self.parts.grad_norms.clear()
+        metrics.update(grad_norm_metrics(self.parts))  # where it clips: the epoch's mean pre-clip norm
         self.history.append(metrics)
         return metrics
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import torch
 import torch.distributed as dist
 
 
@@ -28,3 +29,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tiny_model() -> torch.nn.Module:
+    """The 2-layer MLP the gloo parity tests train (the same weights on every rank: seed 0)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def tiny_batches(steps: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` global batches of 10 features and a class among 4 (seed 1): ``[steps, batch, 10]``, ``[steps, batch]``."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(steps, global_batch, 10, generator=generator)
+    return inputs, inputs[..., :4].argmax(-1)

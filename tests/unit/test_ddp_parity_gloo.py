@@ -16,20 +16,17 @@ from rayeffi.parallel import DataParallel
 from rayeffi.precision import Precision
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import train_step
-from helpers.gloo import end_rank, free_port
+from helpers.gloo import end_rank, free_port, tiny_batches, tiny_model
 
 STEPS, GLOBAL_BATCH = 6, 32
 
 
 def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    return tiny_model()
 
 
 def _data():
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(STEPS, GLOBAL_BATCH, 10, generator=generator)
-    return inputs, (inputs[..., :4].argmax(-1))
+    return tiny_batches(STEPS, GLOBAL_BATCH)
 
 
 def _train(rank, world_size, port, out):

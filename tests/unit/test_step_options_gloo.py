@@ -29,7 +29,7 @@ from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.optim import build_scheduler, step_lr_factor
 from rayeffi.worker.step import train_step
-from helpers.gloo import end_rank, free_port
+from helpers.gloo import end_rank, free_port, tiny_batches, tiny_model
 
 STEPS, GLOBAL_BATCH, EPOCHS, MAX_GRAD_NORM = 4, 32, 2, 0.05
 TOLERANCE = {"fp32": 1e-5, "fp16": 1e-4}
@@ -38,14 +38,11 @@ SCHEDULE = OptimizerConfig(lr=0.2, schedule={"name": "cosine", "warmup_steps": 3
 
 
 def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    return tiny_model()
 
 
 def _data():
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(STEPS, GLOBAL_BATCH, 10, generator=generator)
-    return inputs, inputs[..., :4].argmax(-1)
+    return tiny_batches(STEPS, GLOBAL_BATCH)
 
 
 def _sgd(model):
