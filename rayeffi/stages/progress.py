@@ -84,7 +84,8 @@ class Progress:
             starts.append(int(message["from_epoch"]))
             self._record_devices(stage, message.get("devices") or [])
             if len(starts) > 1:
-                self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}")
+                within = f", step {message['from_step']} of the next" if message.get("from_step") else ""
+                self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}{within}")
             return
         if message.pop("event", None) == "eval":
             self.evals.setdefault(stage, {})[int(message["step"])] = message
