@@ -1,8 +1,11 @@
 """Checkpoints: one file per epoch, written atomically, loadable with ``weights_only=True``.
 
 The file holds only tensors and plain Python values:
-``{"format", "epoch", "model", "optimizer", "scheduler", "rng", "precision", "techniques", "metrics"}``.
-``epoch`` counts completed epochs, so a resumed run starts at that epoch.
+``{"format", "epoch", "step", "global_step", "model", "optimizer", "scheduler", "rng", "precision",
+"techniques", "metrics"}``. ``epoch`` counts completed epochs, so a resumed run starts at that
+epoch; ``step`` counts the optimizer steps already made in it (0 at an epoch's end; absent in
+checkpoints written before ``checkpoint_every_steps``, which read as 0), so a resumed run
+continues that epoch from step ``step + 1``; ``global_step`` counts the stage's optimizer steps.
 """
 
 from __future__ import annotations
@@ -30,15 +33,17 @@ TRAINING_KEYS = ("model", "optimizer", "precision", "techniques")
 
 def checkpoint_state(
     *, epoch: int, training: dict[str, Any], scheduler: dict[str, Any], rng: list[dict[str, Any]],
-    metrics: dict[str, Any], **extra: Any,
+    metrics: dict[str, Any], step: int = 0, global_step: int | None = None, **extra: Any,
 ) -> dict[str, Any]:
     """The checkpoint format, built in one place for every execution model.
 
     ``training`` is the strategy's whole training state (:data:`TRAINING_KEYS`, plus
     ``pipeline_stages`` for a pipeline); ``rng`` is every worker's random state in rank
-    order; ``extra`` holds an execution model's own entries (the parameter server's).
+    order; ``extra`` holds an execution model's own entries (the parameter server's). Within an
+    epoch (``step`` > 0) ``metrics`` are the last completed epoch's (early stopping's counters).
     """
-    return {"format": FORMAT_VERSION, "epoch": epoch, **training, "scheduler": scheduler, "rng": rng,
+    position = {"step": step} if global_step is None else {"step": step, "global_step": global_step}
+    return {"format": FORMAT_VERSION, "epoch": epoch, **position, **training, "scheduler": scheduler, "rng": rng,
             "metrics": metrics, **extra}
 
 
@@ -130,6 +135,11 @@ def check_model_state(model_state: dict[str, Any], model: torch.nn.Module, path:
 def rng_state() -> dict[str, Any]:
     """This process's random state, in a form ``weights_only`` loading accepts."""
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def checkpoint_position(state: dict[str, Any]) -> tuple[int, int]:
+    """``(completed epochs, optimizer steps made in the next one)``: where a run continues."""
+    return int(state["epoch"]), int(state.get("step", 0))
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

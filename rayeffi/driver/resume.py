@@ -11,7 +11,10 @@ it arrived) and the Ray Train checkpoints under the storage (``DIR/ray`` or
   artifact cut short or overwritten since makes its stage run again);
 - the first other stage continues from its newest readable checkpoint (model,
   optimizer, scheduler, RNG, techniques; a file cut short by the crash is passed
-  over), its history up to that epoch taken from ``progress.jsonl``. A Tune stage,
+  over; newest by epoch, then by the step within it of a ``checkpoint_every_steps``
+  checkpoint), its history up to that checkpoint's completed epochs and its
+  validations within epochs up to its global step taken from ``progress.jsonl``, so a
+  continued epoch is reported once. A Tune stage,
   a local-mode stage (its checkpoints stay in the driver's temporary directory) or
   a stage with no checkpoint yet starts again from its beginning.
 """
@@ -41,6 +44,8 @@ class ResumePlan:
     """The interrupted stage -> a local copy of the checkpoint it continues from."""
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """The interrupted stage -> its epoch metrics up to that checkpoint."""
+    evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The interrupted stage -> its validations within epochs up to that checkpoint's step."""
     resumes: list[dict[str, Any]] = field(default_factory=list)
     """Every resume of this run directory so far, this one last (for ``summary.json``)."""
 
@@ -58,7 +63,7 @@ def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> Re
         if unreadable:  # cut short or overwritten since: run the stage again rather than hand it on
             break
         plan.completed[stage.name] = entry
-    record: dict[str, Any] = {"skipped": list(plan.completed), "stage": None, "from_epoch": 0}
+    record: dict[str, Any] = {"skipped": list(plan.completed), "stage": None, "from_epoch": 0, "from_step": 0}
     if unreadable:
         record["unreadable_artifact"] = unreadable
     remaining = [stage for stage in recipe.stages if stage.name not in plan.completed]
@@ -67,13 +72,14 @@ def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> Re
         record["stage"] = stage.name
         found = None if stage.tune is not None else last_checkpoint(storage, stage)
         if found is not None:
-            data, epoch = found
+            data, epoch, step, global_step = found
             local = out_dir / "stages" / stage.name / RESUME_CHECKPOINT
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
             plan.checkpoints[stage.name] = str(local)
             plan.histories[stage.name] = logged_history(out_dir / PROGRESS_FILE, stage.name, epoch)
-            record["from_epoch"] = epoch
+            plan.evals[stage.name] = logged_evals(out_dir / PROGRESS_FILE, stage.name, global_step)
+            record["from_epoch"], record["from_step"] = epoch, step
     plan.resumes = [*summary.get("resumes", []), record]
     return plan
 
@@ -130,22 +136,42 @@ def first_difference(a: Any, b: Any, key: str = "recipe") -> tuple[str, Any, Any
     return None if a == b else (key, a, b)
 
 
-def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int] | None:
-    """The newest readable checkpoint of ``stage`` that leaves an epoch to run: ``(bytes, epoch)``.
+def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int, int, int] | None:
+    """The newest readable checkpoint of ``stage`` that leaves steps to run: ``(bytes, epoch,
+    step, global_step)``: ``epoch`` completed epochs and ``step`` steps of the next
+    (``checkpoint.py: checkpoint_position``; a checkpoint without them: 0, and its global
+    step is unknown, -1, so no validation within an epoch is read back).
 
     A checkpoint of the final epoch is passed over for the one before it: the driver
     died before publishing it, and re-running one epoch is what makes the stage report.
     """
-    best: tuple[bytes, int] | None = None
+    from rayeffi.checkpoint import checkpoint_position  # torch: only once a checkpoint is read
+
+    best: tuple[bytes, int, int, int] | None = None
     for directory in stage_checkpoints(storage, stage.name):
         data = read_state_bytes(storage, directory)
         state = load_state(data) if data is not None else None
         if state is None:
             continue
-        epoch = int(state["epoch"])
-        if epoch < stage.total_epochs and (best is None or epoch > best[1]):
-            best = (data, epoch)
+        epoch, step = checkpoint_position(state)
+        if epoch < stage.total_epochs and (best is None or (epoch, step) > best[1:3]):
+            best = (data, epoch, step, int(state.get("global_step", -1)))
     return best
+
+
+def logged_evals(progress_file: Path, stage_name: str, up_to_step: int) -> list[dict[str, Any]]:
+    """The stage's validations within epochs (``eval`` events) at global steps ``<= up_to_step``."""
+    if not progress_file.is_file():
+        return []
+    evals: dict[int, dict[str, Any]] = {}
+    for line in progress_file.read_text().splitlines():
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:  # the line being written when the driver died
+            continue
+        if message.get("stage") == stage_name and message.get("event") == "eval" and message["step"] <= up_to_step:
+            evals[int(message["step"])] = {k: v for k, v in message.items() if k not in ("stage", "event")}
+    return [evals[step] for step in sorted(evals)]
 
 
 def logged_history(progress_file: Path, stage_name: str, up_to_epoch: int) -> list[dict[str, Any]]:

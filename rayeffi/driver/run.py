@@ -103,8 +103,10 @@ def run_recipe(
                 resume_checkpoint=plan.checkpoints.get(stage.name) if plan else None,
             )
             if context.resume_checkpoint:
-                progress.seed(stage.name, plan.histories[stage.name])
-                echo(f"[{stage.name}] resuming from the checkpoint of epoch {plan.resumes[-1]['from_epoch']}")
+                progress.seed(stage.name, plan.histories[stage.name], plan.evals[stage.name])
+                resumed = plan.resumes[-1]
+                within = f", step {resumed['from_step']} of the next" if resumed["from_step"] else ""
+                echo(f"[{stage.name}] resuming from the checkpoint of epoch {resumed['from_epoch']}{within}")
             tracker.stage_started(stage)
             summary["tracking"] = tracker.ids()
             write_summary(summary, out_dir)  # the stage's tracking run ids on disk before it runs (--resume)

@@ -89,6 +89,17 @@ def _user_metrics(stage: Any) -> bool:
     return bool(stage.task.metrics)
 
 
+def _every_steps(stage: Any) -> bool:
+    return stage.eval_every_steps is not None or stage.checkpoint_every_steps is not None
+
+
+def _tuned_every_steps(stage: Any) -> bool:
+    return stage.tune is not None and _every_steps(stage)
+
+
+_EVERY_STEPS = "eval_every_steps / checkpoint_every_steps"
+
+
 RULES: tuple[Rule, ...] = (
     Rule(strategy="pipeline", technique="distill",
          reason="does not run kind 'distill' (the distillation loss needs the student's whole output and the "
@@ -159,6 +170,23 @@ RULES: tuple[Rule, ...] = (
          reason="runs its epochs from the driver (stages/param_server.py), which does not stop early (the "
                 "decision is made in the Ray Train loop)",
          fix="remove early_stop, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_every_steps, option=_EVERY_STEPS,
+         reason="runs its epochs from the driver (stages/param_server.py), which validates once per epoch and "
+                "checkpoints its shards every parallel.checkpoint_every server updates",
+         fix="remove the key (the servers already checkpoint every parallel.checkpoint_every updates), or use "
+             "parallel.strategy=data_parallel"),
+    Rule(strategy="pipeline", when=_every_steps, option=_EVERY_STEPS,
+         reason="is not supported yet (validation and checkpoints within an epoch were tested with data "
+                "parallelism only)",
+         fix="remove the key, or use parallel.strategy=data_parallel"),
+    Rule(strategy="intra_layer", when=_every_steps, option=_EVERY_STEPS,
+         reason="is not supported yet (validation and checkpoints within an epoch were tested with data "
+                "parallelism only)",
+         fix="remove the key, or use parallel.strategy=data_parallel"),
+    Rule(when=_tuned_every_steps, option=f"tune with {_EVERY_STEPS}",
+         reason="would report to Tune between epochs (its schedulers count every report as a training "
+                "iteration), and a trial never resumes from a checkpoint",
+         fix="remove the key from the tuned stage, or tune with whole epochs and set it on a later stage"),
 )
 """Every forbidden combination; anything not listed here runs."""
 

@@ -111,6 +111,13 @@ class StageConfig(Section):
     early_stop: EarlyStopConfig | None = None
     """Stop before ``epochs`` when the stage's metric stops improving (``patience``,
     ``min_delta``, ``metric``); the summary says at which epoch."""
+    eval_every_steps: PositiveInt | None = None
+    """Also validate every N optimizer steps (counted over the whole stage, not per epoch) within
+    an epoch; the driver prints and keeps each as an eval row with its global ``step`` and
+    fractional ``epoch`` (``summary.json``: the stage's ``evals``), apart from the epoch history."""
+    checkpoint_every_steps: PositiveInt | None = None
+    """Also checkpoint every N optimizer steps (counted over the whole stage) within an epoch: a
+    worker-group restart or ``--resume`` continues that epoch from the next step."""
     techniques: tuple[TechniqueConfig, ...] = ()
     """Techniques the step applies, in list order: mappings with a ``name`` (``distill``,
     ``dsd``) and that technique's keys. Tune addresses an item by position

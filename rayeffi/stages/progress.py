@@ -7,7 +7,10 @@ start of a worker group with the epoch it starts from, so the driver can tell a
 restart (Ray Train's ``FailureConfig``) from the first start. With ``log_path`` every
 message is appended to a JSON-lines file as well, which outlives a killed driver
 (``rayeffi run --resume`` reads it back). Progress within an epoch is shown by
-``stages/live.py`` and never logged. With ``on_epoch`` each epoch's metrics also go
+``stages/live.py`` and never logged. A validation within an epoch (``eval_every_steps``)
+arrives as an ``eval`` event: printed, logged and kept apart from the epochs (``evals``,
+one per global step), so the history, its health checks and the trackers see epochs only.
+With ``on_epoch`` each epoch's metrics also go
 to a callback on the driver (``rayeffi.tracking``: TensorBoard, MLflow), keyed by the
 message's ``stage`` (``STAGE`` or ``STAGE/TRIAL_ID``).
 """
@@ -44,6 +47,8 @@ class Progress:
         self.on_epoch = on_epoch
         self.log_path = Path(log_path) if log_path is not None else None
         self.history: dict[str, dict[int, dict]] = {}
+        self.evals: dict[str, dict[int, dict]] = {}
+        """Per stage, the validations within epochs by global step (a repeated step: the last wins)."""
         self.starts: dict[str, list[int]] = {}
         """Per stage, the epoch each worker-group start began from (one entry per start)."""
         self.devices: dict[str, list[dict]] = {}
@@ -79,7 +84,12 @@ class Progress:
             starts.append(int(message["from_epoch"]))
             self._record_devices(stage, message.get("devices") or [])
             if len(starts) > 1:
-                self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}")
+                within = f", step {message['from_step']} of the next" if message.get("from_step") else ""
+                self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}{within}")
+            return
+        if message.pop("event", None) == "eval":
+            self.evals.setdefault(stage, {})[int(message["step"])] = message
+            self.echo(format_eval_line(stage, message))
             return
         self.history.setdefault(stage, {})[int(message["epoch"])] = message
         self.echo(format_epoch_line(stage, message))
@@ -94,11 +104,14 @@ class Progress:
                 self.echo(f"[{stage}] {fallbacks[0]} (worker GPU ids: {[d['gpu_ids'] for d in devices]})")
         self.devices[stage] = devices
 
-    def seed(self, stage: str, history: list[dict]) -> None:
-        """Epochs an earlier driver saw (``--resume``), so the stage's history stays whole."""
+    def seed(self, stage: str, history: list[dict], evals: list[dict] = ()) -> None:
+        """Epochs and validations within them an earlier driver saw (``--resume``), so the stage's
+        history stays whole."""
         with self._lock:
             for message in history:
                 self.history.setdefault(stage, {})[int(message["epoch"])] = dict(message)
+            for message in evals:
+                self.evals.setdefault(stage, {})[int(message["step"])] = dict(message)
 
     def restarts(self, stage: str) -> list[dict]:
         """``[{"from_epoch": N}, ...]``: one per restart of the stage's worker group."""
@@ -116,6 +129,11 @@ class Progress:
     def stage_history(self, stage: str) -> list[dict]:
         return [self.history.get(stage, {})[epoch] for epoch in sorted(self.history.get(stage, {}))]
 
+    def stage_evals(self, stage: str) -> list[dict]:
+        """The stage's validations within epochs, by global step."""
+        evals = self.evals.get(stage, {})
+        return [evals[step] for step in sorted(evals)]
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
@@ -132,6 +150,11 @@ def stop_if_unhealthy(stage: str, history: list[dict]) -> None:
     reason = check_health(history)
     if reason and HealthStop.report(f"stages.{stage}: {reason}"):
         _thread.interrupt_main()  # the driver's main thread waits in fit(): stop it there
+
+
+def format_eval_line(stage: str, metrics: dict) -> str:
+    figures = "".join(f"  {key} {value:.4f}" for key, value in headline_metrics(metrics).items())
+    return f"[{stage}] step {metrics['step']} (epoch {metrics['epoch']:.2f}): val_loss {metrics['val_loss']:.4f}{figures}"
 
 
 def format_epoch_line(stage: str, metrics: dict) -> str:

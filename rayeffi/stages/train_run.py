@@ -126,11 +126,13 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
         artifact = publish_checkpoint(Path(checkpoint_dir), context.stage_dir)
     if local_mode:  # local mode reports the worker's own temporary directory
         shutil.rmtree(result.checkpoint.path, ignore_errors=True)
-    history = []
+    history, extra = [], {"num_workers": stage.scaling.num_workers}
     if context.progress is not None:
         context.progress.drain()
         history = context.progress.stage_history(stage.name)
-    return StageResult(stage.name, stage.kind, artifact, history, wall_s, {"num_workers": stage.scaling.num_workers})
+        if stage.eval_every_steps is not None:  # validations within epochs, apart from the epoch history
+            extra["evals"] = context.progress.stage_evals(stage.name)
+    return StageResult(stage.name, stage.kind, artifact, history, wall_s, extra)
 
 
 def _abort_then_interrupt(controller) -> None:

@@ -69,6 +69,8 @@ def train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epo
         augment.start_epoch(epoch)
     for step, batch, last in _with_last(batches.epoch(seed)):
         if step < hooks.batches_done:
+            if augment is not None:  # draw the skipped batch's crops and flips: the next batches get theirs
+                augment.train(batch["features"])
             continue
         hooks.before_step(step)
         inputs, targets, extras = on_device(batch, device, parts.task)
@@ -147,6 +149,16 @@ def finish_metrics(parts: StepParts, sums: list[float], *, train_s: float, epoch
     if warning:
         metrics["warning"] = warning
     return metrics
+
+
+def validation_metrics(parts: StepParts, sums: list[float]) -> dict[str, float]:
+    """``val_loss``, the task's validation figures and its user metrics from every worker's summed
+    ``evaluate`` figures ``[val_loss_sum, val_correct, val_count, *task.metrics sums]``: a
+    validation within an epoch (``eval_every_steps``), which has no training figures."""
+    val_loss_sum, val_correct, val_count, *extra_sums = sums
+    val_loss = val_loss_sum / max(val_count, 1)
+    return {"val_loss": val_loss, **parts.task.metrics(val_loss, val_correct, val_count),
+            **parts.task.extra_metrics(extra_sums)}
 
 
 def grad_norm_metrics(parts: StepParts) -> dict[str, float]:

@@ -26,9 +26,12 @@ from rayeffi.recipe.models import StageConfig
 from rayeffi.worker.batches import ShardBatches
 from rayeffi.worker.build import build_worker
 from rayeffi.worker.early_stop import EarlyStopping
-from rayeffi.worker.epoch import evaluate, finish_metrics, stage_batches, train_epoch
+from rayeffi.worker.epoch import NO_HOOKS, EpochHooks, evaluate, finish_metrics, stage_batches, train_epoch, \
+    validation_metrics
+from rayeffi.worker.optim import steps_per_epoch
 from rayeffi.worker.state import collect_state, fresh_start, restore_state
 from rayeffi.worker.step import StepParts
+from rayeffi.worker.within_epoch import WithinEpoch
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -70,23 +73,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(stage.scaling.resources_per_worker.get("CPU", 1))))
     strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
     parts, scheduler = build_worker(stage, spec.info, strategy, spec.init_checkpoint)
-    start_epoch, restored_metrics = _restore(parts, scheduler, spec, rank)
+    start_epoch, start_step, last_metrics = _restore(parts, scheduler, spec, rank)
     stopper = EarlyStopping.from_config(stage.early_stop, stage.task.name) if stage.early_stop else None
     if stopper is not None:
-        stopper.restore(restored_metrics)
+        stopper.restore(last_metrics)
     devices = strategy.all_gather_object(choice.summary(ray.get_gpu_ids()))  # once per start: a collective
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
-                           "devices": devices})
+                           "from_step": start_step, "devices": devices})
     augment = row_augment(stage, spec.info, rank)
     train = _shard_batches("train", spec, rank, world_size)
     val = _shard_batches("val", spec, rank, world_size)
+    reporter = _Reporter(spec)
+    steps = steps_per_epoch(spec.info.num_train, stage.data_layout, stage.scaling.num_workers)
     try:
         for epoch in range(start_epoch, stage.total_epochs):
+            done = start_step if epoch == start_epoch else 0  # a checkpoint within the epoch: continue after it
+            hooks = _within_epoch(parts, scheduler, spec, reporter, val, augment, rank, epoch, steps, done,
+                                  last_metrics)
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
-            train_sums, train_s = train_epoch(parts, train, stage, epoch, augment=augment,
+            train_sums, train_s = train_epoch(parts, train, stage, epoch, hooks=hooks, augment=augment,
                                               report=_progress_reporter(spec, rank, epoch))
             val_sums = evaluate(parts, val, augment)
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
@@ -97,7 +105,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stop = stopper is not None and stopper.update(metrics)  # all-reduced metrics: every rank agrees
             if stop:
                 metrics["stopped_early"] = True
-            _report(metrics, parts, scheduler, spec, epoch + 1)
+            state = collect_state(parts, scheduler, epoch + 1, metrics, global_step=(epoch + 1) * steps)
+            reporter.report(metrics, state, epoch_line=True)
+            last_metrics = metrics
             if stop:
                 break
     finally:
@@ -149,28 +159,67 @@ def row_augment(stage: StageConfig, info: DatasetInfo, rank: int) -> RowAugment 
                       config.mean, config.std)
 
 
-def _report(metrics: dict[str, float], parts: StepParts, scheduler, spec: WorkerSpec, epoch: int) -> None:
-    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
-    state = collect_state(parts, scheduler, epoch, metrics)  # every rank: it may gather shards or stages
-    if state is None:
-        ray.train.report(metrics)
-        return
-    directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
-    save_atomic(state, Path(directory) / CHECKPOINT_FILE)
-    if spec.progress is not None:
-        spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
-    if spec.in_tune_trial:  # Tune keeps its own copy
-        spec.report_to(metrics, directory)
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-    if not spec.local_mode:
-        shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
+def _within_epoch(parts: StepParts, scheduler, spec: WorkerSpec, reporter: _Reporter, val: ShardBatches,
+                  augment: RowAugment | None, rank: int, epoch: int, steps: int, done: int,
+                  last_metrics: dict[str, Any]) -> EpochHooks:
+    """The epoch's validation and checkpoints between its steps (``eval_every_steps``,
+    ``checkpoint_every_steps``), skipping the ``done`` steps a checkpoint already holds."""
+    stage = spec.stage
+    if stage.eval_every_steps is None and stage.checkpoint_every_steps is None and done == 0:
+        return NO_HOOKS
+
+    def validate(global_step: int, fraction: float) -> None:
+        sums = parts.strategy.all_reduce_sum(evaluate(parts, val, augment))  # sync point (every rank)
+        parts.model.train()  # evaluate switched to eval mode; the epoch goes on
+        if rank == 0 and spec.progress is not None:  # not a Ray Train report: the driver keeps it apart
+            spec.progress.put({"stage": spec.label or stage.name, "event": "eval", "step": global_step,
+                               "epoch": fraction, **validation_metrics(parts, sums.tolist())})
+
+    def checkpoint(step: int, global_step: int, fraction: float) -> None:
+        # the last completed epoch's metrics ride along: a restart restores early stopping from them
+        state = collect_state(parts, scheduler, epoch, last_metrics, step=step, global_step=global_step)
+        reporter.report({"kind": "checkpoint", "epoch": fraction, "step": global_step}, state, epoch_line=False)
+
+    return WithinEpoch(epoch=epoch, steps_per_epoch=steps, batches_done=done, eval_every=stage.eval_every_steps,
+                       checkpoint_every=stage.checkpoint_every_steps, evaluate=validate, checkpoint=checkpoint)
 
 
-def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[int, dict[str, Any]]:
+class _Reporter:
+    """Reports to Ray Train (or a Tune trial) with rank 0's checkpoint; every rank calls it (a barrier)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.local_directory: str | None = None
+        """Local mode: the directory last reported (Ray keeps only the latest checkpoint there)."""
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, *, epoch_line: bool) -> None:
+        """``state``: rank 0's checkpoint (``collect_state``), None on the others; ``epoch_line``:
+        put ``metrics`` on the driver's queue too (an epoch's, not a checkpoint's within it)."""
+        spec = self.spec
+        if state is None:
+            ray.train.report(metrics)
+            return
+        directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
+        save_atomic(state, Path(directory) / CHECKPOINT_FILE)
+        if epoch_line and spec.progress is not None:
+            spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
+        if spec.in_tune_trial:  # Tune keeps its own copy
+            spec.report_to(metrics, directory)
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        if not spec.local_mode:
+            shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
+            return
+        if self.local_directory is not None:  # superseded: the driver reads only the last one
+            shutil.rmtree(self.local_directory, ignore_errors=True)
+        self.local_directory = directory
+
+
+def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[int, int, dict[str, Any]]:
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start
-    epoch and the metrics of the epoch before it (none on a fresh start)."""
+    epoch, the steps of it already made (a checkpoint within it) and the metrics of the epoch
+    before it (none on a fresh start)."""
     checkpoint = None if spec.in_tune_trial else ray.train.get_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -178,5 +227,5 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[
     elif spec.resume_checkpoint:
         state = load_checkpoint(spec.resume_checkpoint)
     else:
-        return fresh_start(spec.stage.seed, rank), {}
-    return restore_state(parts, scheduler, state, rank), state.get("metrics") or {}
+        return fresh_start(spec.stage.seed, rank), 0, {}
+    return *restore_state(parts, scheduler, state, rank), state.get("metrics") or {}

@@ -3,6 +3,9 @@ Python API (``rayeffi.run`` with a dict and a model builder, ``load_model``)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -96,6 +99,37 @@ def test_resume_continues_where_it_stopped(tmp_path):
     for name in a["model"]:
         torch.testing.assert_close(b["model"][name], a["model"][name], rtol=0, atol=1e-6)
     assert b["metrics"]["train_loss"] == pytest.approx(a["metrics"]["train_loss"], abs=1e-6)
+
+
+def test_resume_within_an_epoch_equals_an_uninterrupted_run(tmp_path):
+    """checkpoint_every_steps 3 over 8 steps an epoch: ``--resume`` of a copy of a finished run
+    whose driver "died" before the summary's stage entry takes the newest checkpoint that
+    leaves steps to run (epoch 1, step 7: global step 15), continues epoch 2 from its step 8
+    and ends with the same weights (dropout: the RNG; momentum; a per-step schedule)."""
+    recipe = validate_recipe({
+        "data": {"max_samples": 256, "batch_size": 32},
+        "model": {"hidden_sizes": [32], "dropout": 0.2},
+        "optimizer": {"lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine", "warmup_steps": 2}},
+        "scaling": {"num_workers": 1},  # Ray Train's storage holds the checkpoints --resume reads
+        "stages": [{"name": "train", "kind": "train", "epochs": 2, "checkpoint_every_steps": 3,
+                    "eval_every_steps": 4}],
+    })
+    straight = run_recipe(recipe, tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    summary = json.loads((tmp_path / "b/summary.json").read_text())
+    summary.update(status="running", stages=[], storage=str(tmp_path / "b/ray"))  # died within epoch 2
+    (tmp_path / "b/summary.json").write_text(json.dumps(summary))
+    resumed = run_recipe(recipe, tmp_path / "b", resume=True)
+
+    assert resumed["resumes"][-1] == {"skipped": [], "stage": "train", "from_epoch": 1, "from_step": 7}
+    a, b = (load_checkpoint(run["stages"][0]["checkpoint"]) for run in (straight, resumed))
+    for name in a["model"]:
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=0, atol=1e-6)
+    for run in (straight, resumed):
+        stage = run["stages"][0]
+        assert [row["epoch"] for row in stage["history"]] == [1, 2]  # epochs once each, no eval rows
+        assert [(row["step"], row["epoch"]) for row in stage["evals"]] == [(4, 0.5), (12, 1.5)]
+        assert all(0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0 for row in stage["evals"])
 
 
 def test_init_from_previous_passes_only_the_weights(tmp_path):

@@ -54,7 +54,7 @@ def test_skips_completed_stages_and_resumes_from_the_newest_readable_checkpoint(
     resumed = torch.load(plan.checkpoints["second"], weights_only=True)
     assert resumed["epoch"] == 3  # epoch 3's cut-short copy and the other run's epoch 4 are passed over
     assert [(row["epoch"], row["train_loss"]) for row in plan.histories["second"]] == [(1, 1.0), (2, -2.0), (3, 3.0)]
-    assert plan.resumes == [{"skipped": ["first"], "stage": "second", "from_epoch": 3}]
+    assert plan.resumes == [{"skipped": ["first"], "stage": "second", "from_epoch": 3, "from_step": 0}]
 
 
 def test_a_checkpoint_of_the_last_epoch_leaves_one_epoch_to_run(killed_run):
