@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import Recipe, StageConfig
@@ -161,29 +161,28 @@ def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int, int, 
 
 def logged_evals(progress_file: Path, stage_name: str, up_to_step: int) -> list[dict[str, Any]]:
     """The stage's validations within epochs (``eval`` events) at global steps ``<= up_to_step``."""
-    if not progress_file.is_file():
-        return []
-    evals: dict[int, dict[str, Any]] = {}
-    for line in progress_file.read_text().splitlines():
-        try:
-            message = json.loads(line)
-        except json.JSONDecodeError:  # the line being written when the driver died
-            continue
-        if message.get("stage") == stage_name and message.get("event") == "eval" and message["step"] <= up_to_step:
-            evals[int(message["step"])] = {k: v for k, v in message.items() if k not in ("stage", "event")}
+    evals = {int(message["step"]): {k: v for k, v in message.items() if k not in ("stage", "event")}
+             for message in _logged(progress_file, stage_name)
+             if message.get("event") == "eval" and message["step"] <= up_to_step}
     return [evals[step] for step in sorted(evals)]
 
 
 def logged_history(progress_file: Path, stage_name: str, up_to_epoch: int) -> list[dict[str, Any]]:
     """The stage's epochs ``1..up_to_epoch`` from the epoch log, the last line of each winning."""
+    epochs = {int(message["epoch"]): {k: v for k, v in message.items() if k != "stage"}
+              for message in _logged(progress_file, stage_name)
+              if "event" not in message and int(message["epoch"]) <= up_to_epoch}
+    return [epochs[epoch] for epoch in sorted(epochs)]
+
+
+def _logged(progress_file: Path, stage_name: str) -> Iterator[dict[str, Any]]:
+    """The stage's lines of the epoch log, oldest first (a later line for the same epoch or step wins)."""
     if not progress_file.is_file():
-        return []
-    epochs: dict[int, dict[str, Any]] = {}
+        return
     for line in progress_file.read_text().splitlines():
         try:
             message = json.loads(line)
         except json.JSONDecodeError:  # the line being written when the driver died
             continue
-        if message.get("stage") == stage_name and "event" not in message and int(message["epoch"]) <= up_to_epoch:
-            epochs[int(message["epoch"])] = {k: v for k, v in message.items() if k != "stage"}
-    return [epochs[epoch] for epoch in sorted(epochs)]
+        if message.get("stage") == stage_name:
+            yield message
