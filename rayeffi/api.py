@@ -8,8 +8,11 @@ directory. See docs/api.md.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,13 +29,18 @@ from rayeffi.driver.plan import validate_run
 RecipeLike = str | Path | dict[str, Any] | Recipe
 
 
-def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] | None = None, smoke: bool = False,
-        overrides: list[str] = (), address: str | None = None, resume: bool = False) -> Result:
+def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] | None = None,
+        datasets: Mapping[str, Any] | None = None, smoke: bool = False, overrides: list[str] = (),
+        address: str | None = None, resume: bool = False) -> Result:
     """Run every stage of ``recipe`` into the run directory ``out``; return its :class:`Result`.
 
     ``model``: a function ``(num_features, num_classes, image_shape, **model.kwargs) -> nn.Module``
     or an ``nn.Module`` subclass, called that way; it builds the model of every stage,
     in place of ``model.name`` (which becomes its qualified name in ``summary.json``).
+    ``datasets``: Ray Datasets you already have, ``{"train": ds}`` or ``{"train": ds, "val": ds}``,
+    in place of ``data``'s files: each is written once as Parquet to ``out/data/NAME`` and
+    the recipe reads it as ``data: {dataset: parquet, path: ...}``, so every check of a
+    Parquet set applies (``data.feature_column`` / ``label_column`` name your columns).
     ``overrides``: ``--set`` strings (``"stages.train.epochs=3"``); ``smoke``: the CI-sized run.
 
     Raises :class:`UserError` (one line) for a bad recipe or model object, a failed check,
@@ -40,10 +48,11 @@ def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] 
     crash, Ray's ``TrainingFailedError``) propagate as ``run_recipe`` raises them.
     """
     builder = check_builder(model)
+    out = Path(out).absolute()
+    overrides = [*overrides, *_datasets_as_parquet(datasets, out)] if datasets is not None else overrides
     loaded = load_recipe(recipe, overrides, smoke=smoke, builder=builder)
     if builder is not None:
         _send_by_value(builder)
-    out = Path(out).absolute()
     try:
         summary = run_recipe(loaded, out, address=address, resume=resume)
     except KeyboardInterrupt:
@@ -65,6 +74,28 @@ def validate(recipe: RecipeLike, address: str | None = None, *, model: Callable[
     Raises :class:`UserError` where ``run`` would (GPUs asked for and not there included).
     """
     return validate_run(load_recipe(recipe, overrides, smoke=smoke, builder=check_builder(model)), address)
+
+
+def _datasets_as_parquet(datasets: Mapping[str, Any], out: Path) -> list[str]:
+    """Write the user's Ray Datasets to ``out/data/{train,val}`` (Parquet); the ``--set``
+    overrides that point the recipe's ``data`` at them."""
+    import ray.data
+
+    if not isinstance(datasets, Mapping) or "train" not in datasets:
+        raise UserError("datasets: give a mapping with a 'train' Ray Dataset (and optionally 'val'), "
+                        f"got {type(datasets).__name__}")
+    unknown = sorted(set(datasets) - {"train", "val"})
+    if unknown:
+        raise UserError(f"datasets: unknown split(s) {unknown}: the splits are 'train' and 'val'")
+    overrides = ["data.dataset=parquet"]
+    for name, dataset in datasets.items():
+        if not isinstance(dataset, ray.data.Dataset):
+            raise UserError(f"datasets[{name!r}]: a ray.data.Dataset is needed, got {type(dataset).__name__}")
+        path = out / "data" / name
+        shutil.rmtree(path, ignore_errors=True)  # a rerun into the same out replaces its copy
+        dataset.write_parquet(str(path))
+        overrides.append(f"data.{'path' if name == 'train' else 'val_path'}={json.dumps(str(path))}")
+    return overrides
 
 
 def _send_by_value(builder: Callable[..., nn.Module]) -> None:

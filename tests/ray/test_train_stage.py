@@ -204,3 +204,19 @@ def test_step_options_in_one_recipe(tmp_path):
     state = load_checkpoint(summary["checkpoint"])
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 16  # 8 optimizer steps per epoch
     assert "square_avg" in next(iter(state["optimizer"]["state"].values()))  # RMSprop's state
+
+
+def test_python_api_trains_on_ray_datasets_the_user_has(tmp_path):
+    """``rayeffi.run(..., datasets=...)``: Ray Datasets with the user's own column names."""
+    import ray.data
+
+    train, val = (pq.read_table(path).rename_columns(["pixels", "digit"]) for path in builtin_digits_paths())
+    result = rayeffi.run({
+        "data": {"feature_column": "pixels", "label_column": "digit", "batch_size": 64},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 2}],
+    }, out=tmp_path / "run", datasets={"train": ray.data.from_arrow(train), "val": ray.data.from_arrow(val)})
+    assert result.status == "complete" and result.metrics["val_accuracy"] > 0.8
+    stage = result.stages["train"]
+    assert stage["data_info"]["num_train"] == train.num_rows and stage["data_info"]["num_val"] == val.num_rows

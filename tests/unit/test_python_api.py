@@ -77,6 +77,17 @@ def test_a_wrong_model_object_is_one_line(wrong, says, tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.parametrize("wrong, says", [
+    ([1, 2], "give a mapping with a 'train' Ray Dataset"),
+    ({"val": None}, "give a mapping with a 'train' Ray Dataset"),
+    ({"train": None, "test": None}, "unknown split(s) ['test']"),
+    ({"train": "rows.parquet"}, "datasets['train']: a ray.data.Dataset is needed, got str"),
+])
+def test_wrong_datasets_are_one_line(wrong, says, tmp_path):
+    assert says in _one_line_error(lambda: rayeffi.run({"stages": STAGES}, out=tmp_path, datasets=wrong))
+    assert not (tmp_path / "summary.json").exists()
+
+
 @pytest.mark.parametrize("builder", [tiny_net, TinyNet], ids=["function", "module-class"])
 def test_validate_checks_a_model_builder_and_names_it(builder):
     recipe = {"data": {"max_samples": 64}, "model": {"kwargs": {"hidden": 4}} if builder is tiny_net else {},
