@@ -95,6 +95,11 @@ class Strategy:
         (gradient accumulation's inner micro-batches; DDP: ``model.no_sync()``)."""
         return contextlib.nullcontext()
 
+    def global_grad_norm(self, local_norm: torch.Tensor) -> torch.Tensor:
+        """The L2 norm of the whole model's gradients from this rank's (clipping): the same here,
+        where a rank holds every parameter (data-parallel gradients are all-reduced already)."""
+        return local_norm
+
     @property
     def replicas(self) -> int:
         """Data-parallel replicas whose gradients are averaged (``all_reduce_sum`` adds over them)."""

@@ -146,6 +146,13 @@ class Pipeline(Strategy):
         dist.broadcast_object_list(costs, src=0)  # sync point
         return costs[0]
 
+    def global_grad_norm(self, local_norm: torch.Tensor) -> torch.Tensor:
+        """Each stage holds a part of the model: the squares add up over the stages of a pipeline
+        (its replicas hold the same, already averaged, gradients)."""
+        squares = (local_norm.to(self.device, torch.float32) ** 2).reshape(1)
+        dist.all_reduce(squares, group=self.pp_group)  # sync point: every stage clips by the same factor
+        return squares.sqrt().reshape(())
+
     def agree_on_gradients(self, parts) -> None:
         if self.precision.skips_on_overflow:  # loss-scaled policies skip steps on overflow
             self._agree_on_overflow()

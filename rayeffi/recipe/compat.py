@@ -135,10 +135,6 @@ RULES: tuple[Rule, ...] = (
          reason="caches one row of teacher logits per example, and per-token logits are seq_len x vocabulary "
                 "per row",
          fix="set distill.cache: false (the teacher runs in the step)"),
-    Rule(strategy="pipeline", when=_clips, option="optimizer.max_grad_norm",
-         reason="clips the norm of the whole model's gradients, and each pipeline stage holds a part (the norm "
-                "would need a reduction over the stages that this strategy does not make)",
-         fix="remove optimizer.max_grad_norm, or use parallel.strategy=data_parallel"),
     Rule(strategy="intra_layer", when=_clips, option="optimizer.max_grad_norm",
          reason="clips the norm of the whole model's gradients, and each rank holds shards of some layers and "
                 "copies of others (the norm would need a reduction this strategy does not make)",

@@ -136,15 +136,16 @@ def clip_gradients(parts: StepParts) -> None:
     The policy unscales first (fp16: divides by the loss scale; fp16-master: into the FP32
     masters), so the norm is the true one. A non-finite norm (an fp16 overflow) leaves the
     gradients as they are, for the policy to skip the step: clipping would turn inf into
-    finite garbage. Data parallel: the gradients are all-reduced already, so the local norm
-    is the global one (strategies that split the model are refused in ``recipe/compat.py``).
+    finite garbage. The norm is the whole model's (``Strategy.global_grad_norm``: data
+    parallel's gradients are all-reduced already; a pipeline adds its stages' squares;
+    intra-layer splits are refused in ``recipe/compat.py``).
     No host sync: the clip factor is computed on the device.
     """
     if parts.max_grad_norm is None:
         return
     parts.precision.unscale_gradients(parts.optimizer)
     grads = [p.grad for group in parts.optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
+    norm = parts.strategy.global_grad_norm(torch.nn.utils.get_total_norm(grads))
     finite = torch.isfinite(norm)
     factor = torch.where(finite, (parts.max_grad_norm / (norm + 1e-6)).clamp(max=1.0), 1.0)
     for grad in grads:

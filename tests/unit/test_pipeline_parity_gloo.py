@@ -51,8 +51,9 @@ def _optimizer(model):
     return torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
 
 
-def _single(depth: int):
+def _single(depth: int, max_grad_norm: float | None = None):
     parts = assemble(_model(depth), DataParallel(), Precision(), _optimizer)
+    parts.max_grad_norm = max_grad_norm
     model = parts.model
     inputs, targets = _data()
     losses = [train_step(parts, inputs[s], targets[s]).item() for s in range(STEPS)]
@@ -66,8 +67,10 @@ def _pipeline_rank(rank, world_size, port, config_kwargs, depth, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         info = DatasetInfo(FEATURES, CLASSES, None, STEPS * GLOBAL_BATCH, GLOBAL_BATCH)
+        max_grad_norm = config_kwargs.pop("max_grad_norm", None)
         strategy = Pipeline(rank, world_size, torch.device("cpu"), PipelineConfig(**config_kwargs), info)
         parts = assemble(_model(depth), strategy, Precision(), _optimizer)
+        parts.max_grad_norm = max_grad_norm
         inputs, targets = _data()
         losses = []
         for s in range(STEPS):
@@ -90,7 +93,7 @@ def _check(tmp_path, world_size, depth=4, **config_kwargs):
     # fork: the ranks inherit the imported modules (a spawned rank spends seconds importing)
     mp.start_processes(_pipeline_rank, args=(world_size, free_port(), config_kwargs, depth, tmp_path),
                        nprocs=world_size, start_method="fork")
-    single_losses, single, single_eval = _single(depth)
+    single_losses, single, single_eval = _single(depth, config_kwargs.get("max_grad_norm"))
     result = torch.load(tmp_path / "pipeline.pt")
     torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(single_losses), rtol=0, atol=1e-5)
     torch.testing.assert_close(result["eval"], single_eval, rtol=0, atol=1e-4)  # [loss sum, correct]
@@ -103,6 +106,12 @@ def _check(tmp_path, world_size, depth=4, **config_kwargs):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_two_stages_match_one_process(tmp_path, schedule):
     _check(tmp_path, 2, num_stages=2, num_microbatches=4, schedule=schedule)
+
+
+def test_clipping_over_the_stages_matches_one_process(tmp_path):
+    """The global norm adds every stage's squares (a pipeline of 2 x data parallel 2): the
+    clipped steps equal one process's with the same max_grad_norm."""
+    _check(tmp_path, 4, num_stages=2, num_microbatches=2, schedule="1f1b", max_grad_norm=0.05)
 
 
 def test_four_stages_match_one_process(tmp_path):
