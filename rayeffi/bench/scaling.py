@@ -96,15 +96,24 @@ def _multinode(rows: int, epochs: int) -> Point:
     import ray
     from ray.cluster_utils import Cluster
 
+    from rayeffi.bench.sockets import LoopbackWatch
+    from rayeffi.stages.ray_session import LOOPBACK_IP, loopback_only
+
     if ray.is_initialized():
         ray.shutdown()  # the single-node points' private Ray
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
-    try:
+    with loopback_only():  # every node binds and is reached on 127.0.0.1, as a private Ray is
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": LOOPBACK_IP, "node_ip_address": LOOPBACK_IP})
         for _ in range(2):
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK_IP)
+    try:
         cluster.wait_for_nodes()
-        return measure("multinode", 3, rows, BASE_WIDTH, 2, epochs, address=cluster.address, nodes=3)
+        with LoopbackWatch() as watch:  # every socket of every Ray process, twice a second
+            point = measure("multinode", 3, rows, BASE_WIDTH, 2, epochs, address=cluster.address, nodes=3)
+        if watch.findings:
+            raise RuntimeError(f"Ray sockets off loopback during the multinode run: {sorted(watch.findings)}")
+        print(f"multinode: {watch.samples} samples of every Ray process's sockets, all on 127.0.0.0/8", flush=True)
+        return point
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -49,14 +49,17 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     job_env = {key: os.environ[key] for key in RAY_JOB_ENV}
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "runtime_env": {"env_vars": job_env}}
     if address:
-        ray.init(address=address, **common)
+        # a loopback address is joined as given: Ray replaces 127.0.0.1 by this machine's network
+        # address unless its single-machine switch is on, and a loopback-only head is not there
+        with loopback_only() if _is_loopback_address(address) else contextlib.nullcontext():
+            ray.init(address=address, **common)
     else:
         num_cpus = max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1)
         interface = loopback_interface()
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:  # gloo's pairs listen on loopback too
             common["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] = interface
         _ensure_watchdog()
-        with _loopback_only():
+        with loopback_only():
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
@@ -68,6 +71,15 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
             )
     _quiet_ray_data()
     return True
+
+
+LOOPBACK_IP = "127.0.0.1"
+
+
+def _is_loopback_address(address: str) -> bool:
+    """``127.x.y.z:PORT`` or ``localhost:PORT`` (a ``ray://`` or ``auto`` address is not)."""
+    host = address.rpartition(":")[0]
+    return host == "localhost" or host.startswith("127.")
 
 
 def loopback_interface() -> str | None:
@@ -86,8 +98,10 @@ only (with the machine's address they listen on every interface)."""
 
 
 @contextlib.contextmanager
-def _loopback_only():
-    """Start a private Ray on 127.0.0.1; the driver's environment is restored afterwards.
+def loopback_only():
+    """Start a private Ray (or, in tests and ``bench scaling``, a ``ray.cluster_utils.Cluster``'s
+    nodes, each also given ``node_ip_address=LOOPBACK_IP``) on 127.0.0.1; the driver's
+    environment is restored afterwards.
 
     Ray's processes copy the environment when they start, so they keep the setting;
     restoring it keeps a later ``ray.init(address=...)`` in this process unaffected.

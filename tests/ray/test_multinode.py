@@ -27,7 +27,9 @@ from helpers.ray_head import descendants, free_ports, helpers_importable_by_work
 from rayeffi.cli import main
 from rayeffi.recipe import validate_recipe
 from rayeffi.driver.run import run_recipe
+from rayeffi.bench.sockets import LoopbackWatch
 from rayeffi.checkpoint import load_checkpoint
+from rayeffi.stages.ray_session import LOOPBACK_IP, loopback_only
 
 pytestmark = pytest.mark.ray
 
@@ -38,10 +40,11 @@ SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  
 @pytest.fixture(scope="module")
 def cluster(own_ray):
     (dashboard_port,) = free_ports(1)
-    with helpers_importable_by_workers():
+    with helpers_importable_by_workers(), loopback_only():  # every node binds and is reached on 127.0.0.1
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
-        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": LOOPBACK_IP, "dashboard_port": dashboard_port,
+            "node_ip_address": LOOPBACK_IP})
+        nodes = [cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK_IP) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, {node.node_id for node in nodes} | {cluster.head_node.node_id}
     if ray.is_initialized():
@@ -118,10 +121,21 @@ def killed_worker_run(cluster, tmp_path_factory):
     seen: dict = {}
     killer = threading.Thread(target=_kill_a_worker_after_the_first_checkpoint, args=(out / "ray", seen), daemon=True)
     killer.start()
-    summary = run_recipe(recipe, out, address=cluster.address, echo=lambda line: None)
+    with LoopbackWatch() as watch:  # every socket of every Ray process, twice a second, during the run
+        summary = run_recipe(recipe, out, address=cluster.address, echo=lambda line: None)
     killer.join(timeout=10)
     assert "error" not in seen, seen.get("error")
+    seen["loopback"] = watch
     return out, summary, seen
+
+
+def test_no_ray_socket_leaves_loopback_during_a_multinode_run(cluster, killed_worker_run):
+    """GCS, raylets, dashboard, agents, the Train workers and the driver: nothing listens on or
+    talks to an address outside 127.0.0.0/8 (the cluster's address itself is loopback)."""
+    cluster, _ = cluster
+    watch = killed_worker_run[2]["loopback"]
+    assert cluster.address.startswith("127.0.0.1:")
+    assert watch.samples >= 5 and not watch.findings, sorted(watch.findings)
 
 
 def test_data_parallel_workers_run_on_different_nodes(cluster, killed_worker_run):

@@ -61,7 +61,7 @@ def test_loopback_switch_is_restored_after_start(monkeypatch):
 
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     before = ray_constants.ENABLE_RAY_CLUSTER
-    with ray_session._loopback_only():
+    with ray_session.loopback_only():
         assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
         from ray._private.services import get_node_ip_address
         assert get_node_ip_address() == "127.0.0.1"
