@@ -167,6 +167,8 @@ def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
     with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its own tables; the epoch lines say it all
         results = tuner.fit()
     wall_s = time.perf_counter() - start
+    if context.progress is not None:  # the trials' last epochs may still be queued: each trial's epochs_run counts them
+        context.progress.drain()
     trials = [_trial_summary(result, stage, context) for result in results]
     finished = [r for r in results if r.error is None and r.metrics and _has_checkpoint(r)
                 and _diverged(r) is None]  # a trial whose loss went NaN is never the best
