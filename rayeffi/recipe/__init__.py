@@ -28,9 +28,9 @@ _PUBLIC = {
     "ParallelConfig": "rayeffi.recipe.parallel",
     "DataConfig": "rayeffi.recipe.sections",
     "ModelConfig": "rayeffi.recipe.sections",
-    "OptimizerConfig": "rayeffi.recipe.sections",
+    "OptimizerConfig": "rayeffi.recipe.step_options",
     "ScalingConfig": "rayeffi.recipe.sections",
-    "ScheduleConfig": "rayeffi.recipe.sections",
+    "ScheduleConfig": "rayeffi.recipe.step_options",
     "SyntheticDataConfig": "rayeffi.recipe.sections",
 }
 
@@ -42,4 +42,5 @@ if TYPE_CHECKING:
     from rayeffi.recipe.load import load_recipe, parse_override, set_dotted, smoke_recipe, validate_recipe
     from rayeffi.recipe.models import GLOBAL_SECTIONS, Recipe, StageConfig, TrainStageConfig, TuneConfig, deep_merge
     from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig
-    from rayeffi.recipe.sections import DataConfig, ModelConfig, OptimizerConfig, ScalingConfig, ScheduleConfig, SyntheticDataConfig
+    from rayeffi.recipe.sections import DataConfig, ModelConfig, ScalingConfig, SyntheticDataConfig
+    from rayeffi.recipe.step_options import OptimizerConfig, ScheduleConfig

@@ -14,16 +14,10 @@ from typing import Any
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import Recipe, StageConfig
+from rayeffi.recipe.sections import TASK_METRICS
 
 BASE_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy", "samples_per_s", "epoch_s", "lr")
 """What every epoch of every stage reports (``worker/metrics.py: epoch_metrics``)."""
-TASK_METRICS = {
-    "classification": ("val_accuracy",),
-    "language_modeling": ("val_perplexity", "val_token_accuracy", "tokens_per_s"),
-    "token_classification": ("val_token_accuracy", "tokens_per_s"),
-    "regression": ("val_rmse",),
-}
-"""What each task adds to an epoch's metrics (``task.py``)."""
 LOSS_SCALED_METRICS = ("loss_scale", "skipped_steps", "grad_underflow_fp16")
 TECHNIQUE_METRICS = {
     "dsd": ("sparsity", "target_sparsity", "dsd_round"),

@@ -14,15 +14,8 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from rayeffi.recipe.kinds import DistillStageConfig, DsdStageConfig, TrainStageConfig
 from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
-from rayeffi.recipe.sections import (
-    DataConfig,
-    ModelConfig,
-    OptimizerConfig,
-    Precision,
-    ScalingConfig,
-    Section,
-    TaskConfig,
-)
+from rayeffi.recipe.sections import DataConfig, ModelConfig, Precision, ScalingConfig, Section, TaskConfig
+from rayeffi.recipe.step_options import OptimizerConfig
 from rayeffi.recipe.stage import SearchDomain, StageConfig, TuneConfig  # noqa: F401  (re-exported)
 from rayeffi.recipe.tracking import TrackingConfig
 

@@ -14,17 +14,8 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from rayeffi.recipe.compat import check_compatibility
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
-from rayeffi.recipe.sections import (
-    TASK_METRICS,
-    DataConfig,
-    EarlyStopConfig,
-    ModelConfig,
-    OptimizerConfig,
-    Precision,
-    ScalingConfig,
-    Section,
-    TaskConfig,
-)
+from rayeffi.recipe.sections import DataConfig, ModelConfig, Precision, ScalingConfig, Section, TaskConfig
+from rayeffi.recipe.step_options import EarlyStopConfig, OptimizerConfig, watchable_metrics
 from rayeffi.recipe.techniques import TechniqueConfig
 
 DEFAULT_EPOCHS = 10
@@ -235,9 +226,10 @@ class StageConfig(Section):
 
     @model_validator(mode="after")
     def _step_options_fit(self) -> StageConfig:
-        if self.early_stop is not None and self.early_stop.watched(self.task.name) not in TASK_METRICS[self.task.name]:
+        watchable = watchable_metrics(self.task.name)
+        if self.early_stop is not None and self.early_stop.watched(self.task.name) not in watchable:
             raise ValueError(f"early_stop.metric {self.early_stop.metric!r} is not a metric of task "
-                             f"{self.task.name!r}: use one of {', '.join(TASK_METRICS[self.task.name])}")
+                             f"{self.task.name!r}: use one of {', '.join(watchable)}")
         accumulate = self.optimizer.accumulate_steps
         rows = self.data_layout.rows_per_read
         if rows % accumulate:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from rayeffi.errors import UserError
 
 if TYPE_CHECKING:
-    from rayeffi.recipe.sections import OptimizerConfig, ScheduleConfig  # pydantic: annotations only
+    from rayeffi.recipe.step_options import OptimizerConfig, ScheduleConfig  # pydantic: annotations only
 
 BUILTIN_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 

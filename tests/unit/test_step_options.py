@@ -17,7 +17,7 @@ from rayeffi.errors import UserError
 from rayeffi.parallel import DataParallel
 from rayeffi.recipe import OptimizerConfig
 from rayeffi.recipe.load import validate_recipe
-from rayeffi.recipe.sections import EarlyStopConfig, ScheduleConfig
+from rayeffi.recipe.step_options import EarlyStopConfig, ScheduleConfig
 from rayeffi.driver.run import _check_step_options
 from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
