@@ -28,12 +28,20 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ct
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors follow the same one-line rule
-        raise UserError(f"{message} (see rayeffi {self.prog.split()[-1]} --help)")
+        command = " ".join(self.prog.split()[1:])  # "rayeffi run" -> "run"; the top level has none
+        raise UserError(f"{message} (see rayeffi {command + ' ' if command else ''}--help)")
 
+
+
+def _version() -> str:
+    from rayeffi import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rayeffi", description="Efficient deep-network training recipes on Ray.")
+    parser.add_argument("--version", action="version", version=f"rayeffi {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run every stage of a recipe")

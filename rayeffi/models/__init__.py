@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -50,9 +51,12 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
         return BUILTIN_MODELS[config.name](config, info)
     factory = config.builder or resolve_user_model(config.name)  # builder: an object from the Python API
     kwargs = dict(config.kwargs)
-    if info.vocab_size is not None:  # per-token tasks: the builder also learns the vocabulary
+    if info.vocab_size is not None:  # token data: the builder also learns the vocabulary
         kwargs.setdefault("vocab_size", info.vocab_size)
-    model = factory(num_features=info.num_features, num_classes=info.num_classes, image_shape=info.image_shape, **kwargs)
+    data_args = {"num_features": info.num_features, "num_classes": info.num_classes, "image_shape": info.image_shape}
+    if "vocab_size" in kwargs:
+        data_args["vocab_size"] = kwargs.pop("vocab_size")
+    model = factory(**_builder_arguments(factory, config.name, data_args, kwargs))
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name {config.name}: returned {type(model).__name__}, not a torch.nn.Module")
     return attach_input_cast(model, config.input_dtype)
@@ -78,6 +82,24 @@ def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor
         autocast = (lambda: autocast_for(model)) if autocast_for else contextlib.nullcontext
         dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast, task)
     return model
+
+
+def _builder_arguments(factory: Callable, name: str, data_args: dict, kwargs: dict) -> dict:
+    """What a builder is called with: the data's shape (``num_features``, ``num_classes``,
+    ``image_shape``, ``vocab_size``), each where its signature takes it, and every
+    ``model.kwargs`` item; a kwarg it does not take is one ``UserError`` naming it."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass everything, as before
+        return {**data_args, **kwargs}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {**data_args, **kwargs}
+    named = {key for key, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    unknown = sorted(set(kwargs) - named)
+    if unknown:
+        raise UserError(f"model.kwargs.{unknown[0]}: the builder {name} takes no argument {unknown[0]!r} "
+                        f"(it takes: {', '.join(parameters) or 'nothing'}): fix the key or the builder's signature")
+    return {**{key: value for key, value in data_args.items() if key in named}, **kwargs}
 
 
 def check_builder(builder: object) -> Callable[..., nn.Module] | None:

@@ -7,6 +7,7 @@ that names the file or key and the fix.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,7 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     key = _dotted_location(loc, raw)
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-        return f"unknown key '{key}': check its spelling{hint}"
+        return f"unknown key '{key}': {_unknown_key_hint(str(loc[-1]), key, _allowed_keys(loc[:-1]))}"
     if kind == "missing":
         return f"'{key}' is required: add it to the recipe"
     if kind in ("union_tag_invalid", "union_tag_not_found") and len(loc) > 1 and loc[-2] == "techniques":
@@ -188,6 +187,20 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if key:
         return f"'{key}': {message}; fix it in the recipe or with --set {key}=..."
     return message
+
+
+def _unknown_key_hint(name: str, key: str, allowed: list[str]) -> str:
+    """The fix for a key no section has: the closest allowed key where one is close (``epoch``
+    -> ``epochs``); under ``model``, a keyword for the builder goes in ``model.kwargs``."""
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?"
+    if "kwargs" in allowed and "builder" in allowed:  # the model section
+        prefix = key.rsplit(".", 1)[0]
+        return (f"keyword arguments of your model's builder go under {prefix}.kwargs "
+                f"(e.g. --set {prefix}.kwargs.{name}=...); the built-in models' keys are: "
+                f"{', '.join(k for k in allowed if k not in ('builder', 'kwargs'))}")
+    return f"check its spelling; allowed here: {', '.join(allowed)}" if allowed else "check its spelling"
 
 
 def _dotted_location(loc: list[Any], raw: dict[str, Any]) -> str:

@@ -276,7 +276,8 @@ class ScalingConfig(Section):
     num_workers: int = Field(2, ge=0)
     """Data-parallel Ray Train workers; 0 runs the loop in the driver process (local mode)."""
     resources_per_worker: dict[str, float] = {"CPU": 1.0}
-    """Ray resources each worker reserves, e.g. ``{CPU: 1}`` or ``{CPU: 4, GPU: 1}``."""
+    """Ray resources each worker reserves, e.g. ``{CPU: 1}`` or ``{CPU: 4, GPU: 1}``; a mapping
+    without ``CPU`` keeps one CPU per worker (``{CPU: 0}`` asks for none)."""
     max_failures: int = Field(0, ge=-1)
     """Restarts of the worker group from the last checkpoint before the stage fails
     (-1: no limit)."""
@@ -292,7 +293,12 @@ class ScalingConfig(Section):
     def _gpu_count_implies_use_gpu(cls, raw: Any) -> Any:
         # Ray's convention: a GPU count asks for GPUs; leaving use_gpu out must not contradict it
         if isinstance(raw, dict) and "use_gpu" not in raw and (raw.get("resources_per_worker") or {}).get("GPU", 0):
-            return {**raw, "use_gpu": True}
+            raw = {**raw, "use_gpu": True}
+        # {GPU: 1} (e.g. --set scaling.resources_per_worker.GPU=1) keeps the default CPU per worker
+        # rather than reserving none: a worker always needs a CPU to run its loop
+        resources = raw.get("resources_per_worker") if isinstance(raw, dict) else None
+        if isinstance(resources, dict) and "CPU" not in resources:
+            raw = {**raw, "resources_per_worker": {"CPU": 1.0, **resources}}
         return raw
 
     @model_validator(mode="after")

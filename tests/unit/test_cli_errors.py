@@ -123,3 +123,44 @@ def test_every_benchmark_is_offered_on_the_command_line():
 
     assert set(BENCHMARK_NAMES) == set(bench.BENCHMARK_NAMES)
     assert all(callable(bench.benchmark(name)) for name in BENCHMARK_NAMES)
+
+
+def test_version_and_argparse_errors_name_the_command(capsys):
+    from rayeffi import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"rayeffi {__version__}"
+    assert main([]) == 2
+    assert capsys.readouterr().err.strip().endswith("(see rayeffi --help)")
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip().endswith("(see rayeffi run --help)")
+
+
+def test_a_gpu_count_keeps_a_cpu_per_worker():
+    from rayeffi.recipe.sections import ScalingConfig
+
+    assert ScalingConfig.model_validate({"resources_per_worker": {"GPU": 1}}).resources_per_worker == {
+        "CPU": 1.0, "GPU": 1.0}
+    assert ScalingConfig.model_validate({"resources_per_worker": {"CPU": 0, "GPU": 1}}).resources_per_worker == {
+        "CPU": 0.0, "GPU": 1.0}
+
+
+def test_builders_get_the_data_arguments_they_take():
+    from torch import nn
+
+    from rayeffi.data.info import DatasetInfo
+    from rayeffi.errors import UserError
+    from rayeffi.models import build_model
+    from rayeffi.recipe.sections import ModelConfig
+
+    info = DatasetInfo(num_features=4, num_classes=3, image_shape=None, num_train=8, num_val=2)
+
+    def two_arguments(num_features, num_classes, hidden=5):  # no image_shape: called without it
+        return nn.Sequential(nn.Linear(num_features, hidden), nn.Linear(hidden, num_classes))
+
+    model = build_model(ModelConfig(name="x:y", builder=two_arguments, kwargs={"hidden": 7}), info)
+    assert model[0].out_features == 7
+    with pytest.raises(UserError, match=r"model.kwargs.hiden: the builder .*two_arguments takes no argument 'hiden' "
+                                        r"\(it takes: num_features, num_classes, hidden\)"):
+        build_model(ModelConfig(name="x:y", builder=two_arguments, kwargs={"hiden": 7}), info)

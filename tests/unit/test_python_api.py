@@ -54,7 +54,7 @@ def test_a_dict_loads_like_the_same_yaml_file(write_recipe):
 def test_a_dicts_mistakes_are_one_line_naming_the_key():
     message = _one_line_error(lambda: rayeffi.load_recipe({"stages": [{"name": "train", "kind": "train",
                                                                         "optimizer": {"lrr": 0.1}}]}))
-    assert message.startswith("recipe: unknown key 'stages.train.optimizer.lrr'") and " lr," in message
+    assert message.startswith("recipe: unknown key 'stages.train.optimizer.lrr': did you mean 'stages.train.optimizer.lr'")
     message = _one_line_error(lambda: rayeffi.load_recipe({"optimizer": {"lr": math.inf}, "stages": STAGES}))
     assert message.startswith("recipe: 'optimizer.lr' is inf")
     assert "got list" in _one_line_error(lambda: rayeffi.load_recipe([STAGES]))

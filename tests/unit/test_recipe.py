@@ -105,7 +105,11 @@ def test_a_local_mode_trial_holds_one_workers_resources(write_recipe):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("optimizer.lrr=1", "unknown key 'optimizer.lrr'.*allowed here: .*lr, max_grad_norm, momentum"),
+        ("optimizer.lrr=1", "unknown key 'optimizer.lrr': did you mean 'optimizer.lr'"),
+        ("optimizer.zzz=1", "unknown key 'optimizer.zzz'.*allowed here: .*lr, max_grad_norm, momentum"),
+        ("stages.first.epoch=3", "unknown key 'stages.first.epoch': did you mean 'stages.first.epochs'"),
+        ("model.hidden=64", "unknown key 'model.hidden': keyword arguments of your model's builder go under "
+                            r"model.kwargs \(e.g. --set model.kwargs.hidden=...\)"),
         ("stages.first.epochs=0", "'stages.first.epochs'.*greater than 0"),
         ("stages.first.kind=prune", "'stages.first.kind' must be one of: train, distill, dsd"),
         ("data.batch_size=33", "does not split evenly over scaling.num_workers 2"),
