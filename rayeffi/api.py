@@ -25,13 +25,14 @@ from rayeffi.recipe import Recipe, load_recipe
 from rayeffi.result import Result
 from rayeffi.driver.run import run_recipe
 from rayeffi.driver.plan import validate_run
+from rayeffi.driver.run_dir import claim_run_dir
 
 RecipeLike = str | Path | dict[str, Any] | Recipe
 
 
 def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] | None = None,
         datasets: Mapping[str, Any] | None = None, smoke: bool = False, overrides: list[str] = (),
-        address: str | None = None, resume: bool = False) -> Result:
+        address: str | None = None, resume: bool = False, overwrite: bool = False) -> Result:
     """Run every stage of ``recipe`` into the run directory ``out``; return its :class:`Result`.
 
     ``model``: a function ``(num_features, num_classes, image_shape, **model.kwargs) -> nn.Module``
@@ -42,6 +43,8 @@ def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] 
     the recipe reads it as ``data: {dataset: parquet, path: ...}``, so every check of a
     Parquet set applies (``data.feature_column`` / ``label_column`` name your columns).
     ``overrides``: ``--set`` strings (``"stages.train.epochs=3"``); ``smoke``: the CI-sized run.
+    ``resume`` continues the run in ``out``; ``overwrite`` replaces it (an ``out`` holding a run
+    is refused without one of them).
 
     Raises :class:`UserError` (one line) for a bad recipe or model object, a failed check,
     a stage whose loss became non-finite or ended non-finite; other exceptions (a worker's
@@ -49,12 +52,14 @@ def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] 
     """
     builder = check_builder(model)
     out = Path(out).absolute()
+    if not overwrite:  # before the datasets are written: an earlier run's directory is not touched
+        claim_run_dir(out, resume=resume, overwrite=False)
     overrides = [*overrides, *_datasets_as_parquet(datasets, out)] if datasets is not None else overrides
     loaded = load_recipe(recipe, overrides, smoke=smoke, builder=builder)
     if builder is not None:
         _send_by_value(builder)
     try:
-        summary = run_recipe(loaded, out, address=address, resume=resume)
+        summary = run_recipe(loaded, out, address=address, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         diverged = HealthStop.take()  # the driver's health check stops a diverging run this way
         if diverged:

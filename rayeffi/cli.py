@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Ray Train storage: a path or a pyarrow URI such as s3://BUCKET/DIR (default: OUT/ray)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip its completed stages, resume the interrupted one")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (without it, an --out holding a run is refused)")
 
     validate = commands.add_parser("validate", help="every check run makes before training, and the plan; no training")
     validate.add_argument("recipe", help="YAML recipe (see examples/)")
@@ -122,7 +124,8 @@ def _run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)  # from here on, a missing run directory was deleted
     try:
         with interrupts_as_keyboard_interrupt():
-            summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume)
+            summary = run_recipe(recipe, out, address=args.address, storage=args.storage, resume=args.resume,
+                                 overwrite=args.overwrite)
     except KeyboardInterrupt:  # run_recipe has stopped the workers and its private Ray on the way out
         diverged = HealthStop.take()
         if diverged:  # stopped by the driver's health check (rayeffi/health.py), not by the user

@@ -26,6 +26,7 @@ from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.driver.resume import PROGRESS_FILE, plan_resume
+from rayeffi.driver.run_dir import claim_run_dir, environment, parameter_counts
 from rayeffi.stages import Artifact, StageContext, run_stage
 from rayeffi.stages.live import LiveProgress
 from rayeffi.stages.progress import Progress
@@ -46,13 +47,15 @@ def run_recipe(
     echo: Callable[[str], None] | None = None,
     storage: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every stage of ``recipe``; write and return ``out_dir/summary.json``.
 
     ``echo`` receives the progress lines (default: this process's stdout as it is now,
     so libraries that print while a stage runs can be silenced without losing them).
     ``storage`` is Ray Train's storage, a path or a pyarrow URI (default ``out_dir/ray``).
-    ``resume`` continues the run already in ``out_dir`` (see rayeffi/driver/resume.py).
+    ``resume`` continues the run already in ``out_dir`` (see rayeffi/driver/resume.py);
+    without it, a directory holding a run is refused unless ``overwrite`` (driver/run_dir.py).
     """
     live = None
     if echo is None:
@@ -62,6 +65,7 @@ def run_recipe(
         live = LiveProgress(lambda text: (stream.write(text), stream.flush()), terminal=stream.isatty())
     out_dir = Path(out_dir).absolute()
     sources = preflight(recipe, out_dir, address)
+    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)  # after the checks: a bad recipe replaces nothing
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
     tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
@@ -77,7 +81,7 @@ def run_recipe(
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
     progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
-                               "storage": storage, "stages": []}
+                               "storage": storage, "environment": environment(), "stages": []}
     if plan:
         summary["resumes"] = plan.resumes
     start = time.perf_counter()
@@ -113,6 +117,7 @@ def run_recipe(
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
             result.extra["data_info"] = dataclasses.asdict(source.info)  # what rayeffi.load_model builds with
+            result.extra.update(parameter_counts(result.artifact.checkpoint))
             if stage.name in progress.devices:  # where each worker computed (a GPU fallback shows here)
                 result.extra["devices"] = progress.devices[stage.name]
             previous = artifacts[stage.name] = result.artifact
@@ -126,7 +131,10 @@ def run_recipe(
             echo(f"[{stage.name}] done in {result.wall_s:.1f} s{early}: {figures}")
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
+        summary["environment"]["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_summary(summary, out_dir)
+        logdir = tracker.ids().get("tensorboard", {}).get("logdir")
+        echo(f"next: rayeffi report {out_dir}" + (f"   |   tensorboard --logdir {logdir}" if logdir else ""))
     finally:
         progress.close()
         tracker.close(summary["status"])

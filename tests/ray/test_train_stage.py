@@ -72,6 +72,13 @@ def test_checkpoint_holds_the_whole_training_state(small_digits, tmp_path):
     assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics"}
     assert state["optimizer"]["state"], "momentum buffers are saved"
     assert isinstance(state["rng"][0]["torch"], torch.Tensor)
+    # the run explains itself: versions, times, and the stage's parameters counted in its checkpoint
+    environment = summary["environment"]
+    assert environment["versions"]["torch"] and environment["versions"]["ray"]
+    assert environment["started"] <= environment["ended"]
+    stage = summary["stages"][0]
+    parameters = sum(v.numel() for k, v in state["model"].items() if v.is_floating_point())
+    assert stage["parameters"] == parameters and 0 < stage["nonzero_parameters"] <= parameters
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
