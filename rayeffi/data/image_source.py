@@ -96,7 +96,10 @@ def inspect_encoded_images(train_table, train, val, image_column, label_column, 
 def _image_files(root: Path, key: str, classes: tuple[str, ...] | None = None):
     """``(class names, files)`` of a folder laid out one subfolder per class."""
     if not root.is_dir():
-        raise UserError(f"{key} {root} is not a directory: give a folder with one subfolder of images per class")
+        what = "is not a directory" if Path(root).exists() else f"does not exist ({Path(root).absolute()})"
+        raise UserError(f"{key} {root} {what}: give a folder with one subfolder of images per class (the built-in "
+                        "MNIST digits as such a folder: python -m rayeffi.data.image_folder DIR writes DIR/train "
+                        "and DIR/val)")
     found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
     if classes is None:
         classes = found

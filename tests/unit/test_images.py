@@ -111,7 +111,8 @@ def test_malformed_images_exit_2_with_one_line_before_ray(folder, tmp_path, caps
         "bytes that are not an image": (
             f"{{dataset: parquet, path: {bad_bytes}, feature_column: png, label_column: digit, batch_size: 8}}",
             "does not decode"),
-        "missing folder": (f"{{dataset: image_folder, path: {tmp_path / 'nowhere'}}}", "is not a directory"),
+        "missing folder": (f"{{dataset: image_folder, path: {tmp_path / 'nowhere'}}}",
+                           "python -m rayeffi.data.image_folder DIR"),
     }
     failures = []
     for name, (data, expected) in cases.items():
