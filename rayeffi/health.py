@@ -79,6 +79,12 @@ class HealthStop:
             return True
 
     @classmethod
+    def pending(cls) -> str | None:
+        """The recorded failure, left for :meth:`take` (the driver marks its summary with it)."""
+        with cls._lock:
+            return cls._reason
+
+    @classmethod
     def take(cls) -> str | None:
         with cls._lock:
             reason, cls._reason = cls._reason, None

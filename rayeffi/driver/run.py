@@ -22,6 +22,7 @@ import torch
 from rayeffi.data.sources import DataSource, resolve_source, sample_rows
 from rayeffi.task import build_task, headline_metrics
 from rayeffi.errors import UserError
+from rayeffi.health import HealthStop, TrainingDiverged, check_final
 from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
@@ -129,18 +130,42 @@ def run_recipe(
             stopped = result.extra.get("stopped_early")
             early = f" (stopped early after epoch {stopped['epoch']} of {stopped['of_epochs']})" if stopped else ""
             echo(f"[{stage.name}] done in {result.wall_s:.1f} s{early}: {figures}")
+            diverged = check_final(previous.metrics)
+            if diverged:  # the next stage would start from non-finite weights
+                raise TrainingDiverged(f"stages.{stage.name}: {diverged}")
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
         summary["environment"]["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_summary(summary, out_dir)
         logdir = tracker.ids().get("tensorboard", {}).get("logdir")
         echo(f"next: rayeffi report {out_dir}" + (f"   |   tensorboard --logdir {logdir}" if logdir else ""))
+    except BaseException as exc:
+        summary["status"], error = ended_by(exc)
+        if error:
+            summary["error"] = error
+        if out_dir.is_dir():  # deleted during the run: the caller says so; writing would bring it back
+            write_summary(summary, out_dir)
+        raise
     finally:
         progress.close()
         tracker.close(summary["status"])
         if started_ray:
             ray.shutdown()
     return summary
+
+
+def ended_by(exc: BaseException) -> tuple[str, str | None]:
+    """``summary.json``'s status for a run that raised ``exc``, and its one-line error:
+    ``diverged`` (a non-finite loss or loss scale: the driver's health check, a worker's
+    ``TrainingDiverged``), ``interrupted`` (Ctrl-C, SIGTERM), ``error`` (another one-line
+    ``UserError``) or ``failed`` (anything else, e.g. a worker's crash)."""
+    if isinstance(exc, KeyboardInterrupt):
+        reason = HealthStop.pending()
+        return ("diverged", reason) if reason else ("interrupted", None)
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, TrainingDiverged):
+        return "diverged", line
+    return ("error" if isinstance(exc, UserError) else "failed"), line
 
 
 def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list[DataSource]:

@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
+from rayeffi.health import TrainingDiverged
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import Artifact, StageContext, StageResult
 from rayeffi.stages.process_group import LoopbackTorchConfig
@@ -164,7 +165,8 @@ def worker_user_errors():
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        raise UserError(str(user_error).strip().splitlines()[0]) from None
+        kind = TrainingDiverged if isinstance(user_error, TrainingDiverged) else UserError  # the summary's status
+        raise kind(str(user_error).strip().splitlines()[0]) from None
 
 
 def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:

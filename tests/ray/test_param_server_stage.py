@@ -7,6 +7,7 @@ tests/ray/test_lm_stage.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -91,6 +92,8 @@ def test_a_non_finite_loss_stops_the_stage_with_the_data_parallel_error_line(tmp
     message = str(raised.value)
     assert message.startswith("stages.train: the training loss became non-finite at epoch 1, step "), message
     assert "lower optimizer.lr" in message and "\n" not in message
+    summary = json.loads((tmp_path / "summary.json").read_text())  # the run's record says so too
+    assert summary["status"] == "diverged" and summary["error"] == message
     deadline = time.monotonic() + 30  # ray.kill returns before the actor is gone
     while _named_actor("-worker-0") or _named_actor("-server-0"):
         assert time.monotonic() < deadline, "the stage's actors are still running"

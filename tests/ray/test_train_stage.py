@@ -156,6 +156,20 @@ def test_init_from_previous_passes_only_the_weights(tmp_path):
     assert summary["status"] == "complete" and [s["name"] for s in summary["stages"]] == ["first", "second"]
 
 
+def test_a_diverged_run_through_the_python_api_raises_one_line_and_is_recorded(tmp_path):
+    """``rayeffi.run`` raises the one-line ``UserError`` the command line prints, and summary.json's
+    status is ``diverged`` with that line as its ``error`` (not ``running`` for ever)."""
+    with pytest.raises(rayeffi.UserError) as raised:
+        rayeffi.run({"data": {"dataset": "digits", "batch_size": 64, "max_samples": 256},
+                     "optimizer": {"name": "sgd", "lr": 1.0e30, "momentum": 0.9},
+                     "scaling": {"num_workers": 0}, "stages": [{"name": "train", "kind": "train", "epochs": 1}]},
+                    out=tmp_path)
+    message = str(raised.value)
+    assert message.startswith("stages.train: the training loss became non-finite at epoch 1") and "\n" not in message
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["error"] == message
+
+
 def small_net(num_features, num_classes, image_shape=None, hidden=16):
     """A model builder defined in this test module, which Ray's workers cannot import."""
     return torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(),

@@ -49,3 +49,19 @@ def test_environment_and_parameter_counts(tmp_path):
     # Linear 12 + 3, BatchNorm weight 3 + bias 3 (zeros at init); the running statistics left out
     assert counts == {"parameters": 21, "nonzero_parameters": 21 - 4 - 3}
     assert parameter_counts(str(tmp_path / "missing.pt")) == {}
+
+
+def test_a_run_that_raised_is_recorded_with_its_status():
+    from rayeffi.driver.run import ended_by
+    from rayeffi.health import HealthStop, TrainingDiverged
+
+    assert ended_by(TrainingDiverged("stages.a: the training loss became non-finite\nmore")) == (
+        "diverged", "stages.a: the training loss became non-finite")
+    assert ended_by(UserError("data.path x does not exist")) == ("error", "data.path x does not exist")
+    assert ended_by(RuntimeError("worker died")) == ("failed", "worker died")
+    assert ended_by(KeyboardInterrupt()) == ("interrupted", None)
+    HealthStop.report("stages.a: the fp16 loss scale collapsed")
+    try:
+        assert ended_by(KeyboardInterrupt()) == ("diverged", "stages.a: the fp16 loss scale collapsed")
+    finally:
+        assert HealthStop.take()  # left for the command line, which takes it
