@@ -72,12 +72,12 @@ def plan_resume(recipe: Recipe, out_dir: Path, storage: str | None = None) -> Re
         record["stage"] = stage.name
         found = None if stage.tune is not None else last_checkpoint(storage, stage)
         if found is not None:
-            data, epoch, step, global_step = found
+            data, epoch, step, global_step, carried = found
             local = out_dir / "stages" / stage.name / RESUME_CHECKPOINT
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
             plan.checkpoints[stage.name] = str(local)
-            plan.histories[stage.name] = logged_history(out_dir / PROGRESS_FILE, stage.name, epoch)
+            plan.histories[stage.name] = recovered_history(out_dir / PROGRESS_FILE, stage.name, epoch, carried)
             plan.evals[stage.name] = logged_evals(out_dir / PROGRESS_FILE, stage.name, global_step)
             record["from_epoch"], record["from_step"] = epoch, step
     plan.resumes = [*summary.get("resumes", []), record]
@@ -136,18 +136,19 @@ def first_difference(a: Any, b: Any, key: str = "recipe") -> tuple[str, Any, Any
     return None if a == b else (key, a, b)
 
 
-def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int, int, int] | None:
+def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int, int, int, list[dict]] | None:
     """The newest readable checkpoint of ``stage`` that leaves steps to run: ``(bytes, epoch,
-    step, global_step)``: ``epoch`` completed epochs and ``step`` steps of the next
+    step, global_step, history)``: ``epoch`` completed epochs and ``step`` steps of the next
     (``checkpoint.py: checkpoint_position``; a checkpoint without them: 0, and its global
-    step is unknown, -1, so no validation within an epoch is read back).
+    step is unknown, -1, so no validation within an epoch is read back), and the metrics of
+    every completed epoch it carries (older checkpoints: none).
 
     A checkpoint of the final epoch is passed over for the one before it: the driver
     died before publishing it, and re-running one epoch is what makes the stage report.
     """
     from rayeffi.checkpoint import checkpoint_position  # torch: only once a checkpoint is read
 
-    best: tuple[bytes, int, int, int] | None = None
+    best: tuple[bytes, int, int, int, list[dict]] | None = None
     for directory in stage_checkpoints(storage, stage.name):
         data = read_state_bytes(storage, directory)
         state = load_state(data) if data is not None else None
@@ -155,7 +156,7 @@ def last_checkpoint(storage: str, stage: StageConfig) -> tuple[bytes, int, int, 
             continue
         epoch, step = checkpoint_position(state)
         if epoch < stage.total_epochs and (best is None or (epoch, step) > best[1:3]):
-            best = (data, epoch, step, int(state.get("global_step", -1)))
+            best = (data, epoch, step, int(state.get("global_step", -1)), list(state.get("history") or []))
     return best
 
 
@@ -173,6 +174,24 @@ def logged_history(progress_file: Path, stage_name: str, up_to_epoch: int) -> li
               for message in _logged(progress_file, stage_name)
               if "event" not in message and int(message["epoch"]) <= up_to_epoch}
     return [epochs[epoch] for epoch in sorted(epochs)]
+
+
+def recovered_history(progress_file: Path, stage_name: str, up_to_epoch: int,
+                      carried: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epochs ``1..up_to_epoch``: the epoch log's, and those the checkpoint carries that the log
+    lacks (its driver died before writing them); the recovered ones are appended to the log, so
+    both ``progress.jsonl`` and ``summary.json`` hold every epoch."""
+    logged = {int(row["epoch"]): row for row in logged_history(progress_file, stage_name, up_to_epoch)}
+    missing = [row for row in carried if int(row["epoch"]) <= up_to_epoch and int(row["epoch"]) not in logged]
+    if missing:
+        cut_short = progress_file.is_file() and not progress_file.read_bytes().endswith(b"\n")
+        with progress_file.open("a") as log:
+            if cut_short:  # the line the dying driver was writing: end it, or the next line joins it
+                log.write("\n")
+            for row in missing:
+                log.write(json.dumps({"stage": stage_name, **row}) + "\n")
+    rows = {**{int(row["epoch"]): dict(row) for row in missing}, **logged}
+    return [rows[epoch] for epoch in sorted(rows)]
 
 
 def _logged(progress_file: Path, stage_name: str) -> Iterator[dict[str, Any]]:

@@ -73,7 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(stage.scaling.resources_per_worker.get("CPU", 1))))
     strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
     parts, scheduler = build_worker(stage, spec.info, strategy, spec.init_checkpoint)
-    start_epoch, start_step, last_metrics = _restore(parts, scheduler, spec, rank)
+    start_epoch, start_step, last_metrics, history = _restore(parts, scheduler, spec, rank)
     stopper = EarlyStopping.from_config(stage.early_stop, stage.task.name) if stage.early_stop else None
     if stopper is not None:
         stopper.restore(last_metrics)
@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for epoch in range(start_epoch, stage.total_epochs):
             done = start_step if epoch == start_epoch else 0  # a checkpoint within the epoch: continue after it
             hooks = _within_epoch(parts, scheduler, spec, reporter, val, augment, rank, epoch, steps, done,
-                                  last_metrics)
+                                  last_metrics, history)
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
@@ -105,7 +105,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stop = stopper is not None and stopper.update(metrics)  # all-reduced metrics: every rank agrees
             if stop:
                 metrics["stopped_early"] = True
-            state = collect_state(parts, scheduler, epoch + 1, metrics, global_step=(epoch + 1) * steps)
+            history.append(metrics)  # every epoch's metrics ride in its checkpoint (driver/resume.py)
+            state = collect_state(parts, scheduler, epoch + 1, metrics, global_step=(epoch + 1) * steps,
+                                  history=history)
             reporter.report(metrics, state, epoch_line=True)
             last_metrics = metrics
             if stop:
@@ -161,7 +163,7 @@ def row_augment(stage: StageConfig, info: DatasetInfo, rank: int) -> RowAugment 
 
 def _within_epoch(parts: StepParts, scheduler, spec: WorkerSpec, reporter: _Reporter, val: ShardBatches,
                   augment: RowAugment | None, rank: int, epoch: int, steps: int, done: int,
-                  last_metrics: dict[str, Any]) -> EpochHooks:
+                  last_metrics: dict[str, Any], history: list[dict[str, Any]]) -> EpochHooks:
     """The epoch's validation and checkpoints between its steps (``eval_every_steps``,
     ``checkpoint_every_steps``), skipping the ``done`` steps a checkpoint already holds."""
     stage = spec.stage
@@ -177,7 +179,8 @@ def _within_epoch(parts: StepParts, scheduler, spec: WorkerSpec, reporter: _Repo
 
     def checkpoint(step: int, global_step: int, fraction: float) -> None:
         # the last completed epoch's metrics ride along: a restart restores early stopping from them
-        state = collect_state(parts, scheduler, epoch, last_metrics, step=step, global_step=global_step)
+        state = collect_state(parts, scheduler, epoch, last_metrics, step=step, global_step=global_step,
+                              history=history)
         reporter.report({"kind": "checkpoint", "epoch": fraction, "step": global_step}, state, epoch_line=False)
 
     return WithinEpoch(epoch=epoch, steps_per_epoch=steps, batches_done=done, eval_every=stage.eval_every_steps,
@@ -216,10 +219,11 @@ class _Reporter:
         self.local_directory = directory
 
 
-def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[int, int, dict[str, Any]]:
+def _restore(parts: StepParts, scheduler, spec: WorkerSpec,
+             rank: int) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start
-    epoch, the steps of it already made (a checkpoint within it) and the metrics of the epoch
-    before it (none on a fresh start)."""
+    epoch, the steps of it already made (a checkpoint within it), the metrics of the epoch
+    before it and of every epoch so far (none on a fresh start)."""
     checkpoint = None if spec.in_tune_trial else ray.train.get_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -227,5 +231,6 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec, rank: int) -> tuple[
     elif spec.resume_checkpoint:
         state = load_checkpoint(spec.resume_checkpoint)
     else:
-        return fresh_start(spec.stage.seed, rank), 0, {}
-    return *restore_state(parts, scheduler, state, rank), state.get("metrics") or {}
+        return fresh_start(spec.stage.seed, rank), 0, {}, []
+    history = [row for row in state.get("history") or [] if row.get("epoch", 0) <= state.get("epoch", 0)]
+    return *restore_state(parts, scheduler, state, rank), state.get("metrics") or {}, history

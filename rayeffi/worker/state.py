@@ -16,15 +16,18 @@ from rayeffi.worker.step import StepParts
 
 
 def collect_state(parts: StepParts, scheduler, epoch: int, metrics: dict[str, Any], *, step: int = 0,
-                  global_step: int | None = None) -> dict[str, Any] | None:
+                  global_step: int | None = None, history: list[dict[str, Any]] = ()) -> dict[str, Any] | None:
     """The checkpoint after ``epoch`` completed epochs and ``step`` optimizer steps of the next
-    (``checkpoint_every_steps``); every rank calls it (collectives), rank 0 gets it."""
+    (``checkpoint_every_steps``); every rank calls it (collectives), rank 0 gets it.
+
+    ``history``: every completed epoch's metrics, so the record travels with the weights: a
+    driver that died before logging some epochs gets them back on ``--resume``."""
     rng_by_rank = parts.strategy.all_gather_object(rng_state())
     training = parts.strategy.training_state(parts)
     if not parts.strategy.is_rank_zero:
         return None
     return checkpoint_state(epoch=epoch, training=training, scheduler=scheduler.state_dict(), rng=rng_by_rank,
-                            metrics=metrics, step=step, global_step=global_step)
+                            metrics=metrics, step=step, global_step=global_step, history=list(history))
 
 
 def restore_state(parts: StepParts, scheduler, state: dict[str, Any], rank: int) -> tuple[int, int]:

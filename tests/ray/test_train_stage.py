@@ -69,7 +69,8 @@ def test_checkpoint_holds_the_whole_training_state(small_digits, tmp_path):
     summary = run_recipe(_full_batch_recipe(small_digits, 0), tmp_path)
     state = torch.load(summary["stages"][0]["checkpoint"], weights_only=True)
     assert state["epoch"] == EPOCHS
-    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics"}
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "metrics", "history"}
+    assert state["history"] == summary["stages"][0]["history"]  # every epoch's record travels with the weights
     assert state["optimizer"]["state"], "momentum buffers are saved"
     assert isinstance(state["rng"][0]["torch"], torch.Tensor)
     # the run explains itself: versions, times, and the stage's parameters counted in its checkpoint

@@ -113,3 +113,21 @@ def test_a_truncated_artifact_of_a_completed_stage_runs_that_stage_again(killed_
     assert plan.completed == {}
     assert plan.resumes[-1]["stage"] == "first" and plan.resumes[-1]["from_epoch"] == 0
     assert "cut short" in plan.resumes[-1]["unreadable_artifact"]
+
+
+def test_epochs_the_driver_never_logged_come_back_from_the_checkpoint(tmp_path):
+    """The driver died (SIGKILL) while the workers went on: its log stops at epoch 4, the last
+    checkpoint (epoch 9) carries every epoch's metrics; the resumed history is 1..9 in both files."""
+    import json
+
+    from rayeffi.driver.resume import logged_history, recovered_history
+
+    log = tmp_path / "progress.jsonl"
+    log.write_text("".join(json.dumps({"stage": "train", "epoch": e, "train_loss": 1.0 / e}) + "\n"
+                           for e in range(1, 5)) + '{"stage": "train", "epo')  # a line cut short
+    carried = [{"epoch": e, "train_loss": 1.0 / e, "from": "checkpoint"} for e in range(1, 10)]
+    history = recovered_history(log, "train", 9, carried)
+    assert [row["epoch"] for row in history] == list(range(1, 10))
+    assert "from" not in history[0] and history[4]["from"] == "checkpoint"  # the log's own rows win
+    assert [row["epoch"] for row in logged_history(log, "train", 9)] == list(range(1, 10))
+    assert recovered_history(log, "train", 9, carried) == history  # a second resume adds nothing
