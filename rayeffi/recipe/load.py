@@ -63,22 +63,30 @@ def _raw_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> tuple[str, dict
                     "same structure, or a rayeffi.Recipe")
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that rejects a key given twice in one mapping.
 
     Plain YAML loading keeps the last value, so ``epochs:`` written twice in a stage
-    silently trains for the second count.
+    silently trains for the second count. Merge keys (``<<: *defaults``, or a list of
+    mappings) are YAML 1.1's: a key written in the mapping overrides a merged one, and
+    among merged mappings the earlier wins; only keys written twice are refused.
     """
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:  # merged keys may be overridden: flatten_mapping resolves them
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise UserError(f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line}): "
                                 "keep one of them")
             seen[key] = line
+        self.flatten_mapping(node)  # before the base class builds the dict: the merge key has no constructor
         return super().construct_mapping(node, deep=deep)
 
 
