@@ -69,6 +69,10 @@ class Recipe(Section):
         folder then the current one (``recipe/paths.py``; set by ``load_recipe``)."""
         return self._folders or (str(Path.cwd()),)
 
+    def __eq__(self, other: object) -> bool:
+        # the same recipe read from a file or given as a dict is equal: where it was found is not part of it
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
     @model_validator(mode="before")
     @classmethod
     def _merge_globals_into_stages(cls, raw: Any) -> Any:
