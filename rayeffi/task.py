@@ -285,7 +285,8 @@ def resolve_function(path: str, key: str) -> Callable:
     try:
         function = getattr(importlib.import_module(module_name), function_name, None)
     except ImportError as exc:
-        raise UserError(f"{key} {path}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+        raise UserError(f"{key} {path}: cannot import {module_name!r} ({exc}): "
+                        "put it beside the recipe, in the current folder or on PYTHONPATH") from None
     if not callable(function):
         raise UserError(f"{key} {path}: {module_name} has no function {function_name!r}")
     return function

@@ -24,6 +24,7 @@ from rayeffi.data.info import DatasetInfo, DataSource
 from rayeffi.data.synthetic import write_synthetic
 from rayeffi.errors import UserError
 from rayeffi.data.token_source import inspect_tokens
+from rayeffi.data.transform import transformed_config
 from rayeffi.recipe.sections import DataConfig, TaskConfig
 
 DIGITS_IMAGE_SHAPE = (1, 8, 8)
@@ -45,6 +46,8 @@ def builtin_mnist_paths() -> tuple[str, str]:
 def resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskConfig | None = None) -> DataSource:
     """Turn a ``data`` section into checked Parquet paths (writing synthetic data if asked)."""
     task = task or TaskConfig()
+    if config.transform is not None:  # every check below, and every read, sees the transformed rows
+        config = transformed_config(config, cache_dir, task)
     if config.dataset == "text":
         if task.name != "language_modeling":
             raise UserError(f"data.dataset 'text' is token sequences for a language model, not task {task.name!r}: "

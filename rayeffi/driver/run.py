@@ -26,6 +26,7 @@ from rayeffi.health import HealthStop, TrainingDiverged, check_final
 from rayeffi.models import check_model
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
+from rayeffi.recipe.paths import use_import_paths
 from rayeffi.driver.resume import PROGRESS_FILE, plan_resume
 from rayeffi.driver.run_dir import claim_run_dir, environment, parameter_counts
 from rayeffi.stages import Artifact, StageContext, run_stage
@@ -70,7 +71,7 @@ def run_recipe(
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
     tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
-    started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages))
+    started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages), import_paths=recipe.folders)
     try:
         check_gpus(recipe, ray.cluster_resources())  # before any worker starts: never a hang waiting for GPUs
     except UserError:
@@ -177,6 +178,7 @@ def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list
     the Ray this process already joined). With an address, the caller checks the cluster's
     GPUs with :func:`check_gpus` once it has joined it.
     """
+    use_import_paths(recipe.folders)  # the recipe's modules import with no PYTHONPATH (recipe/paths.py)
     stage_names = {stage.name for stage in recipe.stages}
     sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
     check_stage_links(recipe.stages, sources)

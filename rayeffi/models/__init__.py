@@ -122,7 +122,8 @@ def resolve_user_model(path: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"model.name {path}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+        raise UserError(f"model.name {path}: cannot import {module_name!r} ({exc}): "
+                        "put it beside the recipe, in the current folder or on PYTHONPATH") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise UserError(f"model.name {path}: {module_name} has no function {function_name!r}")

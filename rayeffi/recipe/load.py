@@ -6,6 +6,7 @@ that names the file or key and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 from pathlib import Path
@@ -18,6 +19,7 @@ from rayeffi.errors import UserError
 from rayeffi.recipe.checks import check_recipe, reject_non_finite
 from rayeffi.recipe.models import GLOBAL_SECTIONS, STAGE_CONFIGS, STAGE_KINDS, Recipe, StageConfig, unmerged
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS
+from rayeffi.recipe.paths import find_path, recipe_folders, resolve_stage_paths
 from rayeffi.recipe.techniques import TECHNIQUE_CONFIGS
 
 SMOKE_MAX_EPOCHS = 2
@@ -38,6 +40,8 @@ def load_recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: list[st
     (``model.builder``, see :class:`~rayeffi.recipe.sections.ModelConfig`).
     """
     source, raw = _raw_recipe(recipe)
+    folders = recipe.folders if isinstance(recipe, Recipe) else recipe_folders(
+        recipe if isinstance(recipe, (str, Path)) else None)
     for override in overrides:
         key, value = parse_override(override)
         set_dotted(raw, key, value)
@@ -49,7 +53,24 @@ def load_recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: list[st
         raise UserError(f"{source}: {exc}") from None
     recipe = validate_recipe(raw, source=source)
     check_recipe(recipe)
+    recipe = resolve_paths(recipe, folders)
     return smoke_recipe(recipe) if smoke else recipe
+
+
+def resolve_paths(recipe: Recipe, folders: tuple[str, ...]) -> Recipe:
+    """``recipe`` with every stage's relative file paths found in ``folders`` (``recipe/paths.py``),
+    remembering ``folders`` for the import path. The global ``data`` paths follow where found,
+    so :func:`unmerged` still sees a stage's data as the globals'."""
+    names = {stage.name for stage in recipe.stages}
+    stages = tuple(resolve_stage_paths(stage, folders, names) for stage in recipe.stages)
+    data_update = {}
+    for key in ("path", "val_path"):
+        value = getattr(recipe.data, key)
+        with contextlib.suppress(UserError):  # only the stages' copies are read: they say what is missing
+            data_update[key] = value and find_path(value, folders, f"data.{key}")
+    resolved = recipe.model_copy(update={"stages": stages, "data": recipe.data.model_copy(update=data_update)})
+    resolved._folders = folders
+    return resolved
 
 
 def _raw_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> tuple[str, dict[str, Any]]:
@@ -64,22 +85,30 @@ def _raw_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> tuple[str, dict
                     "same structure, or a rayeffi.Recipe")
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that rejects a key given twice in one mapping.
 
     Plain YAML loading keeps the last value, so ``epochs:`` written twice in a stage
-    silently trains for the second count.
+    silently trains for the second count. Merge keys (``<<: *defaults``, or a list of
+    mappings) are YAML 1.1's: a key written in the mapping overrides a merged one, and
+    among merged mappings the earlier wins; only keys written twice are refused.
     """
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:  # merged keys may be overridden: flatten_mapping resolves them
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise UserError(f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line}): "
                                 "keep one of them")
             seen[key] = line
+        self.flatten_mapping(node)  # before the base class builds the dict: the merge key has no constructor
         return super().construct_mapping(node, deep=deep)
 
 
@@ -282,4 +311,5 @@ def _smoke_stage(stage: StageConfig) -> StageConfig:
     return smoked
 
 
-__all__ = ["GLOBAL_SECTIONS", "load_recipe", "parse_override", "set_dotted", "smoke_recipe", "validate_recipe"]
+__all__ = ["GLOBAL_SECTIONS", "load_recipe", "parse_override", "resolve_paths", "set_dotted", "smoke_recipe",
+           "validate_recipe"]

@@ -8,9 +8,10 @@ tagged union, :data:`AnyStageConfig`; a new kind adds its config class there.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from rayeffi.recipe.kinds import DistillStageConfig, DsdStageConfig, TrainStageConfig
 from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
@@ -60,6 +61,17 @@ class Recipe(Section):
     stages: tuple[AnyStageConfig, ...] = Field(min_length=1)
     tracking: TrackingConfig = TrackingConfig()
     """Where epoch metrics go besides summary.json (recipe/tracking.py); not inherited by stages."""
+    _folders: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Where its relative paths were found and its modules import from: the recipe file's
+        folder then the current one (``recipe/paths.py``; set by ``load_recipe``)."""
+        return self._folders or (str(Path.cwd()),)
+
+    def __eq__(self, other: object) -> bool:
+        # the same recipe read from a file or given as a dict is equal: where it was found is not part of it
+        return type(other) is type(self) and self.__dict__ == other.__dict__
 
     @model_validator(mode="before")
     @classmethod

@@ -181,6 +181,12 @@ class DataConfig(Section):
     """Seeded image augmentation on the workers: random crops and flips for training,
     per-channel normalisation for both splits (off by default)."""
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    transform: str | None = None
+    """``package.module:function`` applied to each batch of your rows before anything reads them:
+    a pyarrow Table in, a pyarrow Table, a dict of columns or a pandas DataFrame out, with as many
+    rows (e.g. a ``text`` column tokenised into ``input_ids``). The driver applies it once to
+    ``path`` and ``val_path`` and keeps the result under ``OUT/data/transformed/`` (``dataset:
+    parquet`` only; ``data/transform.py``)."""
 
     @property
     def in_memory_bytes(self) -> int:
@@ -193,6 +199,11 @@ class DataConfig(Section):
             raise ValueError("data.dataset 'parquet' needs data.path: a Parquet file or directory")
         if self.dataset == "image_folder" and self.path is None:
             raise ValueError("data.dataset 'image_folder' needs data.path: a folder with one subfolder per class")
+        if self.transform is not None and not _USER_FUNCTION.match(self.transform):
+            raise ValueError(f"data.transform {self.transform!r} is not a 'package.module:function' path")
+        if self.transform is not None and self.dataset != "parquet":
+            raise ValueError(f"data.transform reads your Parquet rows, not dataset {self.dataset!r}: "
+                             "set data.dataset=parquet or remove data.transform")
         if self.dataset not in ("parquet", "image_folder") and (self.path or self.val_path):
             raise ValueError(
                 f"data.path and data.val_path are only read for dataset 'parquet', "

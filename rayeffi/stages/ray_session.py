@@ -10,6 +10,7 @@ import socket
 import ray
 
 from rayeffi.errors import UserError
+from rayeffi.recipe.paths import worker_python_path
 
 TRIAL_RESOURCE = "rayeffi_trial_driver"
 
@@ -30,7 +31,8 @@ RAY_JOB_ENV = {
 }
 
 
-def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None = None) -> bool:
+def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None = None,
+              import_paths: tuple[str, ...] = ()) -> bool:
     """Join ``address`` or start a private local Ray; return True if this call started it.
 
     A private Ray listens on 127.0.0.1 only (dashboard, GCS, raylet, workers, agents),
@@ -39,6 +41,9 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     driver killed with SIGKILL leaves none of its processes behind.
     ``num_gpus``: a private Ray's GPU count (default: the GPUs Ray detects; tests declare
     logical GPUs on machines without CUDA).
+    ``import_paths``: folders every worker of the job imports from (the recipe's folder and the
+    current one: ``recipe/paths.py``), private or joined; a Ray this process had already
+    started keeps the environment it was started with.
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -47,6 +52,8 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     for key, value in RAY_JOB_ENV.items():
         os.environ.setdefault(key, value)  # inherited by a private Ray's processes
     job_env = {key: os.environ[key] for key in RAY_JOB_ENV}
+    if import_paths:
+        job_env["PYTHONPATH"] = worker_python_path(import_paths)
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "runtime_env": {"env_vars": job_env}}
     if address:
         # a loopback address is joined as given: Ray replaces 127.0.0.1 by this machine's network
