@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="directory uploaded as the job's working directory")
     submit.add_argument("--wait", action="store_true", help="stream the job's logs; exit 0 if it SUCCEEDED, else 1")
 
+    init = commands.add_parser("init", help="write a starter recipe and model file that run as they are")
+    init.add_argument("folder", nargs="?", default=".", help="where to write recipe.yaml and my_model.py (default: .)")
+
+    commands.add_parser("schema", help="print the recipe's JSON Schema (for an editor's completion and checks)")
+
     report = commands.add_parser("report", help="plot a run's curves as PNG files and write report/index.html")
     report.add_argument("run_dir", help="a run directory holding summary.json")
 
@@ -319,7 +324,24 @@ def _submit(args) -> int:
     return submit(args)
 
 
-COMMANDS = {"run": _run, "validate": _validate, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
+def _init(args) -> int:
+    from rayeffi.starter import write_starter
+
+    paths = write_starter(args.folder)
+    for path in paths:
+        print(path)
+    print(f"next: rayeffi run {paths[0]} --smoke")
+    return 0
+
+
+def _schema(args) -> int:
+    from rayeffi.starter import recipe_schema
+
+    print(recipe_schema())
+    return 0
+
+
+COMMANDS = {"init": _init, "schema": _schema, "run": _run, "validate": _validate, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
 
 
 def main(argv: list[str] | None = None) -> int:
