@@ -83,7 +83,7 @@ def run_recipe(
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
     progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
-                               "storage": storage, "environment": environment(), "stages": []}
+                               "storage": storage, "environment": environment(Path(recipe.folders[0])), "stages": []}
     if plan:
         summary["resumes"] = plan.resumes
     start = time.perf_counter()
