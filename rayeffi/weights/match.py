@@ -85,6 +85,8 @@ def line_up(found: Shapes, expected: Shapes, tied: dict[str, str], prefix: str) 
     elif side == "model":
         renamed = {applied + key: key for key in found}
         expected = {key: shape for key, shape in expected.items() if key.startswith(applied)}
+    elif applied:  # a prefix neither side has: nothing lines up under it
+        renamed = {}
     else:
         renamed = {key: key for key in found}
     mis_shaped = tuple((name, found[key], expected[name]) for name, key in renamed.items()
@@ -94,7 +96,7 @@ def line_up(found: Shapes, expected: Shapes, tied: dict[str, str], prefix: str) 
     wrong = {name for name, _, _ in mis_shaped}
     missing = tuple(name for name in expected
                     if name not in loaded and name not in wrong and tied.get(name, name) not in filled)
-    unexpected = tuple(key for name, key in renamed.items() if name not in expected)
+    unexpected = tuple(key for name, key in renamed.items() if name not in expected) if renamed else tuple(found)
     return {"renamed": loaded, "missing": missing, "unexpected": unexpected, "mis_shaped": mis_shaped,
             "prefix": applied, "side": side, "num_left_out": len(found) - len(renamed) if side == "file" else 0,
             "num_expected": len(expected)}
