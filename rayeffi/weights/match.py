@@ -182,7 +182,7 @@ def suggest_prefix(found: Shapes, expected: Shapes, tied: dict[str, str], curren
     if filled <= current.num_filled or match["prefix"] == current.prefix:
         return None
     share = "" if fits else f" ({filled} of the model's {match['num_expected']} tensors)"
-    if match["side"] == "":
+    if not prefix:  # with none, a wrapper's prefix on every key is removed anyway
         return f"the keys fit without a prefix{share}: remove {key}.prefix"
     if match["side"] == "file" and all(name.startswith(prefix) for name in found):
         where = f"every key in the file starts with {prefix!r}"
