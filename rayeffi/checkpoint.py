@@ -86,7 +86,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise UserError(f"checkpoint {path} {_unreadable(exc)}") from None
+        raise UserError(f"checkpoint {path} {unreadable_reason(exc)}") from None
     model = state.get("model") if isinstance(state, dict) else None
     if not isinstance(model, dict):
         raise UserError(f"checkpoint {path} has no 'model' entry of weights: it is a torch file but not a rayeffi "
@@ -94,8 +94,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _unreadable(exc: Exception) -> str:
-    """What a file that ``torch.load`` refused is not, from the error torch raised."""
+def unreadable_reason(exc: Exception, give: str = "a rayeffi checkpoint.pt") -> str:
+    """What a file that ``torch.load`` refused is not, from the error torch raised; ``give``: what to give instead."""
     text = str(exc)
     if "GLOBAL" in text or "Unsupported global" in text:  # the pickle names a function or class to call
         global_name = re.search(r"GLOBAL ([\w.]+)|global: GLOBAL ([\w.]+)", text)
@@ -104,32 +104,8 @@ def _unreadable(exc: Exception) -> str:
                 "(weights_only=True: loading them could run code): give a checkpoint written by rayeffi, "
                 "or re-save only its state_dict")
     if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text or "truncated" in text:
-        return ("is cut short or not a torch file (its zip archive does not read): give a complete checkpoint, "
-                "e.g. the stage's checkpoint.pt of a finished run")
-    return f"is not a readable torch checkpoint ({type(exc).__name__}): give a rayeffi checkpoint.pt"
-
-
-def check_model_state(model_state: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
-    """Fail unless ``model_state`` loads into ``model``: same parameter names and shapes.
-
-    Run on the driver before Ray starts, so a checkpoint of another model's shape is
-    one line instead of a worker's ``load_state_dict`` traceback.
-    """
-    expected = {name: tuple(getattr(value, "shape", ())) for name, value in model.state_dict().items()}
-    found = {name: tuple(getattr(value, "shape", ())) for name, value in model_state.items()}
-    missing = [name for name in expected if name not in found]
-    extra = [name for name in found if name not in expected]
-    wrong = [name for name in expected if name in found and found[name] != expected[name]]
-    if not (missing or extra or wrong):
-        return
-    if wrong:
-        name = wrong[0]
-        detail = f"'{name}' is {list(found[name])} there but {list(expected[name])} in this stage's model"
-    else:
-        detail = (f"its weights are named {', '.join(extra[:3]) or '-'} where this stage's model has "
-                  f"{', '.join(missing[:3]) or '-'}")
-    raise UserError(f"checkpoint {path} holds another model ({detail}): start from a checkpoint of the same "
-                    "model, or set this stage's model keys to the ones it was trained with")
+        return f"is cut short or not a torch file (its zip archive does not read): give a complete copy of {give}"
+    return f"is not a readable torch checkpoint ({type(exc).__name__}): give {give}"
 
 
 def rng_state() -> dict[str, Any]:

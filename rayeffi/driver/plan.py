@@ -41,7 +41,7 @@ def _describe(stage: StageConfig) -> str:
     if teachers:
         parts.append(f"teachers {', '.join(teachers)}")
     if stage.init_from:
-        parts.append(f"starts from {stage.init_from}")
+        parts.append(f"starts from {stage.init_from.path}")
     if stage.tune:
         parts.append(f"{stage.tune.num_samples} Tune trials ({stage.tune.max_concurrent_trials} at a time)")
     return "; ".join(parts) + "; hands on its checkpoint"

@@ -37,6 +37,7 @@ from rayeffi.stages.ray_session import check_address, start_ray
 from rayeffi.driver.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
+from rayeffi.weights.read import FORMATS as WEIGHT_FORMATS
 from rayeffi.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
 
 SUMMARY_FILE = "summary.json"
@@ -196,11 +197,12 @@ def local_resources() -> dict[str, float]:
 def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
     if stage.tune is not None:
         check_search_space(stage)
-    links = {None, "previous", *stage_names}
-    if stage.init_from not in links and not Path(stage.init_from).exists():
+    links = {"previous", *stage_names}
+    init = stage.init_from
+    if init is not None and init.path not in links and not Path(init.path).exists():
         raise UserError(
-            f"stages.{stage.name}.init_from: {stage.init_from} is neither an earlier stage nor an existing "
-            "checkpoint file: give 'previous', a stage name or a path"
+            f"stages.{stage.name}.init_from: {Path(init.path).absolute()} does not exist and {init.path!r} is not "
+            f"an earlier stage: give 'previous', an earlier stage's name, or {WEIGHT_FORMATS}"
         )
     source = resolve_source(stage.data, stage.seed, out_dir / "data", stage.task)
     augment = stage.data.augment
@@ -212,7 +214,7 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
                         f"{source.info.image_shape[0]} channels: give one mean and std per channel")
     _check_model_contract(stage, source)
     _check_step_options(stage, source)
-    _check_checkpoint_files(stage, source, links)
+    _check_weight_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
         STRATEGY_CHECKS[stage.parallel.strategy](stage, source.info)
     for key, config in stage.technique_keys():
@@ -222,54 +224,69 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
 
 def check_stage_links(stages, sources: list[DataSource]) -> None:
     """A stage that starts from an earlier stage's weights (``init_from``) builds a model they
-    load into: checked here, before Ray starts and before the earlier stage spends its time.
+    load into (under its ``prefix`` and ``strict``): checked here, before Ray starts and before
+    the earlier stage spends its time.
 
     Skipped where the earlier stage searches model keys with Tune (its best trial decides
     the shape).
     """
-    from rayeffi.checkpoint import check_model_state
     from rayeffi.models import build_model
 
     for index, stage in enumerate(stages):
-        if stage.init_from is None or index == 0 and stage.init_from == "previous":
+        init = stage.init_from
+        if init is None or index == 0 and init.path == "previous":
             continue
         names = [earlier.name for earlier in stages[:index]]
-        if stage.init_from == "previous":
+        if init.path == "previous":
             source_index = index - 1
-        elif stage.init_from in names:
-            source_index = names.index(stage.init_from)
+        elif init.path in names:
+            source_index = names.index(init.path)
         else:
-            continue  # a checkpoint file: _check_checkpoint_files opened it
+            continue  # a weights file: _check_weight_files read it
         earlier = stages[source_index]
         if earlier.tune is not None and any(key.startswith("model.") for key in earlier.tune.search_space):
             continue
-        if earlier.model == stage.model and sources[source_index].info == sources[index].info:
+        if earlier.model == stage.model and sources[source_index].info == sources[index].info and not init.prefix:
             continue
         weights = build_model(earlier.model, sources[source_index].info).state_dict()
-        try:
-            check_model_state(weights, build_model(stage.model, sources[index].info), f"of stage {earlier.name!r}")
-        except UserError as exc:
-            raise UserError(f"stages.{stage.name}.init_from: {exc}") from None
+        _check_weights(weights, f"the weights of stage {earlier.name!r}", build_model(stage.model, sources[index].info),
+                       init, f"stages.{stage.name}.init_from", stage.name)
 
 
-def _check_checkpoint_files(stage: StageConfig, source: DataSource, links: set) -> None:
-    """Open every checkpoint file the stage starts from and match it to its model, before Ray starts."""
-    if stage.init_from not in links:
-        _check_checkpoint(stage.init_from, stage.model, source, f"stages.{stage.name}.init_from")
+def _check_weight_files(stage: StageConfig, source: DataSource, links: set) -> None:
+    """Read every weights file the stage starts from and match it to its model, before Ray starts."""
+    from rayeffi.models import build_model
+    from rayeffi.weights import read_weights
+
+    init = stage.init_from
+    checks = []
+    if init is not None and init.path not in links:
+        checks.append((init.path, stage.model, init, f"stages.{stage.name}.init_from"))
     for key, config in stage.technique_keys():
         for index, teacher in enumerate(getattr(config, "teachers", ())):
             if teacher.stage is None and teacher.checkpoint and teacher.model is not None:
-                _check_checkpoint(teacher.checkpoint, teacher.model, source, f"{key}.teachers.{index}")
+                checks.append((teacher.checkpoint, teacher.model, teacher, f"{key}.teachers.{index}"))
+    for path, model_config, options, key in checks:
+        try:
+            weights = read_weights(path)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        _check_weights(weights, f"weights {Path(path).absolute()}", build_model(model_config, source.info), options,
+                       key, stage.name)
 
 
-def _check_checkpoint(path: str, model_config, source: DataSource, key: str) -> None:
-    from rayeffi.models import build_model
-    from rayeffi.checkpoint import check_model_state, load_checkpoint
+def _check_weights(weights: dict, source: str, model: torch.nn.Module, options, key: str, stage_name: str) -> None:
+    """``weights`` load into ``model`` under ``options``' prefix and strict; strict: false prints what it skips."""
+    from rayeffi.weights import load_weights, skipped_message
 
+    short_key = key.split(".", 2)[-1]  # init_from, distill.teachers.0: what the fix names
     try:
-        check_model_state(load_checkpoint(path)["model"], build_model(model_config, source.info), path)
+        match = load_weights(model, weights, prefix=options.prefix, strict=options.strict, source=source,
+                             key=short_key)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
+    if not match.fits:  # strict: false, once per run, on the driver
+        print(f"[{stage_name}] {key}: {skipped_message(match, source)}", flush=True)
 
 
 def _check_step_options(stage: StageConfig, source: DataSource) -> None:

@@ -88,15 +88,16 @@ class Recipe(Section):
             if stage.name in seen:
                 raise ValueError(f"stage name {stage.name!r} is used twice: stage names must be unique")
             seen.add(stage.name)
-            if stage.init_from == "previous" and index == 0:
+            init_path = stage.init_from.path if stage.init_from else None
+            if init_path == "previous" and index == 0:
                 raise ValueError(
                     f"stage {stage.name!r} has init_from: previous but is the first stage: "
                     "remove init_from or give a checkpoint path"
                 )
             later = {s.name for s in self.stages[index:]}
-            if stage.init_from in later:
+            if init_path in later:
                 raise ValueError(
-                    f"stage {stage.name!r} has init_from: {stage.init_from}, which does not run before it: "
+                    f"stage {stage.name!r} has init_from: {init_path}, which does not run before it: "
                     "name an earlier stage"
                 )
             earlier = {s.name for s in self.stages[:index]}

@@ -70,7 +70,7 @@ def _resolved_init_from(init_from: Any, folders: tuple[str, ...], key: str, stag
         return find_path(init_from, folders, key)
     path = getattr(init_from, "path", None)
     if isinstance(path, str) and path != "previous" and path not in stage_names:
-        return init_from.model_copy(update={"path": find_path(path, folders, f"{key}.path")})
+        return init_from.model_copy(update={"path": find_path(path, folders, key)})
     return init_from
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_serializer, model_validator
 
 from rayeffi.recipe.compat import check_compatibility
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
@@ -87,6 +87,39 @@ class TuneConfig(Section):
         return flat
 
 
+class InitFromConfig(Section):
+    """The long form of a stage's ``init_from``: where its starting weights are and how they load.
+
+    ``init_from: PATH`` is ``init_from: {path: PATH}``. Loading is ``rayeffi/weights/``'s:
+    every format it reads, the same key matching for every source.
+    """
+
+    path: str
+    """``previous`` (the stage before), the name of an earlier stage, or a weights file or folder:
+    a state_dict file (``.pt``, ``.pth``, ``.bin``; also a dict holding one under ``state_dict``
+    or ``model``), a ``.safetensors`` file, a Hugging Face ``save_pretrained`` folder (sharded
+    or not) or a rayeffi checkpoint."""
+    strict: bool = True
+    """``true``: every tensor of the model must be filled and every one of the file used (tied
+    weights count as filled), else the run stops before Ray starts, listing what does not fit.
+    ``false``: load what fits (names and shapes), print one line saying what was skipped; the
+    model's skipped tensors keep their initial values."""
+    prefix: str = ""
+    """A leading part of the keys that only one side has. The file's (``model.``, DDP's
+    ``module.``, ``torch.compile``'s ``_orig_mod.``, or ``bert.`` to take the ``bert.`` part of a
+    whole classifier): its keys under the prefix load with it removed, its other keys are left
+    out. Else the model's (``bert.`` to load a ``BertModel`` file into a classifier): the file
+    fills the model's part under it, the rest keeps its initial values. Without a prefix, a
+    ``module.`` or ``_orig_mod.`` on every key of the file is removed."""
+
+    @model_serializer(mode="wrap")
+    def _short_form_when_plain(self, handler: Any) -> Any:
+        # dumps as the short string when that says it all: summary.json and resume's comparison of
+        # recipes read as they did before the long form existed
+        data = handler(self)
+        return self.path if self.strict and not self.prefix else data
+
+
 class StageConfig(Section):
     """What every stage kind has: a name, its resolved global sections, and how to start."""
 
@@ -95,9 +128,12 @@ class StageConfig(Section):
     epochs: PositiveInt | None = None
     """Epochs of the stage (default 10); not set where a technique sets them (DSD's phases)."""
     seed: int = 0
-    init_from: str | None = None
-    """``previous`` (the stage before), the name of an earlier stage, or a checkpoint
-    path: load that model's weights before training. Optimizer state starts fresh."""
+    init_from: InitFromConfig | None = None
+    """The weights to start from, loaded before training (optimizer state starts fresh):
+    ``previous`` (the stage before), the name of an earlier stage, or a weights file or folder
+    (a state_dict ``.pt``/``.pth``/``.bin``, ``.safetensors``, a Hugging Face ``save_pretrained``
+    folder, a rayeffi checkpoint); or the long form ``{path, strict, prefix}``
+    (:class:`InitFromConfig`; the short string is its ``path``)."""
     tune: TuneConfig | None = None
     early_stop: EarlyStopConfig | None = None
     """Stop before ``epochs`` when the stage's metric stops improving (``patience``,
@@ -185,6 +221,11 @@ class StageConfig(Section):
             return raw
         config = PARALLEL_CONFIGS.get(_strategy_name(raw.get("parallel") or {}))
         return config.resolve_stage_raw(raw) if config else raw
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _short_init_from(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
     @field_validator("name")
     @classmethod

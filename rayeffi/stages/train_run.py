@@ -34,11 +34,14 @@ from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
 
 
 def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
-    if stage.init_from == "previous":
+    """The file or folder ``init_from`` names: an earlier stage's artifact, or the path as given."""
+    if stage.init_from is None:
+        return None
+    if stage.init_from.path == "previous":
         return context.previous.checkpoint
-    if stage.init_from in context.artifacts:
-        return context.artifacts[stage.init_from].checkpoint
-    return stage.init_from
+    if stage.init_from.path in context.artifacts:
+        return context.artifacts[stage.init_from.path].checkpoint
+    return stage.init_from.path
 
 
 def build_trainer(

@@ -16,7 +16,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rayeffi.checkpoint import load_checkpoint
 from rayeffi.errors import UserError
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
@@ -28,14 +27,19 @@ from rayeffi.task import CLASSIFICATION, Task, build_task
 from rayeffi.precision import Precision
 from rayeffi.worker.optim import build_optimizer, build_scheduler, steps_per_epoch
 from rayeffi.worker.step import StepParts
+from rayeffi.weights import load_weights, read_weights
 
 
 def initial_model(stage, info: DatasetInfo, init_checkpoint: str | None) -> nn.Module:
-    """The model at the stage's seed (identical on every rank), with ``init_from``'s weights if any."""
+    """The model at the stage's seed (identical on every rank), with ``init_from``'s weights if any
+    (``init_checkpoint``: the file or folder it names, loaded with its ``prefix`` and ``strict``)."""
     torch.manual_seed(stage.seed)
     model = build_model(stage.model, info)
     if init_checkpoint:
-        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+        options = stage.init_from
+        # the driver checked the match and printed what strict: false skips; here it only loads
+        load_weights(model, read_weights(init_checkpoint), prefix=options.prefix, strict=options.strict,
+                     source=f"weights {init_checkpoint}")
     return model
 
 

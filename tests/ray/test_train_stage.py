@@ -173,6 +173,40 @@ def test_a_diverged_run_through_the_python_api_raises_one_line_and_is_recorded(t
     assert summary["status"] == "diverged" and summary["error"] == message
 
 
+def _digits(split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    table = pq.read_table(builtin_digits_paths()[split])
+    features = torch.tensor(np.stack(table["features"].to_numpy(zero_copy_only=False)), dtype=torch.float32)
+    return features, torch.tensor(table["label"].to_numpy())
+
+
+def test_a_plain_state_dict_of_a_pretrained_model_starts_a_stage(tmp_path):
+    """A model trained outside rayeffi, saved with torch.save(model.state_dict()): one epoch from
+    it at lr 1e-9 validates exactly as the pretrained model does (local mode)."""
+    model_config = {"name": "mlp", "hidden_sizes": [32]}
+    torch.manual_seed(5)
+    model = build_model(validate_recipe({"model": model_config, "stages": [{"name": "s", "kind": "train"}]})
+                        .stages[0].model, DatasetInfo(64, 10, (1, 8, 8), 1437, 360))
+    (features, labels), (val_features, val_labels) = _digits(0), _digits(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):  # full-batch steps: a second on the CPU
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(features), labels).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        pretrained_accuracy = (model(val_features).argmax(dim=1) == val_labels).float().mean().item()
+    assert pretrained_accuracy > 0.9  # far from a fresh model's ~0.1: a stage that ignored the file would show it
+    torch.save(model.state_dict(), tmp_path / "pretrained.pt")
+
+    summary = run_recipe(validate_recipe({
+        "model": model_config,
+        "optimizer": {"name": "sgd", "lr": 1e-9},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "finetune", "kind": "train", "epochs": 1, "init_from": str(tmp_path / "pretrained.pt")}],
+    }), tmp_path / "run")
+    assert summary["stages"][0]["metrics"]["val_accuracy"] == pytest.approx(pretrained_accuracy, abs=1e-6)
+
+
 def small_net(num_features, num_classes, image_shape=None, hidden=16):
     """A model builder defined in this test module, which Ray's workers cannot import."""
     return torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(),

@@ -1,4 +1,4 @@
-"""Every unreadable ``init_from`` checkpoint exits 2 with one ``error:`` line, before Ray starts."""
+"""Every unreadable ``init_from`` weights file exits 2 with one ``error:`` line naming it, before Ray starts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
 from rayeffi.models import build_model
 from rayeffi.recipe.sections import ModelConfig
-from rayeffi.checkpoint import check_model_state, load_checkpoint
+from rayeffi.weights import load_weights, read_weights
 
 DIGITS = DatasetInfo(64, 10, (1, 8, 8), 1437, 360)
 RECIPE = "model: {{name: mlp, hidden_sizes: [16]}}\nstages: [{{name: train, kind: train, epochs: 1, init_from: {path}}}]\n"
@@ -68,12 +68,12 @@ def _plain_pickle(path):
 BAD_CHECKPOINTS = {
     "random bytes": (_random_bytes, "not a readable torch checkpoint"),
     "cut in half": (_cut_in_half, "cut short"),
-    "directory without a checkpoint": (_directory_without_checkpoint, "directory without a checkpoint"),
-    "torch file without a model key": (_no_model_key, "no 'model' entry"),
-    "another model's shape": (_other_shape, "holds another model"),
-    "another model's names": (_other_names, "holds another model"),
+    "directory without a checkpoint": (_directory_without_checkpoint, "is a folder without weights"),
+    "torch file without a model key": (_no_model_key, "holds no state_dict (a dict of 'weights'"),
+    "another model's shape": (_other_shape, "3 mis-shaped (layers.1.weight [32, 64] in the file vs [16, 64]"),
+    "another model's names": (_other_names, "do not fit this model: 4 missing"),
     "malicious pickle": (_malicious_pickle, "refuses to load"),
-    "plain pickle": (_plain_pickle, "checkpoint"),
+    "plain pickle": (_plain_pickle, "not a readable torch checkpoint"),
 }
 
 
@@ -94,7 +94,7 @@ def test_bad_init_from_exits_2_naming_the_file(case, tmp_path, capsys, no_ray):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: stages.train.init_from: checkpoint "), err
+    assert len(lines) == 1 and lines[0].startswith("error: stages.train.init_from: "), err
     assert str(path) in lines[0] and expected in lines[0], lines[0]
     assert "Traceback" not in err and "owned" not in err
 
@@ -102,14 +102,14 @@ def test_bad_init_from_exits_2_naming_the_file(case, tmp_path, capsys, no_ray):
 def test_matching_checkpoint_passes_the_driver_check(tmp_path):
     path = tmp_path / "ok.pt"
     torch.save({"format": 1, "model": _model().state_dict()}, path)
-    check_model_state(load_checkpoint(path)["model"], _model(), path)  # no error
+    assert load_weights(_model(), read_weights(path)).fits
 
 
 def test_shape_mismatch_names_the_parameter(tmp_path):
     path = tmp_path / "big.pt"
     _other_shape(path)
-    with pytest.raises(UserError, match=r"'layers.1.weight' is \[32, 64\] there but \[16, 64\]"):
-        check_model_state(load_checkpoint(path)["model"], _model(), path)
+    with pytest.raises(UserError, match=r"layers.1.weight \[32, 64\] in the file vs \[16, 64\] in the model"):
+        load_weights(_model(), read_weights(path))
 
 
 LINKED = """
@@ -126,8 +126,8 @@ def test_a_stage_whose_model_the_earlier_stage_cannot_fill_exits_2_before_ray(li
     code = main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("error: stages.finetune.init_from: checkpoint of stage 'dense' holds another model")
-    assert "'layers.1.weight' is [16, 64] there but [32, 64]" in lines[0]
+    assert lines[0].startswith("error: stages.finetune.init_from: the weights of stage 'dense' do not fit this model")
+    assert "layers.1.weight [16, 64] in the file vs [32, 64] in the model" in lines[0]
 
 
 def test_a_stage_of_the_same_shape_passes_the_link_check(tmp_path):

@@ -12,8 +12,8 @@ import rayeffi
 PACKAGE = Path(rayeffi.__file__).parent
 
 LAYERS = [  # lowest first; a module belongs to the first entry its dotted name starts with
-    ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.task", "rayeffi.health",
-                "rayeffi.driver.supervise", "rayeffi.upload")),
+    ("ground", ("rayeffi._lazy", "rayeffi.errors", "rayeffi.device", "rayeffi.checkpoint", "rayeffi.weights", "rayeffi.task",
+                "rayeffi.health", "rayeffi.driver.supervise", "rayeffi.upload")),
     ("recipe", ("rayeffi.recipe", "rayeffi.techniques.registry", "rayeffi.techniques.dsd.config",
                 "rayeffi.techniques.distill.config")),  # pure configuration, in its technique's folder
     ("models and data", ("rayeffi.models", "rayeffi.data")),

@@ -30,7 +30,7 @@ def test_stage_inherits_globals_and_overrides_single_keys(write_recipe):
     assert first.optimizer.lr == 0.1 and first.optimizer.momentum == 0.9
     assert second.optimizer.lr == 0.01 and second.optimizer.momentum == 0.9  # merged, not replaced
     assert second.scaling.num_workers == 0 and first.scaling.num_workers == 2
-    assert second.init_from == "previous"
+    assert second.init_from.path == "previous"
     assert [s.name for s in recipe.stages] == ["first", "second"]
 
 

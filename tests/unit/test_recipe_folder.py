@@ -85,7 +85,7 @@ def test_then_against_the_current_folder(recipe_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.pt").write_bytes(b"x")
     stage = load_recipe(recipe_dir / "recipe.yaml", ["stages.train.init_from=weights.pt"]).stage("train")
-    assert stage.init_from == str(tmp_path / "weights.pt")
+    assert stage.init_from.path == str(tmp_path / "weights.pt")
 
 
 def test_a_missing_file_names_every_path_tried(recipe_dir, tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_stage_names_and_absolute_paths_stay(recipe_dir):
                           " {name: c, kind: train, epochs: 1, init_from: previous}]")
     (recipe_dir / "two.yaml").write_text(text)
     recipe = load_recipe(recipe_dir / "two.yaml")
-    assert [s.init_from for s in recipe.stages] == [None, "a", "previous"]
+    assert [s.init_from and s.init_from.path for s in recipe.stages] == [None, "a", "previous"]
     assert find_path("/abs/x.parquet", ("/nowhere",), "k") == "/abs/x.parquet"
     assert find_path("s3://bucket/x.parquet", ("/nowhere",), "k") == "s3://bucket/x.parquet"
 

@@ -27,9 +27,15 @@ class TeacherConfig(Section):
     stage: str | None = None
     """Name of an earlier stage; its model config comes with it."""
     checkpoint: str | None = None
-    """A rayeffi checkpoint file (filled in from ``stage`` when the stage has run)."""
+    """The teacher's weights (filled in from ``stage`` when the stage has run): a state_dict file
+    (``.pt``, ``.pth``, ``.bin``), a ``.safetensors`` file, a Hugging Face ``save_pretrained``
+    folder or a rayeffi checkpoint, read as ``init_from`` reads them (``rayeffi/weights/``)."""
     model: ModelConfig | None = None
     """The teacher's network (given with ``checkpoint``; taken from ``stage`` otherwise)."""
+    prefix: str = ""
+    """A leading part of the keys only the file or only the model has (``init_from.prefix``)."""
+    strict: bool = True
+    """``false``: load the tensors that fit and keep the rest at their initial values (``init_from.strict``)."""
     module: SkipValidation[Any] = Field(None, exclude=True)
     """A trained ``nn.Module`` passed from Python (``DistillConfig(teachers=[module])``); it is
     frozen and used as it is. Not part of a dumped recipe."""

@@ -72,9 +72,10 @@ def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
 def check(config: DistillConfig, stage: Any, info: DatasetInfo, key: str) -> None:
     """Before Ray starts: teacher files exist, models build, hint paths and shapes fit."""
     for index, teacher in enumerate(config.teachers):
-        if teacher.stage is None and not Path(teacher.checkpoint).is_file():
-            raise UserError(f"{key}.teachers[{index}].checkpoint {teacher.checkpoint} does not exist: "
-                            "give a rayeffi checkpoint file or name an earlier stage")
+        if teacher.stage is None and not Path(teacher.checkpoint).exists():
+            raise UserError(f"{key}.teachers[{index}].checkpoint {Path(teacher.checkpoint).absolute()} does not "
+                            "exist: give a weights file or folder (a state_dict .pt, .safetensors, a Hugging Face "
+                            "save_pretrained folder, a rayeffi checkpoint) or name an earlier stage")
         check_model(teacher.model, info)
     if not config.hints:
         return

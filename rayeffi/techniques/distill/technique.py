@@ -18,7 +18,7 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, real_positions, soft_target_loss
-from rayeffi.checkpoint import load_checkpoint
+from rayeffi.weights import load_weights, read_weights
 from rayeffi.task import logits_of
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ def load_teachers(config: DistillConfig, info: DatasetInfo) -> list[nn.Module]:
             teachers.append(freeze(teacher.module))
             continue
         model = build_model(teacher.model, info)
-        model.load_state_dict(load_checkpoint(teacher.checkpoint)["model"])
+        load_weights(model, read_weights(teacher.checkpoint), prefix=teacher.prefix, strict=teacher.strict,
+                     source=f"weights {teacher.checkpoint}", key="teachers")
         teachers.append(freeze(model))
     return teachers
 
