@@ -140,6 +140,10 @@ def _bad_inputs(tmp_path):
         "an empty token row under classification": (
             f"data: {{dataset: parquet, path: {_write(tmp_path / 'a.parquet', features=pa.array([[1, 2], []] * 40), label=pa.array([1] * 80))}}}\n",
             "40 rows of 'features' hold no tokens"),
+        "a data.inputs argument the forward does not take": (
+            "model: {name: 'rayeffi.models.hf:bert_classifier'}\n"
+            f"data: {{dataset: parquet, path: {_write(tmp_path / 'k.parquet', features=pa.array([[1, 2], [3]] * 40), label=pa.array([1, 0] * 40), w=pa.array([0.5] * 80))}, inputs: {{weights: w}}}}\n",
+            "data.inputs.weights: model rayeffi.models.hf:bert_classifier's forward takes no argument 'weights'"),
         "per-token labels under classification": (
             f"data: {{dataset: parquet, path: {_write(tmp_path / 'b.parquet', features=floats, label=tokens)}}}\n",
             "task: token_classification"),
