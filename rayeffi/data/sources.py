@@ -23,7 +23,8 @@ from rayeffi.data.image_source import inspect_encoded_images, inspect_image_fold
 from rayeffi.data.info import DatasetInfo, DataSource
 from rayeffi.data.synthetic import write_synthetic
 from rayeffi.errors import UserError
-from rayeffi.data.token_source import inspect_tokens
+from rayeffi.data.input_columns import with_named_inputs
+from rayeffi.data.token_source import holds_sequences, inspect_sequences, inspect_tokens
 from rayeffi.data.transform import transformed_config
 from rayeffi.recipe.sections import DataConfig, TaskConfig
 
@@ -44,10 +45,15 @@ def builtin_mnist_paths() -> tuple[str, str]:
 
 
 def resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskConfig | None = None) -> DataSource:
-    """Turn a ``data`` section into checked Parquet paths (writing synthetic data if asked)."""
+    """Turn a ``data`` section into checked Parquet paths (writing synthetic data if asked), with
+    the model's named inputs (``data/input_columns.py``)."""
     task = task or TaskConfig()
     if config.transform is not None:  # every check below, and every read, sees the transformed rows
         config = transformed_config(config, cache_dir, task)
+    return with_named_inputs(_resolve_source(config, seed, cache_dir, task), config)
+
+
+def _resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskConfig) -> DataSource:
     if config.dataset == "text":
         if task.name != "language_modeling":
             raise UserError(f"data.dataset 'text' is token sequences for a language model, not task {task.name!r}: "
@@ -77,6 +83,8 @@ def resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskCon
                             "set task: classification or give dataset: parquet")
         train, val = write_synthetic(config.synthetic, seed, cache_dir)
         return _inspect(train, val, "features", "label", config.synthetic.num_classes, None, config)
+    if task.name == "classification" and config.dataset == "parquet" and holds_sequences(config):
+        return inspect_sequences(config.path, config.val_path, config.feature_column, config.label_column, config)
     return _inspect(
         config.path, config.val_path, config.feature_column, config.label_column,
         config.num_classes, config.image_shape, config, regression=task.name == "regression",
@@ -173,7 +181,8 @@ def _reject_sequences(dataset: pads.Dataset, path, feature_column: str, label_co
 
 
 def sample_rows(source: DataSource, num_rows: int = 2):
-    """The first ``num_rows`` training rows exactly as the workers will see them (``data/columns.py``)."""
+    """The first ``num_rows`` training rows exactly as the workers will see them (``data/columns.py``):
+    ``(features, labels, named inputs)``, the last ``{input.NAME: tensor}``."""
     import torch
 
     layout = source.columns(extra=False)
@@ -185,7 +194,8 @@ def sample_rows(source: DataSource, num_rows: int = 2):
     batch = normalise(table, layout)
     features = torch.from_numpy(_matrix(batch["features"]))
     labels = torch.from_numpy(_matrix(batch["label"]))
-    return features, labels
+    named = {name: torch.from_numpy(_matrix(batch[name])) for name in layout.input_columns}
+    return features, labels, named
 
 
 def _matrix(column: pa.ChunkedArray):

@@ -1,4 +1,5 @@
-"""Token sequences (``list<int>`` columns) for the per-token tasks: checked on the driver."""
+"""Token sequences (``list<int>`` columns) checked on the driver: for the per-token tasks, and for
+``classification`` with one class per row (rows of different lengths, or ``data.seq_len`` set)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from rayeffi.data.checks import is_list, open_parquet, row_counts
+from rayeffi.data.checks import check_labels, is_list, open_parquet, row_counts
 from rayeffi.data.columns import ColumnLayout
 from rayeffi.data.info import DatasetInfo, DataSource
 from rayeffi.errors import UserError
@@ -20,24 +21,14 @@ def inspect_tokens(train, val, token_column, label_column, task: TaskConfig, con
     if task.name == "token_classification" and not explicit:
         raise UserError(f"data.path {train} has no column {label_column!r} of per-token labels (columns: "
                         f"{', '.join(train_table.schema.names)}): set data.label_column")
-    longest = _check_tokens(train_table, train, token_column, config)
-    seq_len = config.seq_len or longest
-    if longest > seq_len and not config.truncate:
-        raise UserError(f"data {train}: rows of {token_column!r} hold up to {longest} tokens, more than data.seq_len "
-                        f"{seq_len}, and data.truncate is false: raise data.seq_len or set data.truncate: true")
-    vocab_size = config.vocab_size or _max_value(train_table, token_column) + 1
-    _check_token_range(train_table, train, token_column, vocab_size, config)
+    seq_len, vocab_size = _token_shape(train_table, train, token_column, config)
     num_classes = vocab_size
     if explicit:
         num_classes = _check_token_labels(train_table, train, token_column, label_column, task, config, vocab_size)
     num_train = train_table.count_rows()
     if val is not None:
         val_table = open_parquet(val, "data.val_path", token_column, label_column if explicit else None)
-        val_longest = _check_tokens(val_table, val, token_column, config)
-        if val_longest > seq_len and not config.truncate:
-            raise UserError(f"data {val}: rows of {token_column!r} hold up to {val_longest} tokens, more than "
-                            f"data.seq_len {seq_len}, and data.truncate is false: raise data.seq_len")
-        _check_token_range(val_table, val, token_column, vocab_size, config)
+        _check_val_tokens(val_table, val, token_column, config, seq_len, vocab_size)
         if explicit:
             _check_token_labels(val_table, val, token_column, label_column, task, config, vocab_size, num_classes)
         num_val = val_table.count_rows()
@@ -46,10 +37,84 @@ def inspect_tokens(train, val, token_column, label_column, task: TaskConfig, con
     num_train, num_val = row_counts(num_train, num_val, train, config)
     info = DatasetInfo(seq_len, num_classes, None, num_train, num_val, vocab_size=vocab_size)
     layout = ColumnLayout(token_column, label_column if explicit else None, "tokens", seq_len,
-                          pad_token_id=config.pad_token_id, ignore_index=task.ignore_index)
+                          pad_token_id=config.pad_token_id, ignore_index=task.ignore_index, attention_mask=True)
     return DataSource(str(train), val and str(val), info, token_column, label_column if explicit else "",
                       layout=layout)
 
+
+
+def holds_sequences(config: DataConfig) -> bool:
+    """Whether ``classification`` reads ``data.path``'s feature column as token sequences: a
+    ``list<int>`` column whose rows differ in length, or any ``list<int>`` column with ``data.seq_len``
+    set (a fixed-length column without it stays rows of features)."""
+    dataset = open_parquet(config.path, "data.path", config.feature_column, config.label_column)
+    field_type = dataset.schema.field(config.feature_column).type
+    if not (is_list(field_type) and pa.types.is_integer(field_type.value_type)):
+        return False
+    if config.seq_len is not None:
+        return True
+    if pa.types.is_fixed_size_list(field_type):
+        return False
+    lengths = pc.list_value_length(dataset.to_table(columns=[config.feature_column])[config.feature_column])
+    return pc.min(lengths).as_py() != pc.max(lengths).as_py()
+
+
+def inspect_sequences(train, val, token_column, label_column, config: DataConfig) -> DataSource:
+    """Token sequences with one class per row (``classification``): ids padded (or cut) to
+    ``seq_len``, an attention mask, an int64 class label; no row may be empty."""
+    train_table = open_parquet(train, "data.path", token_column, label_column)
+    _check_no_empty_row(train_table, train, token_column)
+    seq_len, vocab_size = _token_shape(train_table, train, token_column, config)
+    labels = train_table.to_table(columns=[label_column])[label_column]
+    if not pa.types.is_integer(labels.type):
+        raise UserError(f"data {train}: label column {label_column!r} is {labels.type}; classification needs one "
+                        "integer class per row (a label per token is task: token_classification)")
+    num_classes = config.num_classes or max(int(pc.max(labels).as_py()) + 1, 2)
+    check_labels(labels, train, label_column, num_classes)
+    num_val = None
+    if val is not None:
+        val_table = open_parquet(val, "data.val_path", token_column, label_column)
+        _check_no_empty_row(val_table, val, token_column)
+        _check_val_tokens(val_table, val, token_column, config, seq_len, vocab_size)
+        val_labels = val_table.to_table(columns=[label_column])[label_column]
+        check_labels(val_labels, val, label_column, num_classes)
+        num_val = len(val_labels)
+    num_train, num_val = row_counts(len(labels), num_val, train, config)
+    info = DatasetInfo(seq_len, num_classes, None, num_train, num_val, vocab_size=vocab_size)
+    layout = ColumnLayout(token_column, label_column, "sequences", seq_len, pad_token_id=config.pad_token_id,
+                          attention_mask=True)
+    return DataSource(str(train), val and str(val), info, token_column, label_column, layout=layout)
+
+
+def _token_shape(dataset: pads.Dataset, path, column: str, config: DataConfig) -> tuple[int, int]:
+    """``(seq_len, vocab_size)`` of a training token column, checked: ids in the vocabulary, rows
+    within ``seq_len`` unless they may be cut."""
+    longest = _check_tokens(dataset, path, column, config)
+    seq_len = config.seq_len or longest
+    if longest > seq_len and not config.truncate:
+        raise UserError(f"data {path}: rows of {column!r} hold up to {longest} tokens, more than data.seq_len "
+                        f"{seq_len}, and data.truncate is false: raise data.seq_len or set data.truncate: true")
+    vocab_size = config.vocab_size or _max_value(dataset, column) + 1
+    _check_token_range(dataset, path, column, vocab_size, config)
+    return seq_len, vocab_size
+
+
+def _check_val_tokens(dataset: pads.Dataset, path, column: str, config: DataConfig, seq_len: int,
+                      vocab_size: int) -> None:
+    longest = _check_tokens(dataset, path, column, config)
+    if longest > seq_len and not config.truncate:
+        raise UserError(f"data {path}: rows of {column!r} hold up to {longest} tokens, more than "
+                        f"data.seq_len {seq_len}, and data.truncate is false: raise data.seq_len")
+    _check_token_range(dataset, path, column, vocab_size, config)
+
+
+def _check_no_empty_row(dataset: pads.Dataset, path, column: str) -> None:
+    """One class per row needs a token in every row: an empty row has nothing to attend to."""
+    values = dataset.to_table(columns=[column])[column]
+    empty = pc.sum(pc.equal(pc.fill_null(pc.list_value_length(values), 0), 0)).as_py()
+    if empty:
+        raise UserError(f"data {path}: {empty} rows of {column!r} hold no tokens; every row needs at least one: "
+                        "drop the empty rows")
 
 
 def _check_tokens(dataset: pads.Dataset, path, column: str, config: DataConfig) -> int:

@@ -96,12 +96,12 @@ def fingerprint(files: list[str], function: Callable) -> str:
 
 
 def columns_read(config: DataConfig, task: TaskConfig) -> list[str]:
-    """The columns of the (transformed) rows the recipe reads: the features, and the labels
-    except for a language model (which shifts its inputs without them)."""
+    """The columns of the (transformed) rows the recipe reads: the features, the labels
+    except for a language model (which shifts its inputs without them), and ``data.inputs``."""
     columns = [config.feature_column]
     if task.name != "language_modeling":
         columns.append(config.label_column)
-    return columns
+    return columns + [column for column in config.inputs.values() if column not in columns]
 
 
 def transformed_config(config: DataConfig, cache_dir: Path, task: TaskConfig) -> DataConfig:

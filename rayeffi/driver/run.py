@@ -24,6 +24,7 @@ from rayeffi.task import build_task, headline_metrics
 from rayeffi.errors import UserError
 from rayeffi.health import HealthStop, TrainingDiverged, check_final
 from rayeffi.models import check_model
+from rayeffi.models.inputs import INPUT_PREFIX, check_named_inputs
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.recipe.paths import use_import_paths
@@ -306,7 +307,9 @@ def _check_step_options(stage: StageConfig, source: DataSource) -> None:
 
 
 def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
-    """Build the model and run 2 real rows forward and backward in the stage's precision."""
+    """Build the model and run 2 real rows forward and backward in the stage's precision, with the
+    named inputs the data carry (the forward takes every ``data.inputs`` argument; none reaches a
+    one-tensor strategy)."""
     policy = stage.precision.policy
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16-master": torch.float16}.get(policy)
 
@@ -316,6 +319,9 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
         return reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))
 
     model = check_model(stage.model, source.info, sample_rows(source), autocast_for, build_task(stage.task))
+    layout = source.columns(extra=False)
+    check_named_inputs(model, stage.model.name, stage.data.inputs, [name.removeprefix(INPUT_PREFIX) for name in
+                                                                    layout.input_columns], stage.parallel.strategy)
     if dtype is not None and fp32_layers(model):
         layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
         print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)

@@ -59,14 +59,14 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     model = factory(**_builder_arguments(factory, config.name, data_args, kwargs))
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name {config.name}: returned {type(model).__name__}, not a torch.nn.Module")
-    return attach_input_cast(model, config.input_dtype)
+    return attach_input_cast(model, config.input_dtype, info.image_shape)
 
 
-def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor, ...] | None = None,
                 autocast_for: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None,
                 task: Task = CLASSIFICATION) -> nn.Module:
     """Fail on the driver, before any worker starts, if the model cannot be built or breaks the
-    contract (``models/contract.py``) on ``rows`` (features, labels) of the data, under the context
+    contract (``models/contract.py``) on ``rows`` (features, labels[, named inputs]) of the data, under the context
     ``autocast_for(model)`` returns (the stage's precision); returns the model."""
     if config.name == "cnn" and info.image_shape is None:
         raise UserError("model 'cnn' needs images: set data.image_shape=[channels, height, width] for this dataset")
@@ -80,7 +80,7 @@ def check_model(config: ModelConfig, info: DatasetInfo, rows: tuple[torch.Tensor
     if rows is not None:
         model.train()
         autocast = (lambda: autocast_for(model)) if autocast_for else contextlib.nullcontext
-        dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast, task)
+        dry_run(model, config.name, rows[0], rows[1], info.num_classes, autocast, task, *rows[2:])
     return model
 
 

@@ -3,7 +3,8 @@
 ``forward`` receives one tensor ``[N, num_features]``: float32 features, or int64
 token ids for a model that starts with an embedding (``model.input_dtype``: ``auto``
 finds the first layer holding parameters; an ``nn.Embedding`` there means token ids,
-so a Hugging Face BERT or GPT-2 classifier built from a config works as it is). It
+so a Hugging Face BERT or GPT-2 classifier built from a config works as it is), plus
+the named inputs its forward takes (``attention_mask``, ...: ``models/inputs.py``). It
 returns the logits ``[N, num_classes]``, or an object/dict with ``logits`` (a Hugging
 Face ``ModelOutput``), unwrapped by ``task.logits_of``.
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from rayeffi.errors import UserError
+from rayeffi.models.inputs import call_model, forward_parameters
 from rayeffi.task import CLASSIFICATION, Task, check_user_scores, logits_of
 
 
@@ -38,21 +40,42 @@ def wants_token_ids(model: nn.Module, input_dtype: str = "auto") -> bool:
     return isinstance(first_layer(model), (nn.Embedding, nn.EmbeddingBag))
 
 
-def _to_token_ids(module: nn.Module, args: tuple) -> tuple:
-    inputs, *rest = args
+def _to_token_ids(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if args:
+        args = (_as_ids(args[0]), *args[1:])
+    if "input_ids" in kwargs:  # a Hugging Face model called with named inputs (models/inputs.py)
+        kwargs = {**kwargs, "input_ids": _as_ids(kwargs["input_ids"])}
+    return args, kwargs
+
+
+def _as_ids(inputs):
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         inputs = inputs.round().long()  # features travel as float32; token ids are exact up to 2^24
-    return (inputs, *rest)
+    return inputs
 
 
-def attach_input_cast(model: nn.Module, input_dtype: str = "auto") -> nn.Module:
-    """Make ``model`` take the float32 feature rows rayeffi feeds it, casting to int64 where it wants ids.
+def _as_images(image_shape: tuple[int, int, int]):
+    """A pre-hook viewing ``pixel_values`` rows ``[N, C*H*W]`` as ``[N, C, H, W]``."""
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        pixels = kwargs.get("pixel_values")
+        if isinstance(pixels, torch.Tensor) and pixels.dim() == 2:
+            kwargs = {**kwargs, "pixel_values": pixels.reshape(len(pixels), *image_shape)}
+        return args, kwargs
+    return hook
 
-    A forward pre-hook on the model itself: the state dict keys stay the model's own, and
-    DDP, evaluation and the distillation teachers all call through it.
+
+def attach_input_cast(model: nn.Module, input_dtype: str = "auto",
+                      image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """Make ``model`` take the float32 feature rows rayeffi feeds it, casting to int64 where it wants ids,
+    and viewing them as images where its forward takes ``pixel_values`` (``models/inputs.py``).
+
+    Forward pre-hooks on the model itself: the state dict keys stay the model's own, and
+    DDP, evaluation and the distillation teachers all call through them.
     """
     if wants_token_ids(model, input_dtype):
-        model.register_forward_pre_hook(_to_token_ids)
+        model.register_forward_pre_hook(_to_token_ids, with_kwargs=True)
+    if image_shape is not None and "pixel_values" in forward_parameters(model):
+        model.register_forward_pre_hook(_as_images(tuple(image_shape)), with_kwargs=True)
     return model
 
 
@@ -81,8 +104,10 @@ _WHAT = {
 
 def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Tensor, num_classes: int,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-            task: Task = CLASSIFICATION) -> None:
+            task: Task = CLASSIFICATION, extras: dict[str, torch.Tensor] | None = None) -> None:
     """Forward + task loss + backward on a few real rows in training mode; raise UserError on a breach.
+
+    ``extras``: the rows' named inputs (``input.NAME`` columns), passed as the step passes them.
 
     Runs on a copy's state: the running statistics (BatchNorm) are restored afterwards.
     """
@@ -90,7 +115,7 @@ def dry_run(model: nn.Module, name: str, inputs: torch.Tensor, targets: torch.Te
     try:
         with autocast():
             try:
-                outputs = model(inputs)
+                outputs = call_model(model, inputs, extras)
             except Exception as exc:  # any forward failure is the user's model: one line, not a traceback
                 raise _failure(name, "forward", exc, inputs) from None
             try:

@@ -151,16 +151,22 @@ class DataConfig(Section):
     column for regression; a ``list<int>`` column of per-token labels for token
     classification (optional for language modeling: the inputs shifted by one without it)."""
     seq_len: PositiveInt | None = None
-    """Per-token tasks: tokens per row. Shorter rows are padded at the end with
-    ``pad_token_id`` (their padding scores nothing); longer ones are cut (``truncate``).
-    Default: the longest row (``text``: 64)."""
+    """Token sequences (per-token tasks; ``classification`` on a ``list<int>`` column whose rows
+    differ in length, or any ``list<int>`` column once this is set): tokens per row. Shorter rows
+    are padded at the end with ``pad_token_id`` (the attention mask is 0 there, and padding
+    scores nothing); longer ones are cut (``truncate``). Default: the longest row (``text``: 64)."""
     truncate: bool = True
-    """Per-token tasks: cut rows longer than ``seq_len``; false makes a longer row an error."""
+    """Token sequences: cut rows longer than ``seq_len``; false makes a longer row an error."""
     pad_token_id: int = Field(0, ge=0)
-    """Per-token tasks: the token id padding positions hold (they are never scored)."""
+    """Token sequences: the token id padding positions hold (they are never scored)."""
     vocab_size: PositiveInt | None = None
-    """Per-token tasks: token ids lie in ``[0, vocab_size)``; inferred from the largest id
+    """Token sequences: token ids lie in ``[0, vocab_size)``; inferred from the largest id
     (``text``: 256 bytes)."""
+    inputs: dict[str, str] = {}
+    """The model's named inputs: ``{argument: column}``, each numeric column passed to the
+    model's ``forward`` by that keyword (a number per row, or a list: in token data padded
+    with 0 to ``seq_len``). Token data carry ``attention_mask`` already, and a
+    ``token_type_ids`` column is passed where the forward takes it (``models/inputs.py``)."""
     num_classes: int | None = Field(None, ge=2)
     """Parquet data only; inferred from the labels when left out."""
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
@@ -187,6 +193,18 @@ class DataConfig(Section):
     rows (e.g. a ``text`` column tokenised into ``input_ids``). The driver applies it once to
     ``path`` and ``val_path`` and keeps the result under ``OUT/data/transformed/`` (``dataset:
     parquet`` only; ``data/transform.py``)."""
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_are_arguments(cls, inputs: dict[str, str]) -> dict[str, str]:
+        for argument in inputs:
+            if not argument.isidentifier():
+                raise ValueError(f"data.inputs: {argument!r} is not an argument name: give the keyword the "
+                                 "model's forward takes, e.g. token_type_ids")
+            if argument in ("input_ids", "pixel_values"):
+                raise ValueError(f"data.inputs.{argument}: the feature column is passed as {argument}: set "
+                                 "data.feature_column instead")
+        return inputs
 
     @property
     def in_memory_bytes(self) -> int:

@@ -18,6 +18,7 @@ from rayeffi.data.augment import RowAugment
 from rayeffi.data.info import DatasetInfo
 from rayeffi.device import to_device
 from rayeffi.health import TrainingDiverged, chance_warning, loss_is_unhealthy, non_finite_loss_error
+from rayeffi.models.inputs import INPUT_PREFIX
 from rayeffi.recipe.models import StageConfig
 from rayeffi.task import Task
 from rayeffi.worker.batches import ShardBatches, estimated_shard_bytes
@@ -107,10 +108,15 @@ def _with_last(batches: Iterable) -> Iterator[tuple[int, Any, bool]]:
 
 def on_device(batch: dict[str, torch.Tensor], device: torch.device, task: Task):
     """Features (float32, or int64 token ids, as the data holds them), the task's labels and any
-    extra column (e.g. cached teacher logits), each moved once."""
+    extra column (e.g. cached teacher logits, the model's named inputs ``input.NAME``), each moved once."""
     inputs = to_device(batch.pop("features"), device)
     targets = to_device(batch.pop("label"), device, task.label_dtype)
     return inputs, targets, {name: to_device(column, device) for name, column in batch.items()}
+
+
+def named_input_columns(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's named inputs among a batch's extra columns (``models/inputs.py``)."""
+    return {name: column for name, column in extras.items() if name.startswith(INPUT_PREFIX)}
 
 
 def evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None = None) -> torch.Tensor:
@@ -119,11 +125,11 @@ def evaluate(parts: StepParts, batches: ShardBatches, augment: RowAugment | None
     parts.model.eval()
     sums = None  # on the device: no host sync; its length is the task's (user metrics add entries)
     for batch in batches.epoch(None):
-        inputs, targets, _ = on_device(batch, parts.strategy.device, parts.task)
+        inputs, targets, extras = on_device(batch, parts.strategy.device, parts.task)
         if augment is not None:
             inputs = augment.eval(inputs)  # normalisation only
-        inputs, targets, _ = parts.strategy.local_batch(inputs, targets, {})
-        batch_sums = eval_step(parts, inputs, targets).to(parts.strategy.device, torch.float64)
+        inputs, targets, extras = parts.strategy.local_batch(inputs, targets, named_input_columns(extras))
+        batch_sums = eval_step(parts, inputs, targets, extras).to(parts.strategy.device, torch.float64)
         sums = batch_sums if sums is None else sums + batch_sums
     return sums if sums is not None else torch.zeros(parts.task.num_eval_sums, dtype=torch.float64,
                                                      device=parts.strategy.device)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rayeffi.models.inputs import call_model
 from rayeffi.parallel.base import Strategy
 from rayeffi.task import CLASSIFICATION, Task, logits_of
 from rayeffi.techniques.base import Technique
@@ -64,7 +65,8 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step on this worker's share of the global batch; returns the loss.
 
-    ``extras``: the batch's columns beyond features and labels (e.g. cached teacher logits).
+    ``extras``: the batch's columns beyond features and labels (e.g. cached teacher logits, and
+    the model's named inputs ``input.NAME``: ``models/inputs.py``).
     With ``accumulate_steps`` k > 1 the rows are split into k micro-batches; each one's loss
     is weighted by its share of the rows, so the summed gradients are the whole batch's mean
     gradient, and only the last backward all-reduces (DDP's ``no_sync`` on the others).
@@ -96,7 +98,8 @@ def forward_backward(parts: StepParts, inputs, targets, extras: dict[str, torch.
     """Forward, loss and backward of one (micro-)batch; its gradients are ``share`` x the loss's."""
     model, precision, task = parts.model, parts.precision, parts.task
     with precision.autocast():
-        outputs = logits_of(model(inputs))  # a tensor, or an HF ModelOutput's logits
+        # the named inputs its forward takes (attention_mask, ...); a tensor, or an HF ModelOutput's logits
+        outputs = logits_of(call_model(model, inputs, extras))
         # per-token tasks: the global batch's real tokens decide the mean (one all-reduce of a scalar)
         mean_count = parts.strategy.mean_count(task.count(targets)) if task.per_token else None
         loss = task.loss(outputs, targets, mean_count)  # FP32 reduction whatever dtype the forward ran in
@@ -154,10 +157,12 @@ def clip_gradients(parts: StepParts) -> None:
 
 
 @torch.no_grad()
-def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``[loss_sum, num_correct, num_scored]`` of the task on one batch (FP64, on the device)."""
-    if parts.strategy.evaluate is not None:
+def eval_step(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor,
+              extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``[loss_sum, num_correct, num_scored]`` of the task on one batch (FP64, on the device);
+    ``extras``: the batch's named inputs (``input.NAME``)."""
+    if parts.strategy.evaluate is not None:  # one tensor between units: named inputs are refused there
         return parts.strategy.evaluate(parts, inputs, targets)
     with parts.precision.autocast():
-        outputs = logits_of(parts.model(inputs))
+        outputs = logits_of(call_model(parts.model, inputs, extras))
     return parts.task.eval_sums(outputs, targets)

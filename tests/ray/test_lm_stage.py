@@ -1,5 +1,7 @@
 """A language model through real Ray: 2-worker Train (DDP) and the sync parameter server
 (SGD with momentum on the servers, nothing stale) equal one process on the global batch.
+A Hugging Face BERT classifier as built, on variable-length token rows with their attention
+mask (2 workers), then distilled into a one-tensor student through the soft-label cache.
 A pipelined language model's numerics: tests/unit/test_lm_task_gloo.py; the language_model
 example (local mode) and MNIST with a CNN (the mnist_cnn example, on Ray):
 tests/ray/test_examples.py."""
@@ -85,3 +87,28 @@ def test_language_model_matches_one_process(token_rows, tmp_path, parallel):
     if parallel["strategy"] == "param_server":  # one full-batch step per epoch, applied once on each shard
         assert [row["server_updates"] for row in stage["history"]] == [1] * STEPS
         assert stage["param_server"]["staleness_histogram"] == {"0": 2 * 2 * STEPS}  # 2 workers x 2 shards x steps
+
+
+def test_hf_bert_classifies_variable_length_tokens_then_teaches_a_one_tensor_student(tmp_path):
+    pytest.importorskip("transformers", reason="the Hugging Face tier needs transformers (the test extra)")
+    from helpers.sequences import write_token_classes
+
+    train, val = write_token_classes(tmp_path / "data")  # label: whether token 7 occurs; 3 to 12 tokens
+    summary = run_recipe(validate_recipe({
+        "seed": 0,
+        "data": {"dataset": "parquet", "path": train, "val_path": val, "feature_column": "ids", "batch_size": 32},
+        "model": {"name": "helpers.sequences:token_bag"},  # the student's: its forward takes one tensor
+        "optimizer": {"name": "adamw", "lr": 0.003},
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        "stages": [
+            {"name": "bert", "kind": "train", "epochs": 3,
+             "model": {"name": "rayeffi.models.hf:bert_classifier",
+                       "kwargs": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}}},
+            {"name": "student", "kind": "distill", "epochs": 3, "optimizer": {"name": "adamw", "lr": 0.02},
+             "distill": {"teachers": [{"stage": "bert"}], "temperature": 2.0, "alpha": 0.5, "cache": True}},
+        ],
+    }), tmp_path / "out")
+    bert, student = summary["stages"]
+    assert bert["data_info"]["num_features"] == 12  # padded to the longest row
+    assert bert["metrics"]["val_accuracy"] > 0.9  # chance is 0.5
+    assert student["metrics"]["val_accuracy"] > 0.75 and student["metrics"]["kd_soft_loss"] > 0

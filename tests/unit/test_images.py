@@ -46,7 +46,7 @@ def test_an_image_folder_reads_classes_from_its_subfolders(folder, tmp_path):
     source = resolve_source(config, 0, tmp_path)
     assert source.info.image_shape == (1, 28, 28) and source.info.num_classes == 10
     assert (source.info.num_train, source.info.num_val) == (400, 400)
-    features, labels = sample_rows(source)
+    features, labels, _ = sample_rows(source)
     first = np.asarray(Image.open(source.train_files[0]), dtype=np.float32) / 255
     torch.testing.assert_close(features[0], torch.from_numpy(first.reshape(-1)))
     assert labels[0].item() == int(source.layout.class_names[0])

@@ -41,7 +41,7 @@ def test_the_builtin_text_is_byte_tokens_with_a_unigram_baseline(tmp_path):
     source = resolve_source(DataConfig(dataset="text", seq_len=32), 0, tmp_path, TaskConfig(name="language_modeling"))
     assert source.info.vocab_size == 256 and source.info.num_features == 32
     assert source.info.num_train > 10_000 and source.info.num_val > 1_000
-    features, labels = sample_rows(source)
+    features, labels, _ = sample_rows(source)
     assert features.dtype == torch.int64 and labels.dtype == torch.int64
     assert torch.equal(features[0, 1:], labels[0, :-1])  # the labels are the inputs shifted by one
     assert 10 < unigram_perplexity() < 40  # English bytes by frequency alone
@@ -52,7 +52,7 @@ def test_builtin_mnist_is_28x28_images(tmp_path):
     info = source.info
     assert (info.image_shape, info.num_features, info.num_classes) == ((1, 28, 28), 784, 10)
     assert (info.num_train, info.num_val) == (4000, 1000)
-    features, labels = sample_rows(source)
+    features, labels, _ = sample_rows(source)
     assert features.dtype == torch.float32 and 0 <= features.min() and features.max() <= 1
 
 
@@ -137,9 +137,13 @@ def _bad_inputs(tmp_path):
     floats = pa.array([[0.5, 1.5]] * 40)
     lm = "task: language_modeling\nmodel: {name: lm, d_model: 16, num_layers: 1, num_heads: 2}\n"
     return {
-        "token list under classification": (
-            f"data: {{dataset: parquet, path: {_write(tmp_path / 'a.parquet', features=tokens, label=pa.array([1] * 40))}}}\n",
-            "task: language_modeling"),
+        "an empty token row under classification": (
+            f"data: {{dataset: parquet, path: {_write(tmp_path / 'a.parquet', features=pa.array([[1, 2], []] * 40), label=pa.array([1] * 80))}}}\n",
+            "40 rows of 'features' hold no tokens"),
+        "a data.inputs argument the forward does not take": (
+            "model: {name: 'rayeffi.models.hf:bert_classifier'}\n"
+            f"data: {{dataset: parquet, path: {_write(tmp_path / 'k.parquet', features=pa.array([[1, 2], [3]] * 40), label=pa.array([1, 0] * 40), w=pa.array([0.5] * 80))}, inputs: {{weights: w}}}}\n",
+            "data.inputs.weights: model rayeffi.models.hf:bert_classifier's forward takes no argument 'weights'"),
         "per-token labels under classification": (
             f"data: {{dataset: parquet, path: {_write(tmp_path / 'b.parquet', features=floats, label=tokens)}}}\n",
             "task: token_classification"),

@@ -99,8 +99,8 @@ def test_golden_rows_from_each_kind_of_output(rows, transform):
 def test_the_checks_and_the_sample_rows_see_the_transformed_rows(rows):
     source = resolve_source(_config(rows, "lengths"), 0, rows / "out", TaskConfig())
     assert (source.info.num_features, source.info.num_classes, source.info.num_train) == (2, 2, 3)
-    features, labels = sample_rows(source)
-    assert features.tolist() == [[3.0, 2.0], [3.0, 1.0]] and labels.tolist() == [0, 1]
+    features, labels, named = sample_rows(source)
+    assert features.tolist() == [[3.0, 2.0], [3.0, 1.0]] and labels.tolist() == [0, 1] and named == {}
 
 
 def test_every_batch_of_a_large_file_is_written(rows):

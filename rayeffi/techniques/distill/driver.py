@@ -66,6 +66,7 @@ def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
         feature_column="features",
         label_column="label",
         extra_columns=(*inputs.source.extra_columns, TEACHER_LOGITS),
+        layout=inputs.source.layout.ready(),  # the cache holds the columns as the workers read them
     )
 
 

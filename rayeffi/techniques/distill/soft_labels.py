@@ -22,6 +22,7 @@ from rayeffi.data.info import DatasetInfo
 from rayeffi.data.ray_datasets import FEATURES, LABEL
 from rayeffi.device import choose_device, to_device
 from rayeffi.techniques.distill.config import DistillConfig
+from rayeffi.models.inputs import INPUT_PREFIX, call_model
 from rayeffi.recipe.sections import PrecisionConfig
 from rayeffi.task import logits_of
 
@@ -44,13 +45,26 @@ class TeacherLogits:
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
-        flat = batch[FEATURES].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        inputs = to_device(torch.tensor(np.asarray(flat, dtype=np.float32).reshape(-1, self.num_features)), self.device)
+        inputs = to_device(_rows(batch[FEATURES], np.float32), self.device)
+        named = {name: to_device(_rows(batch[name]), self.device) for name in batch.column_names
+                 if name.startswith(INPUT_PREFIX)}  # the teachers' named inputs (attention_mask, ...)
         with self.precision.autocast():  # the teachers compute as they would inside the step
-            logits = torch.cat([logits_of(teacher(inputs)).float() for teacher in self.teachers], dim=1).cpu()  # host sync
+            logits = torch.cat([logits_of(call_model(teacher, inputs, named)).float() for teacher in self.teachers],
+                               dim=1).cpu()  # host sync
         width = logits.shape[1]
         column = pa.FixedSizeListArray.from_arrays(pa.array(logits.numpy().ravel(), pa.float32()), width)
         return batch.append_column(TEACHER_LOGITS, column)
+
+
+def _rows(column: pa.ChunkedArray, float_dtype=None) -> torch.Tensor:
+    """A batch column as a tensor: ``[N, width]`` for a list column, ``[N]`` for a scalar one;
+    integers stay int64 (token ids, masks), floats become ``float_dtype`` or float32."""
+    array = column.combine_chunks()
+    is_list = pa.types.is_fixed_size_list(array.type)
+    values = (array.flatten() if is_list else array).to_numpy(zero_copy_only=False)
+    dtype = float_dtype or (np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32)
+    values = np.array(values, dtype=dtype)  # a writable copy
+    return torch.from_numpy(values.reshape(len(array), -1) if is_list else values)
 
 
 def write_soft_labels(

@@ -16,6 +16,7 @@ from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
+from rayeffi.models.inputs import call_model
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, real_positions, soft_target_loss
 from rayeffi.weights import load_weights, read_weights
@@ -101,11 +102,11 @@ class Distillation(Technique):
         probe = torch.zeros(2, self.num_features, device=parameter.device)
         was_training = model.training
         model.eval()
-        model(probe.to(parameter.dtype))  # fp16-master students hold FP16 weights
+        call_model(model, probe.to(parameter.dtype))  # fp16-master students hold FP16 weights
         model.train(was_training)
         for index, teacher in enumerate(self.teachers):
             if index in self._teacher_captures:
-                teacher(probe)
+                call_model(teacher, probe)
         hints = self.config.hints
         student = [tuple(self._student_capture.outputs[h.student].shape[1:]) for h in hints]
         teacher = [tuple(self._teacher_captures[h.teacher_index].outputs[h.teacher].shape[1:]) for h in hints]
@@ -134,14 +135,15 @@ class Distillation(Technique):
         return total if hint is None else total + hint
 
     def _teacher_logits(self, inputs: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[N, C]`` for one teacher, ``[K, N, C]`` for an ensemble of ``K``."""
+        """``[N, C]`` for one teacher, ``[K, N, C]`` for an ensemble of ``K``; each teacher gets the
+        batch's named inputs its forward takes (``models/inputs.py``), whatever the student takes."""
         if self.teachers is None:
             cached = extras[CACHE_COLUMN].float()
             num_teachers = len(self.config.teachers)
             logits = cached.reshape(cached.shape[0], num_teachers, -1).transpose(0, 1)
         else:
             with torch.no_grad():  # frozen teachers: no graph, no gradients
-                logits = torch.stack([logits_of(teacher(inputs)) for teacher in self.teachers])
+                logits = torch.stack([logits_of(call_model(teacher, inputs, extras)) for teacher in self.teachers])
         return logits[0] if logits.shape[0] == 1 else logits
 
     def _hint_loss(self) -> torch.Tensor:
