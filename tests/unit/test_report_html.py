@@ -189,19 +189,45 @@ def _chromium():
     pytest.skip("no headless Chromium on this machine (Debian: apt-get install chromium)")
 
 
-def test_chromium_renders_the_page_with_every_stage(report_page, tmp_path):
-    browser = _chromium()
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", report_page.as_uri()], capture_output=True, text=True,
-                         timeout=CHROMIUM_TIMEOUT_S)
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {  // every image has loaded or failed by now
+  for (const image of document.images)
+    image.setAttribute("data-rendered", image.complete && image.naturalWidth > 0 ? "yes" : "no");
+  document.body.setAttribute("data-checked", "yes");
+});
+</script>"""
+
+
+def _rendered_dom(browser, page, profile):
+    """The DOM Chromium builds from a copy of ``page`` that marks each image loaded or broken."""
+    copy = page.with_name("rendered-check.html")  # beside the page: the same relative image paths
+    copy.write_text(page.read_text().replace("</body>", IMAGE_CHECK + "</body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
+                         capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+    copy.unlink()
     assert dom.returncode == 0, dom.stderr[-2000:]
-    sections = re.findall(r'<section id="stage-([^"]+)"', dom.stdout)
-    assert sections == ["fp16", "dsd", "search"]
-    screenshot = tmp_path / "page.png"
-    shot = subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1200,2000", report_page.as_uri()],
-                          capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
-    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    assert 'data-checked="yes"' in dom.stdout, "the page's load event never fired"
+    return dom.stdout
+
+
+def test_chromium_renders_every_section_and_every_image(report_page, tmp_path):
+    browser = _chromium()
+    dom = _rendered_dom(browser, report_page, tmp_path / "profile")
+    assert re.findall(r'<section id="([^"]+)"', dom) == [
+        "stages", "stage-fp16", "stage-dsd", "stage-pruned", "stage-student", "stage-search", "tracking",
+        "environment", "recipe"]
+    images = re.findall(r"<img [^>]*>", dom)
+    assert len(images) == report_page.read_text().count("<img ") == 9
+    assert all('data-rendered="yes"' in image for image in images), [i for i in images if "yes" not in i]
+    assert [row[0] for row in _table_cells(dom, "stages")] == ["stage", "fp16", "dsd", "pruned", "student", "search"]
+
+    (report_page.parent / "student.png").rename(report_page.parent / "moved.png")  # the check sees a broken one
+    try:
+        broken = _rendered_dom(browser, report_page, tmp_path / "profile")
+    finally:
+        (report_page.parent / "moved.png").rename(report_page.parent / "student.png")
+    assert re.findall(r'<img src="([^"]+)"[^>]*data-rendered="no"', broken) == ["student.png"]
 
 
 @pytest.mark.parametrize(("values", "written"), [
