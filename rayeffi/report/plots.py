@@ -42,6 +42,8 @@ def check_summary_shape(summary, path: Path) -> None:
 
     if not isinstance(summary, dict):
         raise bad("the file", f"holds a {type(summary).__name__}, not a mapping")
+    if not isinstance(summary.get("recipe", {}), dict):
+        raise bad("'recipe'", f"is a {type(summary['recipe']).__name__}, not a mapping")
     stages = summary.get("stages", [])
     if not isinstance(stages, list):
         raise bad("'stages'", f"is a {type(stages).__name__}, not a list")

@@ -137,7 +137,7 @@ def changes(config: Config, base: Config) -> Config:
 def recipe_view(recipe: Config) -> Config:
     """The recipe to show: the globals pruned, then each stage's name, kind and what it
     sets or changes against the (pruned) globals."""
-    stages = recipe.get("stages") or []
+    stages = [stage for stage in recipe.get("stages") or [] if isinstance(stage, dict)]
     globals_ = prune_unused({key: value for key, value in recipe.items() if key != "stages"})
     shown = []
     for stage in stages:

@@ -24,7 +24,8 @@ def stage_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ``epochs``, ``wall_s``, and ``change``/``from``/``better`` against the stage's baseline
     (blank where it has none). Keys an older summary lacks stay out of the row."""
     stages = summary.get("stages") or []
-    recipe_stages = {stage.get("name"): stage for stage in (summary.get("recipe") or {}).get("stages") or []}
+    recipe_stages = {stage.get("name"): stage for stage in (summary.get("recipe") or {}).get("stages") or []
+                     if isinstance(stage, dict)}
     rows = []
     for index, stage in enumerate(stages):
         metrics = stage.get("metrics") or {}
