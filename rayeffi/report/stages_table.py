@@ -57,6 +57,8 @@ def baseline(stage: dict[str, Any], recipe_stage: dict[str, Any], earlier: list[
         return "dense phase", dense[-1]
     by_name = {entry["name"]: entry for entry in earlier}
     init_from = recipe_stage.get("init_from")
+    if isinstance(init_from, dict):  # the long form, {path, strict, prefix}
+        init_from = init_from.get("path")
     if init_from == "previous" and earlier:
         return earlier[-1]["name"], earlier[-1].get("metrics") or {}
     if init_from in by_name:

@@ -263,6 +263,10 @@ def test_a_language_model_stage_is_compared_on_perplexity_lower_being_better():
     rows = stage_rows(summary)
     assert rows[1]["kind"] == "train + dsd" and rows[1]["from"] == "lm"
     assert rows[1]["change"] == "-25.0 %" and rows[1]["better"] is True
+    summary["recipe"]["stages"][1]["init_from"] = {"path": "lm", "strict": False, "prefix": ""}  # the long form
+    assert stage_rows(summary)[1]["from"] == "lm"
+    summary["recipe"]["stages"][1]["init_from"] = "/weights/lm.safetensors"  # a file: nothing to compare with
+    assert "change" not in stage_rows(summary)[1]
 
 
 def _resolved(raw):
