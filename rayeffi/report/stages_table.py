@@ -22,7 +22,7 @@ def stage_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per stage of ``summary.json``: ``stage``, ``kind`` (only where it says more than
     the name), the headline metrics, ``parameters``, ``nonzero_parameters``, ``sparsity``,
     ``epochs``, ``wall_s``, and ``change``/``from``/``better`` against the stage's baseline
-    (blank where it has none). Keys an older summary lacks stay out of the row."""
+    (absent where it has none); ``None`` where an older summary lacks a figure."""
     stages = summary.get("stages") or []
     recipe_stages = {stage.get("name"): stage for stage in (summary.get("recipe") or {}).get("stages") or []
                      if isinstance(stage, dict)}

@@ -257,7 +257,8 @@ def test_a_language_model_stage_is_compared_on_perplexity_lower_being_better():
     summary = {"recipe": {"stages": [{"name": "lm", "kind": "train"},
                                      {"name": "sparse", "kind": "train", "init_from": "lm",
                                       "techniques": [{"name": "dsd"}]}]},
-               "stages": [{"name": "lm", "kind": "train", "metrics": {"val_perplexity": 12.0, "val_token_accuracy": 0.4}},
+               "stages": [{"name": "lm", "kind": "train",
+                           "metrics": {"val_perplexity": 12.0, "val_token_accuracy": 0.4}},
                           {"name": "sparse", "kind": "train",
                            "metrics": {"val_perplexity": 9.0, "val_token_accuracy": 0.5}}]}
     rows = stage_rows(summary)
