@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rayeffi.errors import UserError  # noqa: E402
 from rayeffi.task import headline_metrics  # noqa: E402
@@ -41,6 +42,8 @@ def check_summary_shape(summary, path: Path) -> None:
 
     if not isinstance(summary, dict):
         raise bad("the file", f"holds a {type(summary).__name__}, not a mapping")
+    if not isinstance(summary.get("recipe", {}), dict):
+        raise bad("'recipe'", f"is a {type(summary['recipe']).__name__}, not a mapping")
     stages = summary.get("stages", [])
     if not isinstance(stages, list):
         raise bad("'stages'", f"is a {type(stages).__name__}, not a list")
@@ -104,7 +107,7 @@ def plot_stage(name: str, kind: str, history: list[dict], path: Path) -> Path:
     loss_axis, accuracy_axis = axes[0], axes[1]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
-    loss_axis.set(xlabel="epoch", ylabel="loss", title=f"{name} ({kind}): loss")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title=f"{stage_title(name, kind)}: loss")
     loss_axis.legend()
     figure_key = next(iter(headline_metrics(history[-1])), None)  # the task's figure: accuracy, perplexity...
     if figure_key is not None:
@@ -116,10 +119,17 @@ def plot_stage(name: str, kind: str, history: list[dict], path: Path) -> Path:
         _plot_loss_scale(axes[2], name, scale_points, int(history[-1].get("skipped_steps", 0)))
     for axis in axes:
         axis.grid(alpha=0.3)
+    for axis in axes[:2]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def stage_title(name: str, kind: str) -> str:
+    """``dense``, ``student (distill)``: the kind only where it is not the name already."""
+    return name if not kind or kind == name else f"{name} ({kind})"
 
 
 def _plot_loss_scale(axis, name: str, points: list[tuple[int, float]], skipped: int) -> None:

@@ -40,6 +40,7 @@ def test_bad_out_exits_2(make, expected, tmp_path, capsys, no_ray):
 @pytest.mark.parametrize(("summary", "expected"), [
     ([1, 2], "holds a list, not a mapping"),
     ({"stages": {"train": {}}}, "'stages' is a dict, not a list"),
+    ({"recipe": ["train"], "stages": []}, "'recipe' is a list, not a mapping"),
     ({"stages": [{"name": "train"}]}, "stages[0] is not a mapping with a 'name' and a 'kind'"),
     ({"stages": [{"name": "t", "kind": "train", "history": [{"epoch": 1}]}]}, "lacks train_loss, val_loss"),
     ({"stages": [{"name": "t", "kind": "train", "history": [

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rayeffi.task import headline_metrics  # noqa: E402
 
@@ -22,6 +23,7 @@ def plot_dsd_phases(name: str, history: list[dict], path: Path) -> Path:
         for row in history:
             axis.axvspan(row["epoch"] - 0.5, row["epoch"] + 0.5, color=PHASE_COLOURS[row["dsd_phase"]], lw=0)
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
     figure_key = next(iter(headline_metrics(history[-1])), "val_loss")  # the task's figure
     accuracy_axis.plot(epochs, [row.get(figure_key) for row in history], marker="o", color="tab:green")
     accuracy_axis.set(ylabel=figure_key.replace("_", " "), title=f"{name}: Dense-Sparse-Dense phases")
@@ -31,13 +33,20 @@ def plot_dsd_phases(name: str, history: list[dict], path: Path) -> Path:
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in PHASE_COLOURS.values()]
+    ran = phases_that_ran(history)  # a stage starting from init_from weights has no dense phase
+    handles = [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[phase]) for phase in ran]
     loss_axis.legend(handles + loss_axis.get_legend_handles_labels()[0],
-                     list(PHASE_COLOURS) + ["train loss", "validation loss"], loc="upper right")
+                     ran + ["train loss", "validation loss"], loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def phases_that_ran(history: list[dict]) -> list[str]:
+    """The DSD phases with at least one epoch in ``history``, in ``PHASE_COLOURS`` order."""
+    ran = {row["dsd_phase"] for row in history}
+    return [phase for phase in PHASE_COLOURS if phase in ran]
 
 
 def plot_pruning_histograms(name: str, history: list[dict], path: Path) -> Path | None:
