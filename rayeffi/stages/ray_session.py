@@ -1,4 +1,8 @@
-"""Starting (or joining) the Ray cluster a run uses, quietly."""
+"""Starting (or joining) the Ray cluster a run uses, quietly.
+
+Ray is imported by :func:`start_ray`, not by this module: a run whose stages all run in
+process (``stages/local_run.py``) checks its address here without importing Ray.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import contextlib
 import logging
 import os
 import socket
-
-import ray
+import sys
 
 from rayeffi.errors import UserError
 
@@ -40,6 +43,8 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     ``num_gpus``: a private Ray's GPU count (default: the GPUs Ray detects; tests declare
     logical GPUs on machines without CUDA).
     """
+    import ray
+
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -71,6 +76,12 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
             )
     _quiet_ray_data()
     return True
+
+
+def ray_is_initialized() -> bool:
+    """Whether this process has joined a Ray, without importing Ray (not imported: not joined)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 LOOPBACK_IP = "127.0.0.1"
