@@ -233,18 +233,28 @@ def _run_stage_both_ways(stage, tmp_path):
     from rayeffi.stages.local_run import run_in_process
     from rayeffi.stages.progress import Progress
     from rayeffi.stages.train_run import run_train
+    import ray.data
 
+    # Ray Data hands over a file's blocks as they finish unless told to keep their order: on a
+    # busy machine the validation rows then came in another order (other batches, the last
+    # bits of val_loss). In order, its rows are the files', as the in-process read's are.
+    options = ray.data.DataContext.get_current().execution_options
+    preserve_order, options.preserve_order = options.preserve_order, True
     results = {}
-    for way, runner in (("ray", run_train), ("in_process", run_in_process)):
-        source = resolve_source(stage.data, stage.seed, tmp_path / way / "data", stage.task)
-        progress = Progress(lambda line: None, in_process=way == "in_process")
-        context = StageContext(stage_dir=tmp_path / way / "stages" / stage.name, storage_path=tmp_path / way / "ray",
-                               source=source, previous=None, progress=progress, progress_queue=progress.queue)
-        try:
-            entry = runner(stage, context).summary()
-        finally:
-            progress.close()
-        results[way] = entry, load_checkpoint(entry["checkpoint"])
+    try:
+        for way, runner in (("ray", run_train), ("in_process", run_in_process)):
+            source = resolve_source(stage.data, stage.seed, tmp_path / way / "data", stage.task)
+            progress = Progress(lambda line: None, in_process=way == "in_process")
+            context = StageContext(stage_dir=tmp_path / way / "stages" / stage.name,
+                                   storage_path=tmp_path / way / "ray", source=source, previous=None,
+                                   progress=progress, progress_queue=progress.queue)
+            try:
+                entry = runner(stage, context).summary()
+            finally:
+                progress.close()
+            results[way] = entry, load_checkpoint(entry["checkpoint"])
+    finally:
+        options.preserve_order = preserve_order
     return results
 
 
