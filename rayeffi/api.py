@@ -26,6 +26,7 @@ from rayeffi.result import Result
 from rayeffi.driver.run import run_recipe
 from rayeffi.driver.plan import validate_run
 from rayeffi.driver.run_dir import claim_run_dir
+from rayeffi.stages.local_run import needs_ray
 
 RecipeLike = str | Path | dict[str, Any] | Recipe
 
@@ -56,7 +57,7 @@ def run(recipe: RecipeLike, *, out: str | Path, model: Callable[..., nn.Module] 
         claim_run_dir(out, resume=resume, overwrite=False)
     overrides = [*overrides, *_datasets_as_parquet(datasets, out)] if datasets is not None else overrides
     loaded = load_recipe(recipe, overrides, smoke=smoke, builder=builder)
-    if builder is not None:
+    if builder is not None and any(needs_ray(stage) for stage in loaded.stages):  # in process: it stays here
         _send_by_value(builder)
     try:
         summary = run_recipe(loaded, out, address=address, resume=resume, overwrite=overwrite)

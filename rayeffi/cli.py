@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "pipeline: step time and bubble per micro-batch count against the unsplit model; "
                             "ps: parameter server sync/async against data parallelism and a one-actor baseline; "
                             "prune-distill: DSD with a distilling teacher against DSD alone; "
-                            "scaling: epoch time and samples/s as rows, width, workers and nodes grow")
-    bench.add_argument("--workers", type=int, default=2, help="ddp: data-parallel workers")
+                            "scaling: epoch time and samples/s as rows, width, workers and nodes grow; "
+                            "startup: the quickstart's wall time in local mode against 2 workers")
+    bench.add_argument("--workers", type=int, default=2, help="ddp, startup: data-parallel workers")
+    bench.add_argument("--repeats", type=int, default=3, help="startup: runs of each command (the median counts)")
     bench.add_argument("--cpu-share", action="store_true",
                        help="ddp: which processes used the CPUs during each arm's steady epochs (Linux /proc)")
     bench.add_argument("--seeds", type=int, default=5, help="dsd, distill, prune-distill: paired seeds")

@@ -23,7 +23,6 @@ from rayeffi.models import BUILTIN_MODELS, build_model, check_builder
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.models import StageConfig
 from rayeffi.driver.run import SUMMARY_FILE
-from rayeffi.stages.tune import stage_variant
 
 
 @dataclass(frozen=True)
@@ -116,6 +115,8 @@ def stage_entry(summary: dict[str, Any], run_dir: Path, stage: str | None) -> di
 def _stage_config(summary: dict[str, Any], entry: dict[str, Any], builder: Any) -> StageConfig:
     config = load_recipe(summary["recipe"], builder=builder).stage(entry["name"])
     if entry.get("best_config"):  # a tuned stage: the best trial's sampled keys (model keys among them)
+        from rayeffi.stages.tune import stage_variant  # Ray Tune: only for a tuned stage's entry
+
         config = stage_variant(config, entry["best_config"])
     return config
 

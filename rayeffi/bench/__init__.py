@@ -20,6 +20,7 @@ _MODULES = {
     "ps": "ps",
     "prune-distill": "prune_distill",
     "scaling": "scaling",
+    "startup": "startup",
 }
 
 BENCHMARK_NAMES = tuple(_MODULES)

@@ -14,9 +14,9 @@ it arrived) and the Ray Train checkpoints under the storage (``DIR/ray`` or
   over; newest by epoch, then by the step within it of a ``checkpoint_every_steps``
   checkpoint), its history up to that checkpoint's completed epochs and its
   validations within epochs up to its global step taken from ``progress.jsonl``, so a
-  continued epoch is reported once. A Tune stage,
-  a local-mode stage (its checkpoints stay in the driver's temporary directory) or
-  a stage with no checkpoint yet starts again from its beginning.
+  continued epoch is reported once (a local-mode stage keeps its checkpoints there too:
+  ``stages/local_run.py``). A Tune stage or a stage with no checkpoint yet starts
+  again from its beginning.
 """
 
 from __future__ import annotations

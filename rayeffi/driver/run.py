@@ -1,7 +1,10 @@
 """The driver: a validated recipe -> its stages, in order -> ``summary.json``.
 
 Everything that can be checked without Ray (data files, checkpoint paths) is checked
-before Ray starts, so a bad input costs no cluster time and leaves nothing behind.
+before Ray starts, so a bad input costs no cluster time and leaves nothing behind. A recipe
+whose stages all run in process (``stages/local_run.py: needs_ray``: local mode, no Tune, no
+parameter server) starts no Ray and never imports it; one that has a stage needing Ray starts
+it at the start, and its local-mode stages still run in process.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import ray
 import torch
 
 from rayeffi.data.sources import DataSource, resolve_source, sample_rows
@@ -32,9 +34,9 @@ from rayeffi.driver.resume import PROGRESS_FILE, plan_resume
 from rayeffi.driver.run_dir import claim_run_dir, environment, parameter_counts
 from rayeffi.stages import Artifact, StageContext, run_stage
 from rayeffi.stages.live import LiveProgress
+from rayeffi.stages.local_run import needs_ray
 from rayeffi.stages.progress import Progress
-from rayeffi.stages.tune import check_search_space
-from rayeffi.stages.ray_session import check_address, start_ray
+from rayeffi.stages.ray_session import check_address, ray_is_initialized, start_ray
 from rayeffi.driver.storage import resolve_storage
 from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
@@ -73,17 +75,13 @@ def run_recipe(
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
     tracker = open_tracker(recipe, out_dir, echo, resume=resume)  # a bad logdir or URI fails before Ray starts
-    started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages), import_paths=recipe.folders)
-    try:
-        check_gpus(recipe, ray.cluster_resources())  # before any worker starts: never a hang waiting for GPUs
-    except UserError:
-        if started_ray:
-            ray.shutdown()
-        raise
+    uses_ray = any(needs_ray(stage) for stage in recipe.stages)
+    started_ray = uses_ray and _start_ray(recipe, address)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
-    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live)
+    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live,
+                        in_process=not uses_ray)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
                                "storage": storage, "environment": environment(Path(recipe.folders[0])), "stages": []}
     if plan:
@@ -153,7 +151,7 @@ def run_recipe(
         progress.close()
         tracker.close(summary["status"])
         if started_ray:
-            ray.shutdown()
+            _stop_ray()
     return summary
 
 
@@ -171,6 +169,28 @@ def ended_by(exc: BaseException) -> tuple[str, str | None]:
     return ("error" if isinstance(exc, UserError) else "failed"), line
 
 
+def _start_ray(recipe: Recipe, address: str | None) -> bool:
+    """Start (or join) Ray and check its GPUs before any worker starts (never a hang waiting for
+    GPUs); return True if this call started it."""
+    import ray
+
+    started_ray = start_ray(address, max(cpus_needed(stage) for stage in recipe.stages),
+                            import_paths=recipe.folders)
+    try:
+        check_gpus(recipe, ray.cluster_resources())
+    except UserError:
+        if started_ray:
+            ray.shutdown()
+        raise
+    return started_ray
+
+
+def _stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
 def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list[DataSource]:
     """Every check a run makes before Ray starts; returns each stage's data source.
 
@@ -186,8 +206,14 @@ def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list
     check_stage_links(recipe.stages, sources)
     check_address(address)
     if address is None:  # a private Ray gets this machine's GPUs: check in seconds, before it starts
-        check_gpus(recipe, ray.cluster_resources() if ray.is_initialized() else local_resources())
+        check_gpus(recipe, _joined_ray_resources() if ray_is_initialized() else local_resources())
     return sources
+
+
+def _joined_ray_resources() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
 
 
 def local_resources() -> dict[str, float]:
@@ -197,6 +223,8 @@ def local_resources() -> dict[str, float]:
 
 def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
     if stage.tune is not None:
+        from rayeffi.stages.tune import check_search_space  # Ray Tune: only for a stage that uses it
+
         check_search_space(stage)
     links = {"previous", *stage_names}
     init = stage.init_from

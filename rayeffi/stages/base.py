@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.sources import DataSource
 from rayeffi.stages.progress import Progress
 
@@ -66,3 +67,22 @@ class StageResult:
             **({"warnings": warnings} if warnings else {}),
             **self.extra,
         }
+
+
+def init_checkpoint(stage, context: StageContext) -> str | None:
+    """The weights the stage starts from (``init_from``: an earlier stage's artifact, or the file
+    or folder as given), or None."""
+    if stage.init_from is None:
+        return None
+    if stage.init_from.path == "previous":
+        return context.previous.checkpoint
+    if stage.init_from.path in context.artifacts:
+        return context.artifacts[stage.init_from.path].checkpoint
+    return stage.init_from.path
+
+
+def publish_checkpoint(checkpoint_dir: str | Path, stage_dir: Path) -> Artifact:
+    """Copy the run's last checkpoint to ``stage_dir/checkpoint.pt`` (atomically)."""
+    state = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
+    path = save_atomic(state, stage_dir / ARTIFACT_FILE)
+    return Artifact(checkpoint=str(path), metrics=dict(state["metrics"]))

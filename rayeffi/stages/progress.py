@@ -1,6 +1,7 @@
 """One line per epoch per stage on the driver, instead of Ray's log flood.
 
-Rank 0 of each stage puts its epoch metrics on a Ray queue; a driver thread prints
+Rank 0 of each stage puts its epoch metrics on a Ray queue (a run without Ray: an
+in-process ``queue.Queue``, ``in_process=True``); a driver thread prints
 them as they arrive and keeps the history (one entry per epoch, the last report of
 an epoch winning if a restarted worker group repeats it). Rank 0 also announces each
 start of a worker group with the epoch it starts from, so the driver can tell a
@@ -20,12 +21,11 @@ from __future__ import annotations
 import _thread
 import json
 import queue as std_queue
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
-
-from ray.util.queue import Empty, Queue
 
 from rayeffi.task import headline_metrics
 from rayeffi.health import HealthStop, check_health
@@ -39,8 +39,10 @@ class Progress:
         log_path: str | Path | None = None,
         on_epoch: Callable[[str, dict], None] | None = None,
         live: LiveProgress | None = None,
+        in_process: bool = False,
     ):
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.queue = std_queue.Queue() if in_process else _ray_queue()
+        """Where rank 0 puts its messages: a Ray queue (an actor), or in process a ``queue.Queue``."""
         self.live = live
         """Shows the workers' progress within an epoch (None: epoch lines only)."""
         self.echo = echo
@@ -63,7 +65,7 @@ class Progress:
             with self._lock:
                 try:
                     self._record(self.queue.get(timeout=0.2))
-                except (Empty, std_queue.Empty):
+                except _empty_errors():
                     continue
                 except Exception:  # the queue actor is gone: the run is shutting down
                     return
@@ -123,7 +125,7 @@ class Progress:
             while True:
                 try:
                     self._record(self.queue.get_nowait())
-                except (Empty, std_queue.Empty):
+                except _empty_errors():
                     return
 
     def stage_history(self, stage: str) -> list[dict]:
@@ -137,6 +139,18 @@ class Progress:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+def _ray_queue():
+    from ray.util.queue import Queue
+
+    return Queue(actor_options={"num_cpus": 0})
+
+
+def _empty_errors() -> tuple[type[Exception], ...]:
+    """What an empty queue raises: ``queue.Empty``, and Ray's own once a Ray queue exists."""
+    ray_queue = sys.modules.get("ray.util.queue")  # loaded by _ray_queue; never imported here
+    return (std_queue.Empty, ray_queue.Empty) if ray_queue is not None else (std_queue.Empty,)
 
 
 def stop_if_unhealthy(stage: str, history: list[dict]) -> None:

@@ -1,4 +1,8 @@
-"""Starting (or joining) the Ray cluster a run uses, quietly."""
+"""Starting (or joining) the Ray cluster a run uses, quietly.
+
+Ray is imported by :func:`start_ray`, not by this module: a run whose stages all run in
+process (``stages/local_run.py``) checks its address here without importing Ray.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import contextlib
 import logging
 import os
 import socket
-
-import ray
+import sys
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.paths import worker_python_path
@@ -45,6 +48,8 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     current one: ``recipe/paths.py``), private or joined; a Ray this process had already
     started keeps the environment it was started with.
     """
+    import ray
+
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -78,6 +83,12 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
             )
     _quiet_ray_data()
     return True
+
+
+def ray_is_initialized() -> bool:
+    """Whether this process has joined a Ray, without importing Ray (not imported: not joined)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 LOOPBACK_IP = "127.0.0.1"

@@ -26,22 +26,10 @@ from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
 from rayeffi.health import TrainingDiverged
 from rayeffi.recipe.models import StageConfig
-from rayeffi.stages.base import Artifact, StageContext, StageResult
+from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint  # noqa: F401
 from rayeffi.stages.process_group import LoopbackTorchConfig
-from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.worker.batches import shards_fit_in_memory
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
-
-
-def init_checkpoint(stage: StageConfig, context: StageContext) -> str | None:
-    """The file or folder ``init_from`` names: an earlier stage's artifact, or the path as given."""
-    if stage.init_from is None:
-        return None
-    if stage.init_from.path == "previous":
-        return context.previous.checkpoint
-    if stage.init_from.path in context.artifacts:
-        return context.artifacts[stage.init_from.path].checkpoint
-    return stage.init_from.path
 
 
 def build_trainer(
@@ -55,7 +43,7 @@ def build_trainer(
     if shards_fit_in_memory(spec.info, world_size, split, stage.data.in_memory_bytes):
         spec = replace(spec, shards=driver_shards(datasets, world_size, split))
         datasets = {}  # Ray Train then starts no dataset manager and no split coordinators
-    elif spec.in_tune_trial:  # ray.train.get_dataset_shard refuses to run there
+    elif spec.outside_ray_train:  # a Tune trial in local mode: ray.train.get_dataset_shard refuses to run there
         spec = replace(spec, shards={name: [ray.put(dataset)] for name, dataset in datasets.items()})
         datasets = {}  # the one rank streams the whole (lazy) dataset, as local mode does
     return TorchTrainer(
@@ -185,10 +173,3 @@ def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:
         if inner is not None and (found := find_user_error(inner, depth + 1)) is not None:
             return found
     return None
-
-
-def publish_checkpoint(checkpoint_dir: str | Path, stage_dir: Path) -> Artifact:
-    """Copy the run's last checkpoint to ``stage_dir/checkpoint.pt`` (atomically)."""
-    state = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
-    path = save_atomic(state, stage_dir / ARTIFACT_FILE)
-    return Artifact(checkpoint=str(path), metrics=dict(state["metrics"]))

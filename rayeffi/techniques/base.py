@@ -84,6 +84,9 @@ class DriverInputs:
     """The stage's checked data source (``rayeffi.data.DataSource``)."""
     stage_dir: Path
     """``OUT/stages/NAME``: where a technique may write what it prepares (a cache)."""
+    in_process: bool = False
+    """The stage runs in the driver's process without Ray (``stages/local_run.py``): prepare
+    there too (pyarrow, not Ray Data)."""
 
 
 @dataclass(frozen=True)

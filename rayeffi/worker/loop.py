@@ -1,8 +1,9 @@
 """The per-worker loop: build the step's parts, then run epochs over the stage's data
 (each epoch: ``worker/epoch.py``, the one epoch loop, shared with the parameter server).
 
-It runs inside every Ray Train worker (or in the driver in local mode) and never
-imports Ray Tune. Everything it needs arrives in one :class:`WorkerSpec`.
+It runs inside every Ray Train worker, in a Tune trial in local mode, or in the driver's
+own process without Ray (``stages/local_run.py``: ``WorkerSpec.in_process``, where it never
+imports Ray), and never imports Ray Tune. Everything it needs arrives in one :class:`WorkerSpec`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 
 from rayeffi.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_atomic
@@ -44,7 +43,7 @@ class WorkerSpec:
     resume_checkpoint: str | None = None
     """A full checkpoint to continue from (model, optimizer, scheduler, epoch, RNG)."""
     progress: Any = None
-    """A ``ray.util.queue.Queue`` the driver prints epoch lines from, or None."""
+    """A ``ray.util.queue.Queue`` the driver prints epoch lines from (in process: a ``queue.Queue``), or None."""
     local_mode: bool = False
     label: str | None = None
     """Name of this run in progress lines and history (a Tune trial's is ``stage/trial``)."""
@@ -54,12 +53,17 @@ class WorkerSpec:
     shards: dict[str, list] | None = None
     """Per dataset (``train``, ``val``), one object reference per rank to that rank's
     materialized shard, when every shard fits ``data.in_memory_mb`` (``stages/train_run.py``);
-    None: the shards stream through Ray Train's split of the datasets."""
+    in process, the datasets themselves (``data/arrow_datasets.py``); None: the shards stream
+    through Ray Train's split of the datasets."""
+    in_process: bool = False
+    """The driver's own process without Ray (``stages/local_run.py``): shards are the datasets
+    themselves, ``report_to`` keeps the checkpoints, the device is this process's."""
 
     @property
-    def in_tune_trial(self) -> bool:
-        """A Tune trial in local mode: ``ray.train``'s session calls refuse to run inside Tune,
-        so rank, world size, checkpoint and shards come from the spec, reports go to ``report_to``."""
+    def outside_ray_train(self) -> bool:
+        """A Tune trial in local mode, or the in-process run: no ``ray.train`` session (its calls
+        refuse to run inside Tune), so rank, world size, checkpoint and shards come from the
+        spec, reports go to ``report_to``."""
         return self.report_to is not None
 
 
@@ -68,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stage = spec.stage
     rank, world_size = _rank_and_world_size(spec)
 
-    choice = choose_device(stage.scaling.use_gpu, ray.train.torch.get_device())  # CPU when CUDA is absent
+    choice = choose_device(stage.scaling.use_gpu, None if spec.in_process else _ray_train_device())  # CPU w/o CUDA
     if not spec.local_mode:  # as many torch threads as the worker's CPUs: more would fight its neighbours
         torch.set_num_threads(max(1, int(stage.scaling.resources_per_worker.get("CPU", 1))))
     strategy = build_strategy(stage.parallel, rank, world_size, choice.device, spec.info)
@@ -77,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stopper = EarlyStopping.from_config(stage.early_stop, stage.task.name) if stage.early_stop else None
     if stopper is not None:
         stopper.restore(last_metrics)
-    devices = strategy.all_gather_object(choice.summary(ray.get_gpu_ids()))  # once per start: a collective
+    devices = strategy.all_gather_object(choice.summary(_gpu_ids(spec)))  # once per start: a collective
     if rank == 0 and spec.progress is not None:  # the driver counts (re)starts of the worker group
         spec.progress.put({"stage": spec.label or stage.name, "event": "start", "from_epoch": start_epoch,
                            "from_step": start_step, "devices": devices})
@@ -119,14 +123,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _rank_and_world_size(spec: WorkerSpec) -> tuple[int, int]:
-    if spec.in_tune_trial:
+    if spec.outside_ray_train:
         return 0, 1
+    import ray.train
+
     context = ray.train.get_context()
     return context.get_world_rank(), context.get_world_size()
 
 
+def _ray_train_device() -> torch.device:
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def _gpu_ids(spec: WorkerSpec) -> list:
+    """The GPU ids Ray assigned to this worker (in process: none, the device is this process's own)."""
+    if spec.in_process:
+        return []
+    import ray
+
+    return ray.get_gpu_ids()
+
+
 def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> ShardBatches:
-    shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
+    if spec.in_process:
+        shard = spec.shards[name][rank]
+    else:
+        import ray
+        import ray.train
+
+        shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
     return stage_batches(shard, name, spec.stage, spec.info, world_size)
 
 
@@ -146,10 +173,20 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
     def report(step: int, steps: int | None, rows: int, seconds: float) -> None:
         if seconds - last[0] >= PROGRESS_INTERVAL_S:
             last[0] = seconds
-            spec.progress.actor.put_nowait.remote({"stage": label, "event": "progress", "epoch": epoch + 1,
-                                                   "step": step, "steps": steps, "rows": rows, "seconds": seconds})
+            _put_nowait(spec.progress, {"stage": label, "event": "progress", "epoch": epoch + 1, "step": step,
+                                        "steps": steps, "rows": rows, "seconds": seconds})
 
     return report
+
+
+def _put_nowait(progress, message: dict) -> None:
+    """Fire and forget: to the Ray queue's actor without waiting for its answer, or onto an
+    in-process ``queue.Queue``."""
+    actor = getattr(progress, "actor", None)
+    if actor is not None:
+        actor.put_nowait.remote(message)
+    else:
+        progress.put_nowait(message)
 
 
 def row_augment(stage: StageConfig, info: DatasetInfo, rank: int) -> RowAugment | None:
@@ -200,16 +237,20 @@ class _Reporter:
         put ``metrics`` on the driver's queue too (an epoch's, not a checkpoint's within it)."""
         spec = self.spec
         if state is None:
+            import ray.train
+
             ray.train.report(metrics)
             return
         directory = tempfile.mkdtemp(prefix="rayeffi-ckpt-")
         save_atomic(state, Path(directory) / CHECKPOINT_FILE)
         if epoch_line and spec.progress is not None:
             spec.progress.put({"stage": spec.label or spec.stage.name, **metrics})
-        if spec.in_tune_trial:  # Tune keeps its own copy
+        if spec.outside_ray_train:  # Tune, or the in-process run's storage, keeps its own copy
             spec.report_to(metrics, directory)
             shutil.rmtree(directory, ignore_errors=True)
             return
+        import ray.train
+
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         if not spec.local_mode:
             shutil.rmtree(directory, ignore_errors=True)  # Ray has persisted its copy (sync upload)
@@ -224,7 +265,7 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec,
     """Continue from Ray's checkpoint after a worker failure, or the spec's; return the start
     epoch, the steps of it already made (a checkpoint within it), the metrics of the epoch
     before it and of every epoch so far (none on a fresh start)."""
-    checkpoint = None if spec.in_tune_trial else ray.train.get_checkpoint()  # Tune trials start afresh
+    checkpoint = None if spec.outside_ray_train else _ray_train_checkpoint()  # Tune trials start afresh
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
@@ -234,3 +275,10 @@ def _restore(parts: StepParts, scheduler, spec: WorkerSpec,
         return fresh_start(spec.stage.seed, rank), 0, {}, []
     history = [row for row in state.get("history") or [] if row.get("epoch", 0) <= state.get("epoch", 0)]
     return *restore_state(parts, scheduler, state, rank), state.get("metrics") or {}, history
+
+
+def _ray_train_checkpoint():
+    """Ray Train's checkpoint after a worker-group restart, or None."""
+    import ray.train
+
+    return ray.train.get_checkpoint()

@@ -40,6 +40,7 @@ EXPECTED = {  # a line each benchmark prints only once it has measured its figur
     "ps": "async / sync updates/s",
     "prune-distill": "dsd_kd - dsd:",
     "scaling": "written:",
+    "startup": "ratio local / 2 workers:",
 }
 
 

@@ -299,3 +299,70 @@ def test_python_api_transforms_the_ray_datasets_the_user_has(tmp_path, monkeypat
     }, out=tmp_path / "run", datasets={"train": ray.data.from_arrow(train), "val": ray.data.from_arrow(val)})
     assert result.status == "complete" and result.metrics["val_accuracy"] > 0.6  # 4 topics: chance is 0.25
     assert result.stages["train"]["data_info"]["num_features"] == 12  # the transform's SEQ_LEN ids per row
+
+
+# -- local mode: in process, without Ray, against Ray Train's local mode ------------------------------------------
+
+TIMING_KEYS = {"samples_per_s", "train_s", "tokens_per_s", "epoch_s"}
+
+
+def _run_stage_both_ways(stage, tmp_path):
+    """The stage through Ray Train's local mode (``train_run.run_train``) and in process
+    (``local_run.run_in_process``): ``{way: (summary entry, checkpoint state)}``."""
+    from rayeffi.stages.local_run import run_in_process
+    from rayeffi.stages.progress import Progress
+    from rayeffi.stages.train_run import run_train
+    import ray.data
+
+    # Ray Data hands over a file's blocks as they finish unless told to keep their order: on a
+    # busy machine the validation rows then came in another order (other batches, the last
+    # bits of val_loss). In order, its rows are the files', as the in-process read's are.
+    options = ray.data.DataContext.get_current().execution_options
+    preserve_order, options.preserve_order = options.preserve_order, True
+    results = {}
+    try:
+        for way, runner in (("ray", run_train), ("in_process", run_in_process)):
+            source = resolve_source(stage.data, stage.seed, tmp_path / way / "data", stage.task)
+            progress = Progress(lambda line: None, in_process=way == "in_process")
+            context = StageContext(stage_dir=tmp_path / way / "stages" / stage.name,
+                                   storage_path=tmp_path / way / "ray", source=source, previous=None,
+                                   progress=progress, progress_queue=progress.queue)
+            try:
+                entry = runner(stage, context).summary()
+            finally:
+                progress.close()
+            results[way] = entry, load_checkpoint(entry["checkpoint"])
+    finally:
+        options.preserve_order = preserve_order
+    return results
+
+
+def _without_timings(rows):
+    return [{key: value for key, value in row.items() if key not in TIMING_KEYS} for row in rows]
+
+
+@pytest.mark.parametrize("data", [
+    {"dataset": "digits", "batch_size": 48, "max_samples": 600},
+    {"dataset": "text", "seq_len": 16, "batch_size": 32, "max_samples": 256, "max_val_samples": 64},
+], ids=["digits-shuffled", "tokens"])
+def test_local_mode_in_process_equals_ray_trains_local_mode(tmp_path, data):
+    """Same seed, same recipe: identical epoch metrics (timings aside) and identical weights and
+    optimizer state, shuffled batches, dropout and a cosine schedule included, whether the
+    loop runs under Ray Train's local mode or in the driver's process without Ray."""
+    task = {"name": "language_modeling"} if data["dataset"] == "text" else {"name": "classification"}
+    model = ({"name": "lm", "d_model": 16, "num_heads": 2, "num_layers": 1, "dropout": 0.1}
+             if data["dataset"] == "text" else {"name": "mlp", "hidden_sizes": [32], "dropout": 0.2})
+    stage = validate_recipe({
+        "seed": 3, "task": task, "data": data, "model": model,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 3}],
+    }).stages[0]
+    results = _run_stage_both_ways(stage, tmp_path)
+    (ray_entry, ray_state), (local_entry, local_state) = results["ray"], results["in_process"]
+    assert _without_timings(local_entry["history"]) == _without_timings(ray_entry["history"])
+    assert [row["epoch"] for row in local_entry["history"]] == [1, 2, 3]
+    for name, value in ray_state["model"].items():
+        assert torch.equal(local_state["model"][name], value), name
+    assert local_state["epoch"] == ray_state["epoch"] == 3
+    assert set(local_entry) == set(ray_entry)  # the summary entry has the same shape

@@ -52,7 +52,6 @@ def test_an_image_folder_reads_classes_from_its_subfolders(folder, tmp_path):
     assert labels[0].item() == int(source.layout.class_names[0])
 
 
-@pytest.mark.usefixtures("module_ray")
 def test_an_image_folder_trains_a_cnn_in_local_mode(folder, tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(
         f"data: {{dataset: image_folder, path: {folder / 'train'}, val_path: {folder / 'val'}, batch_size: 32}}\n"
@@ -70,7 +69,6 @@ def _encoded_parquet(folder, path, rows=200):
     return path
 
 
-@pytest.mark.usefixtures("module_ray")
 def test_a_parquet_column_of_png_bytes_trains_in_local_mode(folder, tmp_path, capsys):
     path = _encoded_parquet(folder, tmp_path / "png.parquet", rows=400)
     (tmp_path / "r.yaml").write_text(

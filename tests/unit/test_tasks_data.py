@@ -80,7 +80,6 @@ def _tokens(rows=40, vocab=20, low=3, high=12, seed=0):
 LOCAL = "scaling: {num_workers: 0}\nstages: [{name: s, kind: train, epochs: 2}]\n"
 
 
-@pytest.mark.usefixtures("module_ray")
 def test_each_task_trains_end_to_end_in_local_mode(tmp_path, capsys):
     rng = np.random.default_rng(0)
     tokens = _tokens(64)
@@ -114,7 +113,6 @@ def test_each_task_trains_end_to_end_in_local_mode(tmp_path, capsys):
             assert history[-1]["tokens_per_s"] > 0
 
 
-@pytest.mark.usefixtures("module_ray")
 def test_mnist_with_augmentation_trains_a_cnn_in_local_mode(tmp_path, capsys):
     code, captured = _run(tmp_path, capsys, "data: {dataset: mnist, batch_size: 32, max_samples: 512, augment: "
                           "{crop_padding: 2, mean: [0.13], std: [0.31]}}\nmodel: {name: cnn, channels: [8, 16]}\n"

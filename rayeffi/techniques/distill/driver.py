@@ -3,7 +3,8 @@
 ``prepare`` runs before the stage's run (and before any of its Tune trials): it gives every
 teacher named by stage that stage's checkpoint and, with ``cache: true``, has Ray Data
 write the teachers' soft labels once; the stage's data source then reads that cache, so
-every trial trains from it without running a teacher.
+every trial trains from it without running a teacher. A stage that runs in process
+(``inputs.in_process``) writes the cache with pyarrow in this process instead.
 """
 
 from __future__ import annotations
@@ -50,13 +51,18 @@ def with_teacher_checkpoints(config: DistillConfig, checkpoints: dict[str, str])
 
 def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
     """Write the cache and return a data source that reads it."""
-    # Ray Data on the driver only: the step's modules import without Ray
-    from rayeffi.data.ray_datasets import build_ray_datasets
-    from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, write_soft_labels
+    from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, write_soft_labels, write_soft_labels_in_process
 
     stage = inputs.stage
-    datasets = build_ray_datasets(inputs.source, stage.data, stage.seed)
-    train_path, val_path = write_soft_labels(
+    if inputs.in_process:  # pyarrow in this process: no Ray
+        from rayeffi.data.arrow_datasets import build_arrow_datasets
+
+        datasets, write = build_arrow_datasets(inputs.source, stage.data, stage.seed), write_soft_labels_in_process
+    else:  # Ray Data on the driver only: the step's modules import without Ray
+        from rayeffi.data.ray_datasets import build_ray_datasets
+
+        datasets, write = build_ray_datasets(inputs.source, stage.data, stage.seed), write_soft_labels
+    train_path, val_path = write(
         datasets, config, inputs.source.info, stage.precision, inputs.stage_dir / CACHE_DIR, stage.scaling.use_gpu
     )
     return dataclasses.replace(

@@ -4,7 +4,9 @@ A distill stage with ``distill.cache: true`` runs its teachers over the training
 in one Ray Data ``map_batches`` pass and writes ``features, label, teacher_logits`` to
 Parquet; its students (every Tune trial of the stage) then train from that file without
 running a teacher. Row order is preserved, so with the same shuffling the students see
-the same batches, and the same logits, as on-the-fly distillation.
+the same batches, and the same logits, as on-the-fly distillation. A stage that runs in
+process (``stages/local_run.py``) computes the cache in process too
+(:func:`write_soft_labels_in_process`: pyarrow, the same :class:`TeacherLogits`, no Ray).
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import ray.data
 import torch
 
 from rayeffi.data.info import DatasetInfo
-from rayeffi.data.ray_datasets import FEATURES, LABEL
+from rayeffi.data.columns import FEATURES, LABEL
 from rayeffi.device import choose_device, to_device
 from rayeffi.techniques.distill.config import DistillConfig
 from rayeffi.models.inputs import INPUT_PREFIX, call_model
@@ -76,6 +77,8 @@ def write_soft_labels(
     use_gpu: bool = False,
 ) -> tuple[str, str]:
     """Write ``out_dir/train`` (with teacher logits) and ``out_dir/val``; return their paths."""
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the cache keeps the split's row order
@@ -100,3 +103,22 @@ def write_soft_labels(
         context.execution_options.preserve_order = preserve_order
     return str(train_dir), str(val_dir)
 
+
+
+def write_soft_labels_in_process(
+    datasets: dict,
+    config: DistillConfig,
+    info: DatasetInfo,
+    precision: PrecisionConfig,
+    out_dir: Path,
+    use_gpu: bool = False,
+) -> tuple[str, str]:
+    """:func:`write_soft_labels` in this process, from ``data/arrow_datasets.py``'s datasets:
+    the teachers' logits in batches of ``BATCH_ROWS``, rows in order; returns the two paths."""
+    from rayeffi.data.arrow_datasets import write_parquet
+
+    teachers = TeacherLogits(config, info, precision, use_gpu)
+    table = datasets["train"].table
+    batches = [teachers(table.slice(first, BATCH_ROWS)) for first in range(0, table.num_rows, BATCH_ROWS)]
+    train = pa.concat_tables(batches) if batches else table
+    return write_parquet(train, out_dir / "train"), write_parquet(datasets["val"].table, out_dir / "val")
