@@ -5,7 +5,9 @@ workers, batch by batch) and by the driver's sample rows for the model check, so
 see exactly the same tensors:
 
 - rows of numbers (``classification``, ``regression``): ``features`` a fixed-width
-  float32 list; ``label`` int64 classes, or a fixed-width float32 list of targets;
+  float32 list, from one list column or stacked from numeric scalar columns (``f0 ...
+  f11``, integers and booleans cast); ``label`` int64 classes, or a fixed-width float32
+  list of targets;
 - encoded images (a PNG/JPEG bytes column, or the files of an image folder): decoded
   here, on Ray Data's workers, to ``features`` float32 ``C*H*W`` in ``[0, 1]``; the label
   is the label column, or for an image folder the index of the file's class folder;
@@ -35,6 +37,7 @@ class ColumnLayout:
     """How one batch of the user's columns becomes ``features`` and ``label``."""
 
     feature_column: str
+    """The list column of features (``FEATURES`` where ``feature_columns`` are stacked)."""
     label_column: str | None
     """None: a language model's labels are its inputs shifted by one."""
     kind: str = "rows"
@@ -51,10 +54,14 @@ class ColumnLayout:
     """``images``: ``[C, H, W]`` every image decodes to (C 1: grayscale, 3: RGB)."""
     class_names: tuple[str, ...] = ()
     """An image folder's classes (sorted folder names): a file's label is its folder's index."""
+    feature_columns: tuple[str, ...] = ()
+    """``rows`` / ``regression``: numeric scalar columns stacked, in this order, into ``features``
+    (empty: ``feature_column`` holds them as a list)."""
 
     @property
     def columns(self) -> list[str]:
-        return [self.feature_column, *([self.label_column] if self.label_column else []), *self.extra_columns]
+        features = list(self.feature_columns) or [self.feature_column]
+        return [*features, *([self.label_column] if self.label_column else []), *self.extra_columns]
 
 
 PATH = "path"
@@ -107,7 +114,10 @@ def normalise(batch: pa.Table, layout: ColumnLayout) -> pa.Table:
             labels = _padded(_column(batch, layout.label_column), layout.width, 0, layout.ignore_index)
         columns = {FEATURES: _fixed(features, pa.int64()), LABEL: _fixed(labels, pa.int64())}
     else:
-        features = _fixed_floats(_column(batch, layout.feature_column), layout.width)
+        if layout.feature_columns:
+            features = _fixed(_stacked(batch, layout.feature_columns), pa.float32())
+        else:
+            features = _fixed_floats(_column(batch, layout.feature_column), layout.width)
         label = _column(batch, layout.label_column)
         if layout.kind == "regression":
             columns = {FEATURES: features, LABEL: _fixed_floats(label, layout.label_width)}
@@ -130,6 +140,20 @@ def _fixed_floats(values: pa.Array, width: int) -> pa.Array:
     else:  # one number per row
         flat = values
     return pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), width)
+
+
+def _stacked(batch: pa.Table, names: tuple[str, ...]) -> np.ndarray:
+    """``[rows, len(names)]`` float32: scalar columns side by side (one numpy copy per column)."""
+    out = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    for index, name in enumerate(names):
+        out[:, index] = _column(batch, name).to_numpy(zero_copy_only=False)
+    return out
+
+
+def normalised_layout(layout: ColumnLayout, width: int) -> ColumnLayout:
+    """A layout that reads what :func:`normalise` wrote (e.g. a cache of its output) as it is."""
+    return ColumnLayout(FEATURES, LABEL, "regression" if layout.kind == "regression" else "rows", width,
+                        layout.label_width, extra_columns=layout.extra_columns)
 
 
 def _padded(lists: pa.Array, width: int, offset: int, fill: int) -> np.ndarray:

@@ -51,6 +51,7 @@ def with_teacher_checkpoints(config: DistillConfig, checkpoints: dict[str, str])
 def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
     """Write the cache and return a data source that reads it."""
     # Ray Data on the driver only: the step's modules import without Ray
+    from rayeffi.data.columns import normalised_layout
     from rayeffi.data.ray_datasets import build_ray_datasets
     from rayeffi.techniques.distill.soft_labels import TEACHER_LOGITS, write_soft_labels
 
@@ -66,6 +67,8 @@ def with_soft_label_cache(config: DistillConfig, inputs: DriverInputs):
         feature_column="features",
         label_column="label",
         extra_columns=(*inputs.source.extra_columns, TEACHER_LOGITS),
+        # the cache holds normalise's output (features, label), whatever the user's columns were
+        layout=normalised_layout(inputs.source.layout, inputs.source.info.num_features),
     )
 
 
