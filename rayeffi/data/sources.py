@@ -108,11 +108,7 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
         num_val = len(val_labels)
     else:
         num_val = None
-    if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != num_features:
-        raise UserError(
-            f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
-            f"values but each row of {train} has {num_features}: fix data.image_shape"
-        )
+    _check_image_shape(image_shape, num_features, train)
     num_train, num_val = row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_classes, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column or FEATURES, label_column, "rows", num_features,
@@ -137,12 +133,21 @@ def _inspect_regression(train, val, feature_column, label_column, image_shape, c
         num_val = val_table.count_rows()
     else:
         num_val = None
+    _check_image_shape(image_shape, num_features, train)
     num_train, num_val = row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_targets, image_shape and tuple(image_shape), num_train, num_val)
     layout = ColumnLayout(feature_column or FEATURES, label_column, "regression", num_features, num_targets,
                           feature_columns=scalar_columns)
     return DataSource(str(train), val and str(val), info, feature_column or FEATURES, label_column, layout=layout,
                       skipped_columns=skipped)
+
+
+def _check_image_shape(image_shape, num_features: int, path) -> None:
+    if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != num_features:
+        raise UserError(
+            f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
+            f"values but each row of {path} has {num_features}: fix data.image_shape"
+        )
 
 
 def _choose_features(table: pads.Dataset, path, feature_column: str | None, label_column: str,

@@ -58,15 +58,13 @@ def _feature_lines(stages, sources) -> list[str]:
 
 
 def _describe_features(source) -> str | None:
-    """``12 columns f0..f11 (skipped: name (string))``, or the one list column; None for tokens and images."""
+    """``12 columns f0..f11 (skipped: name (string))`` where scalar columns became the features; None
+    where one column holds them (a list, tokens, images)."""
     from rayeffi.data.tables import describe_features
 
-    layout = source.layout
-    if layout is None or layout.kind not in ("rows", "regression"):
+    if source.layout is None or not source.layout.feature_columns:
         return None
-    if layout.feature_columns:
-        return describe_features(layout.feature_columns, source.skipped_columns)
-    return f"column {layout.feature_column!r} ({source.info.num_features} values per row)"
+    return describe_features(source.layout.feature_columns, source.skipped_columns)
 
 
 def _check_cluster(recipe: Recipe, address: str) -> str:
