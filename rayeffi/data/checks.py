@@ -74,7 +74,8 @@ def check_finite(dataset: pads.Dataset, path, column: str) -> None:
             values = pc.list_flatten(lists)
             missing += values.null_count
             if pa.types.is_floating(values.type):
-                non_finite += len(values) - values.null_count - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+                finite = pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+                non_finite += len(values) - values.null_count - finite
     except pa.ArrowInvalid as exc:
         # pyarrow cannot read back a fixed-size list column with a null row ("Expected all lists to be of size=N")
         raise UserError(f"data {path}: column {column!r} cannot be read ({str(exc).splitlines()[0]}): a row's list "

@@ -3,8 +3,8 @@
 This runs on the driver with pyarrow alone, before Ray starts, so a missing file, a
 missing column or a label out of range is a one-line error instead of a worker crash.
 Rows of features (and regression targets) are checked here, the features of a table of
-numeric scalar columns in ``tables.py``; token sequences in ``token_source.py``, encoded images and image folders in ``image_source.py``, the checks
-they share in ``checks.py``.
+numeric scalar columns in ``tables.py``; token sequences in ``token_source.py``, encoded
+images and image folders in ``image_source.py``, the checks they share in ``checks.py``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def select_feature_columns(schema: pa.Schema, label_column: str | None, config: 
             else:
                 _check_named_column(pattern, types[pattern], path)
                 chosen.append(pattern)
-        skipped = tuple(item for item in skipped if any(fnmatch.fnmatchcase(item[0], p) for p in config.feature_columns))
+        skipped = tuple((name, value_type) for name, value_type in skipped
+                        if any(fnmatch.fnmatchcase(name, pattern) for pattern in config.feature_columns))
     chosen = tuple(dict.fromkeys(chosen))  # a column named twice (or by two globs) counts once
     if not chosen:
         asked = ("data.feature_columns " + ", ".join(config.feature_columns) if config.feature_columns is not None
