@@ -61,6 +61,9 @@ def resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskCon
                             "set task: classification")
         return inspect_image_folder(config)
     if task.per_token:
+        if config.feature_columns is not None or config.exclude_columns:
+            raise UserError(f"data.feature_columns and data.exclude_columns stack numeric columns into rows of "
+                            f"numbers; task {task.name} reads one token column: set data.feature_column instead")
         return inspect_tokens(config.path, config.val_path, config.feature_column or FEATURES, config.label_column,
                               task, config)
     if config.dataset in ("digits", "mnist"):

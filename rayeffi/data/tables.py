@@ -69,9 +69,9 @@ def check_columns_present(dataset: pads.Dataset, path, key: str, columns: tuple[
     types = {field.name: field.type for field in dataset.schema}
     missing = [name for name in columns if name not in types]
     if missing:
-        raise UserError(f"{key} {path} lacks the feature column(s) {', '.join(missing)} that data.path's rows "
-                        f"train on (columns: {', '.join(dataset.schema.names)}): add them, or leave them out with "
-                        "data.exclude_columns")
+        raise UserError(f"{key} {path} lacks the feature column(s) {abbreviate(tuple(missing))} that data.path's "
+                        f"rows train on (columns: {abbreviate(tuple(dataset.schema.names), keep=24)}): add them, or "
+                        "leave them out with data.exclude_columns")
     wrong = [f"{name} ({types[name]})" for name in columns if not is_scalar_number(types[name])]
     if wrong:
         raise UserError(f"{key} {path}: feature column(s) {', '.join(wrong)} are not numbers as in data.path: "

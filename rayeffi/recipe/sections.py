@@ -202,6 +202,9 @@ class DataConfig(Section):
             which = "data.feature_columns" if self.feature_columns is not None else "data.exclude_columns"
             raise ValueError(f"data.feature_column (one list column) and {which} (scalar columns) both given: "
                              "keep one")
+        if self.dataset != "parquet" and (self.feature_columns is not None or self.exclude_columns):
+            raise ValueError(f"data.feature_columns and data.exclude_columns choose columns of a Parquet table, not "
+                             f"of dataset {self.dataset!r}: remove them or set data.dataset=parquet")
         if self.feature_columns == ():
             raise ValueError("data.feature_columns is empty: name the feature columns, or leave it out to take "
                              "every numeric column")

@@ -230,3 +230,11 @@ def test_a_null_feature_list_is_one_error_line(tmp_path, capsys, command, fixed,
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert f"column {column!r}" in lines[0] and "n.parquet" in lines[0] and "drop or fill those rows" in lines[0]
+
+
+def test_column_choices_only_where_rows_of_numbers_are_read(tmp_path):
+    with pytest.raises(ValueError, match="not of dataset 'digits'"):
+        DataConfig(dataset="digits", exclude_columns=["x"])
+    path = _write(tmp_path / "t.parquet", pa.table({"ids": pa.array([[1, 2, 3]] * 40)}))
+    with pytest.raises(UserError, match="task language_modeling reads one token column: set data.feature_column"):
+        resolve_source(_config(path, feature_columns=["ids"]), 0, tmp_path, TaskConfig(name="language_modeling"))
