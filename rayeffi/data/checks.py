@@ -52,9 +52,11 @@ def feature_width(dataset: pads.Dataset, path, column: str) -> int:
             raise UserError(f"data {path}: rows of {column!r} have {low} to {high} values; every row needs the "
                             f"same{hint}")
         return low
+    hint = (": to train on scalar columns, leave data.feature_column out (every numeric column) or list them in "
+            "data.feature_columns" if is_numeric(field_type) or pa.types.is_boolean(field_type) else "")
     raise UserError(
         f"data {path}: column {column!r} is {field_type}; it must be a list of numbers per row "
-        "(a pyarrow fixed_size_list<float32>)"
+        f"(a pyarrow fixed_size_list<float32>){hint}"
     )
 
 
@@ -65,13 +67,20 @@ def check_finite(dataset: pads.Dataset, path, column: str) -> None:
     Read batch by batch, so a large dataset is never held in memory at once.
     """
     missing = non_finite = 0
-    for batch in dataset.to_batches(columns=[column]):
-        lists = batch.column(0)
-        missing += lists.null_count
-        values = pc.list_flatten(lists)
-        missing += values.null_count
-        if pa.types.is_floating(values.type):
-            non_finite += len(values) - values.null_count - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+    try:
+        for batch in dataset.to_batches(columns=[column]):
+            lists = batch.column(0)
+            missing += lists.null_count
+            values = pc.list_flatten(lists)
+            missing += values.null_count
+            if pa.types.is_floating(values.type):
+                finite = pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+                non_finite += len(values) - values.null_count - finite
+    except pa.ArrowInvalid as exc:
+        # pyarrow cannot read back a fixed-size list column with a null row ("Expected all lists to be of size=N")
+        raise UserError(f"data {path}: column {column!r} cannot be read ({str(exc).splitlines()[0]}): a row's list "
+                        "is missing (null) where every row needs the same number of values; drop or fill those rows "
+                        "before training") from None
     if missing or non_finite:
         raise UserError(
             f"data {path}: column {column!r} holds {missing} missing (null) and {non_finite} non-finite "

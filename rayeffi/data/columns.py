@@ -5,7 +5,9 @@ workers, batch by batch) and by the driver's sample rows for the model check, so
 see exactly the same tensors:
 
 - rows of numbers (``classification``, ``regression``): ``features`` a fixed-width
-  float32 list; ``label`` int64 classes, or a fixed-width float32 list of targets;
+  float32 list, from one list column or stacked from numeric scalar columns (``f0 ...
+  f11``, integers and booleans cast); ``label`` int64 classes, or a fixed-width float32
+  list of targets;
 - encoded images (a PNG/JPEG bytes column, or the files of an image folder): decoded
   here, on Ray Data's workers, to ``features`` float32 ``C*H*W`` in ``[0, 1]``; the label
   is the label column, or for an image folder the index of the file's class folder;
@@ -51,6 +53,7 @@ class ColumnLayout:
     """How one batch of the user's columns becomes ``features`` and ``label``."""
 
     feature_column: str
+    """The list column of features (``FEATURES`` where ``feature_columns`` are stacked)."""
     label_column: str | None
     """None: a language model's labels are its inputs shifted by one."""
     kind: str = "rows"
@@ -69,6 +72,9 @@ class ColumnLayout:
     """``images``: ``[C, H, W]`` every image decodes to (C 1: grayscale, 3: RGB)."""
     class_names: tuple[str, ...] = ()
     """An image folder's classes (sorted folder names): a file's label is its folder's index."""
+    feature_columns: tuple[str, ...] = ()
+    """``rows`` / ``regression``: numeric scalar columns stacked, in this order, into ``features``
+    (empty: ``feature_column`` holds them as a list)."""
     attention_mask: bool = False
     """Token sequences: add ``input.attention_mask`` from each row's real length."""
     inputs: tuple[tuple[str, str], ...] = ()
@@ -86,12 +92,13 @@ class ColumnLayout:
         if self.kind == "ready":
             return [FEATURES, LABEL, *self.input_columns, *self.extra_columns]
         sources = [column for _, column in self.inputs if column not in (self.feature_column, self.label_column)]
-        return [self.feature_column, *([self.label_column] if self.label_column else []),
-                *dict.fromkeys(sources), *self.extra_columns]
+        features = list(self.feature_columns) or [self.feature_column]
+        return [*features, *([self.label_column] if self.label_column else []),
+                *dict.fromkeys(source for source in sources if source not in features), *self.extra_columns]
 
     def ready(self) -> ColumnLayout:
         """This layout for data it has already normalised (a soft-label cache): read as it is."""
-        return dataclasses.replace(self, kind="ready", feature_column=FEATURES, label_column=LABEL)
+        return dataclasses.replace(self, kind="ready", feature_column=FEATURES, label_column=LABEL, feature_columns=())
 
 
 PATH = "path"
@@ -150,7 +157,10 @@ def normalise(batch: pa.Table, layout: ColumnLayout) -> pa.Table:
                             pa.int64())
         columns = {FEATURES: _fixed(features, pa.int64()), LABEL: labels}
     else:
-        features = _fixed_floats(_column(batch, layout.feature_column), layout.width)
+        if layout.feature_columns:
+            features = _fixed(_stacked(batch, layout.feature_columns), pa.float32())
+        else:
+            features = _fixed_floats(_column(batch, layout.feature_column), layout.width)
         label = _column(batch, layout.label_column)
         if layout.kind == "regression":
             columns = {FEATURES: features, LABEL: _fixed_floats(label, layout.label_width)}
@@ -201,6 +211,14 @@ def _fixed_floats(values: pa.Array, width: int) -> pa.Array:
     else:  # one number per row
         flat = values
     return pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), width)
+
+
+def _stacked(batch: pa.Table, names: tuple[str, ...]) -> np.ndarray:
+    """``[rows, len(names)]`` float32: scalar columns side by side (one numpy copy per column)."""
+    out = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    for index, name in enumerate(names):
+        out[:, index] = _column(batch, name).to_numpy(zero_copy_only=False)
+    return out
 
 
 def _padded(lists: pa.Array, width: int, offset: int, fill: int, dtype=np.int64) -> np.ndarray:

@@ -40,6 +40,9 @@ class DataSource:
     train_files: tuple[str, ...] = ()
     """An image folder's training files (read with Ray Data's binary reader, not Parquet)."""
     val_files: tuple[str, ...] = ()
+    skipped_columns: tuple[tuple[str, str], ...] = ()
+    """``(name, type)`` of the columns the automatic choice of scalar feature columns left out
+    (not numbers); ``layout.feature_columns`` holds the chosen ones."""
 
     def columns(self, extra: bool = True) -> ColumnLayout:
         """The layout the workers read with (``extra``: with the extra columns)."""

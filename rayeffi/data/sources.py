@@ -2,9 +2,9 @@
 
 This runs on the driver with pyarrow alone, before Ray starts, so a missing file, a
 missing column or a label out of range is a one-line error instead of a worker crash.
-Rows of features (and regression targets) are checked here; token sequences in
-``token_source.py``, encoded images and image folders in ``image_source.py``, the checks
-they share in ``checks.py``.
+Rows of features (and regression targets) are checked here, the features of a table of
+numeric scalar columns in ``tables.py``; token sequences in ``token_source.py``, encoded
+images and image folders in ``image_source.py``, the checks they share in ``checks.py``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pyarrow.dataset as pads
 
 from rayeffi.data.checks import (check_finite, check_labels, feature_width, is_list, is_numeric, open_parquet,
                                  row_counts)
-from rayeffi.data.columns import PATH, ColumnLayout, normalise
+from rayeffi.data.columns import FEATURES, PATH, ColumnLayout, normalise
 from rayeffi.data.image_source import inspect_encoded_images, inspect_image_folder, is_binary
 from rayeffi.data.info import DatasetInfo, DataSource
 from rayeffi.data.synthetic import write_synthetic
+from rayeffi.data.tables import check_columns_present, check_finite_columns, select_feature_columns
 from rayeffi.errors import UserError
 from rayeffi.data.input_columns import with_named_inputs
 from rayeffi.data.token_source import holds_sequences, inspect_sequences, inspect_tokens
@@ -69,7 +70,11 @@ def _resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskCo
                             "set task: classification")
         return inspect_image_folder(config)
     if task.per_token:
-        return inspect_tokens(config.path, config.val_path, config.feature_column, config.label_column, task, config)
+        if config.feature_columns is not None or config.exclude_columns:
+            raise UserError(f"data.feature_columns and data.exclude_columns stack numeric columns into rows of "
+                            f"numbers; task {task.name} reads one token column: set data.feature_column instead")
+        return inspect_tokens(config.path, config.val_path, config.feature_column or FEATURES, config.label_column,
+                              task, config)
     if config.dataset in ("digits", "mnist"):
         if task.name != "classification":
             raise UserError(f"data.dataset {config.dataset!r} is images of digits (classification), not task "
@@ -84,7 +89,8 @@ def _resolve_source(config: DataConfig, seed: int, cache_dir: Path, task: TaskCo
         train, val = write_synthetic(config.synthetic, seed, cache_dir)
         return _inspect(train, val, "features", "label", config.synthetic.num_classes, None, config)
     if task.name == "classification" and config.dataset == "parquet" and holds_sequences(config):
-        return inspect_sequences(config.path, config.val_path, config.feature_column, config.label_column, config)
+        return inspect_sequences(config.path, config.val_path, config.feature_column or FEATURES, config.label_column,
+                                 config)
     return _inspect(
         config.path, config.val_path, config.feature_column, config.label_column,
         config.num_classes, config.image_shape, config, regression=task.name == "regression",
@@ -99,11 +105,11 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
     if regression:
         return _inspect_regression(train, val, feature_column, label_column, image_shape, config)
     train_table = open_parquet(train, "data.path", feature_column, label_column)
-    if is_binary(train_table.schema.field(feature_column).type):
+    feature_column, scalar_columns, skipped = _choose_features(train_table, train, feature_column, label_column, config)
+    if feature_column and is_binary(train_table.schema.field(feature_column).type):
         return inspect_encoded_images(train_table, train, val, feature_column, label_column, num_classes, config)
     _reject_sequences(train_table, train, feature_column, label_column)
-    num_features = feature_width(train_table, train, feature_column)
-    check_finite(train_table, train, feature_column)
+    num_features = _check_features(train_table, train, "data.path", feature_column, scalar_columns)
     labels = train_table.to_table(columns=[label_column])[label_column]
     if num_classes is None:
         num_classes = max(int(pc.max(labels).as_py()) + 1, 2)
@@ -111,47 +117,79 @@ def _inspect(train, val, feature_column, label_column, num_classes, image_shape,
     num_train = len(labels)
     if val is not None:
         val_table = open_parquet(val, "data.val_path", feature_column, label_column)
-        if feature_width(val_table, val, feature_column) != num_features:
-            raise UserError(f"data.val_path {val}: '{feature_column}' width differs from data.path's {num_features}")
-        check_finite(val_table, val, feature_column)
+        _check_features(val_table, val, "data.val_path", feature_column, scalar_columns, num_features)
         val_labels = val_table.to_table(columns=[label_column])[label_column]
         check_labels(val_labels, val, label_column, num_classes)
         num_val = len(val_labels)
     else:
         num_val = None
-    if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != num_features:
-        raise UserError(
-            f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
-            f"values but each row of {train} has {num_features}: fix data.image_shape"
-        )
+    _check_image_shape(image_shape, num_features, train)
     num_train, num_val = row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_classes, image_shape and tuple(image_shape), num_train, num_val)
-    layout = ColumnLayout(feature_column, label_column, "rows", num_features)
-    return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
+    layout = ColumnLayout(feature_column or FEATURES, label_column, "rows", num_features,
+                          feature_columns=scalar_columns)
+    return DataSource(str(train), val and str(val), info, feature_column or FEATURES, label_column, layout=layout,
+                      skipped_columns=skipped)
 
 
 def _inspect_regression(train, val, feature_column, label_column, image_shape, config) -> DataSource:
     """A float target per row (or a fixed-size list of them)."""
     train_table = open_parquet(train, "data.path", feature_column, label_column)
-    num_features = feature_width(train_table, train, feature_column)
-    check_finite(train_table, train, feature_column)
+    feature_column, scalar_columns, skipped = _choose_features(train_table, train, feature_column, label_column, config)
+    num_features = _check_features(train_table, train, "data.path", feature_column, scalar_columns)
     num_targets = _target_width(train_table, train, label_column)
     num_train = train_table.count_rows()
     if val is not None:
         val_table = open_parquet(val, "data.val_path", feature_column, label_column)
-        if feature_width(val_table, val, feature_column) != num_features:
-            raise UserError(f"data.val_path {val}: '{feature_column}' width differs from data.path's {num_features}")
+        _check_features(val_table, val, "data.val_path", feature_column, scalar_columns, num_features)
         if _target_width(val_table, val, label_column) != num_targets:
             raise UserError(f"data.val_path {val}: '{label_column}' holds a different number of targets than "
                             f"data.path's {num_targets}")
-        check_finite(val_table, val, feature_column)
         num_val = val_table.count_rows()
     else:
         num_val = None
+    _check_image_shape(image_shape, num_features, train)
     num_train, num_val = row_counts(num_train, num_val, train, config)
     info = DatasetInfo(num_features, num_targets, image_shape and tuple(image_shape), num_train, num_val)
-    layout = ColumnLayout(feature_column, label_column, "regression", num_features, num_targets)
-    return DataSource(str(train), val and str(val), info, feature_column, label_column, layout=layout)
+    layout = ColumnLayout(feature_column or FEATURES, label_column, "regression", num_features, num_targets,
+                          feature_columns=scalar_columns)
+    return DataSource(str(train), val and str(val), info, feature_column or FEATURES, label_column, layout=layout,
+                      skipped_columns=skipped)
+
+
+def _check_image_shape(image_shape, num_features: int, path) -> None:
+    if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != num_features:
+        raise UserError(
+            f"data.image_shape {list(image_shape)} has {image_shape[0] * image_shape[1] * image_shape[2]} "
+            f"values but each row of {path} has {num_features}: fix data.image_shape"
+        )
+
+
+def _choose_features(table: pads.Dataset, path, feature_column: str | None, label_column: str,
+                     config: DataConfig) -> tuple[str | None, tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``(list column, scalar columns, skipped columns)``: one list column (``data.feature_column``, or a
+    ``features`` column when no scalar columns are asked for), else the numeric scalar columns (``tables.py``)."""
+    if feature_column is not None:
+        return feature_column, (), ()
+    if config.feature_columns is None and not config.exclude_columns and FEATURES in table.schema.names:
+        return FEATURES, (), ()
+    chosen, skipped = select_feature_columns(table.schema, label_column, config, path)
+    return None, chosen, skipped
+
+
+def _check_features(table: pads.Dataset, path, key: str, feature_column: str | None, scalar_columns: tuple[str, ...],
+                    num_features: int | None = None) -> int:
+    """Features per row, all present and finite; ``num_features``: they must be as many (a validation file)."""
+    if feature_column is None:
+        if num_features is not None:
+            check_columns_present(table, path, key, scalar_columns)
+        check_finite_columns(table, path, scalar_columns)
+        return len(scalar_columns)
+    width = feature_width(table, path, feature_column)
+    if num_features is not None and width != num_features:
+        raise UserError(f"{key} {path}: '{feature_column}' width differs from data.path's {num_features}")
+    check_finite(table, path, feature_column)
+    return width
 
 
 def _target_width(dataset: pads.Dataset, path, column: str) -> int:

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayeffi.data.checks import check_labels, is_list, open_parquet, row_counts
-from rayeffi.data.columns import ColumnLayout
+from rayeffi.data.columns import FEATURES, ColumnLayout
 from rayeffi.data.info import DatasetInfo, DataSource
 from rayeffi.errors import UserError
 from rayeffi.recipe.sections import DataConfig, TaskConfig
@@ -47,15 +47,20 @@ def holds_sequences(config: DataConfig) -> bool:
     """Whether ``classification`` reads ``data.path``'s feature column as token sequences: a
     ``list<int>`` column whose rows differ in length, or any ``list<int>`` column with ``data.seq_len``
     set (a fixed-length column without it stays rows of features)."""
+    if config.feature_columns:  # scalar columns chosen by name: a table, not sequences
+        return False
+    column = config.feature_column or FEATURES
     dataset = open_parquet(config.path, "data.path", config.feature_column, config.label_column)
-    field_type = dataset.schema.field(config.feature_column).type
+    if column not in dataset.schema.names:  # a table of scalar columns (data/tables.py)
+        return False
+    field_type = dataset.schema.field(column).type
     if not (is_list(field_type) and pa.types.is_integer(field_type.value_type)):
         return False
     if config.seq_len is not None:
         return True
     if pa.types.is_fixed_size_list(field_type):
         return False
-    lengths = pc.list_value_length(dataset.to_table(columns=[config.feature_column])[config.feature_column])
+    lengths = pc.list_value_length(dataset.to_table(columns=[column])[column])
     return pc.min(lengths).as_py() != pc.max(lengths).as_py()
 
 

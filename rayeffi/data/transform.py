@@ -98,7 +98,8 @@ def fingerprint(files: list[str], function: Callable) -> str:
 def columns_read(config: DataConfig, task: TaskConfig) -> list[str]:
     """The columns of the (transformed) rows the recipe reads: the features, the labels
     except for a language model (which shifts its inputs without them), and ``data.inputs``."""
-    columns = [config.feature_column]
+    named = [column for column in config.feature_columns or () if not any(char in column for char in "*?[")]  # no globs
+    columns = [config.feature_column] if config.feature_column else named
     if task.name != "language_modeling":
         columns.append(config.label_column)
     return columns + [column for column in config.inputs.values() if column not in columns]

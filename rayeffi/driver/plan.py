@@ -20,10 +20,11 @@ def validate_run(recipe: Recipe, address: str | None = None) -> list[str]:
     (``run.preflight``, GPUs included) and, with ``address``, the cluster's CPUs and GPUs
     (raises UserError)."""
     with tempfile.TemporaryDirectory(prefix="rayeffi-validate-") as out:
-        preflight(recipe, Path(out), address)
+        sources = preflight(recipe, Path(out), address)
     lines = [f"recipe {recipe.name}: {len(recipe.stages)} stage(s); data, models, checkpoints, techniques and "
              "combinations checked"]
     lines += [f"  {index}. {_describe(stage)}" for index, stage in enumerate(recipe.stages, start=1)]
+    lines += _feature_lines(recipe.stages, sources)
     if address:
         lines.append(_check_cluster(recipe, address))
     return lines
@@ -45,6 +46,25 @@ def _describe(stage: StageConfig) -> str:
     if stage.tune:
         parts.append(f"{stage.tune.num_samples} Tune trials ({stage.tune.max_concurrent_trials} at a time)")
     return "; ".join(parts) + "; hands on its checkpoint"
+
+
+def _feature_lines(stages, sources) -> list[str]:
+    """Which columns the rows' features come from: one line, or one per stage where stages differ."""
+    described = {stage.name: _describe_features(source) for stage, source in zip(stages, sources)}
+    described = {name: text for name, text in described.items() if text}
+    if len(set(described.values())) <= 1:
+        return [f"  features: {text}" for text in set(described.values())]
+    return [f"  {name} features: {text}" for name, text in described.items()]
+
+
+def _describe_features(source) -> str | None:
+    """``12 columns f0..f11 (skipped: name (string))`` where scalar columns became the features; None
+    where one column holds them (a list, tokens, images)."""
+    from rayeffi.data.tables import describe_features
+
+    if source.layout is None or not source.layout.feature_columns:
+        return None
+    return describe_features(source.layout.feature_columns, source.skipped_columns)
 
 
 def _check_cluster(recipe: Recipe, address: str) -> str:

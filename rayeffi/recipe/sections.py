@@ -143,9 +143,18 @@ class DataConfig(Section):
     val_path: str | None = None
     """Parquet held-out rows; without it ``val_fraction`` of ``path`` is held out."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    feature_column: str = "features"
+    feature_column: str | None = None
     """A fixed-size list (or list) column of floats; for per-token tasks a ``list<int>``
-    column of token ids (any length: padded or cut to ``seq_len``)."""
+    column of token ids (any length: padded or cut to ``seq_len``). Left out: the
+    ``features`` column where there is one, otherwise the table's numeric scalar columns
+    (``feature_columns``)."""
+    feature_columns: tuple[str, ...] | None = None
+    """Rows of numbers given as scalar columns (``f0 ... f11``): the integer, float or boolean
+    columns stacked, in this order, into each row's float32 features; names or fnmatch globs
+    (``"f*"``: its matches in the table's order). Left out (and no ``features`` column): every
+    numeric scalar column except the label and ``exclude_columns``, in the table's order."""
+    exclude_columns: tuple[str, ...] = ()
+    """Scalar columns (names or globs) that are not features: ids, timestamps, leaks."""
     label_column: str = "label"
     """An integer class column, values in ``[0, num_classes)``; a float (or float list)
     column for regression; a ``list<int>`` column of per-token labels for token
@@ -210,6 +219,23 @@ class DataConfig(Section):
     def in_memory_bytes(self) -> int:
         """``in_memory_mb`` in bytes: the budget a worker's shard is measured against."""
         return int(self.in_memory_mb * 2**20)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_features(self) -> DataConfig:
+        if self.feature_column is not None and (self.feature_columns is not None or self.exclude_columns):
+            which = "data.feature_columns" if self.feature_columns is not None else "data.exclude_columns"
+            raise ValueError(f"data.feature_column (one list column) and {which} (scalar columns) both given: "
+                             "keep one")
+        if self.dataset != "parquet" and (self.feature_columns is not None or self.exclude_columns):
+            raise ValueError(f"data.feature_columns and data.exclude_columns choose columns of a Parquet table, not "
+                             f"of dataset {self.dataset!r}: remove them or set data.dataset=parquet")
+        if self.feature_columns == ():
+            raise ValueError("data.feature_columns is empty: name the feature columns, or leave it out to take "
+                             "every numeric column")
+        if self.label_column in (self.feature_columns or ()):
+            raise ValueError(f"data.feature_columns lists {self.label_column!r}, the label column: a model must not "
+                             "see its label; remove it from data.feature_columns")
+        return self
 
     @model_validator(mode="after")
     def _paths_match_dataset(self) -> DataConfig:

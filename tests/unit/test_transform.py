@@ -84,7 +84,8 @@ def rows(tmp_path, monkeypatch):
 
 def _config(root: Path, transform: str, train: str = "train.parquet", val: str | None = "val.parquet") -> DataConfig:
     return DataConfig(dataset="parquet", path=str(root / train), val_path=val and str(root / val),
-                      transform=f"my_transforms:{transform}", num_classes=2, batch_size=2)
+                      transform=f"my_transforms:{transform}", num_classes=2, batch_size=2,
+                      feature_column="features")
 
 
 @pytest.mark.parametrize("transform", ["lengths", "as_frame", "as_table"])
