@@ -80,7 +80,8 @@ def run_recipe(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a fresh run's epoch log starts empty
-    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch, live=live,
+    progress = Progress(echo, log_path=out_dir / PROGRESS_FILE, on_epoch=tracker.log_epoch,
+                        on_step=tracker.log_step, live=live,
                         in_process=not uses_ray)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
                                "storage": storage, "environment": environment(Path(recipe.folders[0])), "stages": []}

@@ -142,6 +142,10 @@ class StageConfig(Section):
     """Also validate every N optimizer steps (counted over the whole stage, not per epoch) within
     an epoch; the driver prints and keeps each as an eval row with its global ``step`` and
     fractional ``epoch`` (``summary.json``: the stage's ``evals``), apart from the epoch history."""
+    log_every_steps: int = Field(50, ge=0)
+    """Send the training loss, learning rate, loss scale and gradient norm (where the stage clips)
+    of every Nth optimizer step (counted over the whole stage) to TensorBoard and MLflow, beside
+    the epoch points (0: off); rank 0 sends them without waiting, and nothing is printed."""
     checkpoint_every_steps: PositiveInt | None = None
     """Also checkpoint every N optimizer steps (counted over the whole stage) within an epoch: a
     worker-group restart or ``--resume`` continues that epoch from the next step."""

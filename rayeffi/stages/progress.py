@@ -40,6 +40,7 @@ class Progress:
         on_epoch: Callable[[str, dict], None] | None = None,
         live: LiveProgress | None = None,
         in_process: bool = False,
+        on_step: Callable[[str, dict], None] | None = None,
     ):
         self.queue = std_queue.Queue() if in_process else _ray_queue()
         """Where rank 0 puts its messages: a Ray queue (an actor), or in process a ``queue.Queue``."""
@@ -47,6 +48,8 @@ class Progress:
         """Shows the workers' progress within an epoch (None: epoch lines only)."""
         self.echo = echo
         self.on_epoch = on_epoch
+        self.on_step = on_step
+        """Receives the per-step scalars (``log_every_steps``): never printed or kept."""
         self.log_path = Path(log_path) if log_path is not None else None
         self.history: dict[str, dict[int, dict]] = {}
         self.evals: dict[str, dict[int, dict]] = {}
@@ -71,6 +74,10 @@ class Progress:
                     return
 
     def _record(self, message: dict) -> None:
+        if message.get("event") == "step":  # per-step scalars: to the trackers only
+            if self.on_step is not None:
+                self.on_step(message.pop("stage"), message)
+            return
         if message.get("event") == "progress":  # within an epoch: shown, never logged or kept
             if self.live is not None:
                 self.live.update(message.pop("stage"), message, time.monotonic())

@@ -29,6 +29,11 @@ def scalar_metrics(message: dict[str, Any]) -> dict[str, float]:
     return scalars
 
 
+def step_scalars(message: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of one step's message (``log_every_steps``), without its ``step`` index."""
+    return {key: value for key, value in scalar_metrics(message).items() if key != "step"}
+
+
 def loss_scale_points(message: dict[str, Any]) -> list[tuple[int, float]]:
     """The epoch's ``[optimizer step, loss scale]`` points (mixed precision with loss scaling)."""
     return [(int(step), float(scale)) for step, scale in message.get("loss_scale_history") or []]

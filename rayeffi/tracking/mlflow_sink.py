@@ -18,7 +18,7 @@ from typing import Any
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.tracking import MlflowConfig
-from rayeffi.tracking.metrics import flatten_config, loss_scale_points, scalar_metrics
+from rayeffi.tracking.metrics import flatten_config, loss_scale_points, scalar_metrics, step_scalars
 
 PROBE_TIMEOUT_S = 5.0
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer parameter values
@@ -154,6 +154,14 @@ class MlflowSink:
         points = [(name, value, epoch) for name, value in scalar_metrics(message).items()]
         points += [("loss_scale_by_step", scale, step) for step, scale in loss_scale_points(message)]
         self._log_metrics(self.runs[key], points)
+
+    def log_step(self, key: str, message: dict[str, Any]) -> None:
+        """Per-step scalars as ``step/NAME`` metrics against the stage's optimizer steps."""
+        if key not in self.runs:  # a Tune trial's steps before its first epoch: its run comes with that
+            return
+        step = int(message["step"])
+        self._log_metrics(self.runs[key], [(f"step/{name}", value, step)
+                                           for name, value in step_scalars(message).items()])
 
     def stage_done(self, entry: dict[str, Any]) -> None:
         name = entry["name"]

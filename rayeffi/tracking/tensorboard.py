@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rayeffi.errors import UserError
-from rayeffi.tracking.metrics import loss_scale_points, scalar_metrics
+from rayeffi.tracking.metrics import loss_scale_points, scalar_metrics, step_scalars
 
 LOSS_SCALE_BY_STEP = "loss_scale_by_step"
 """The loss scale against optimizer steps (every change), beside the per-epoch ``loss_scale``."""
@@ -56,6 +56,12 @@ class TensorBoardSink:
             writer.add_scalar(name, value, global_step=epoch)
         for step, scale in loss_scale_points(message):
             writer.add_scalar(LOSS_SCALE_BY_STEP, scale, global_step=step)
+
+    def log_step(self, key: str, message: dict[str, Any]) -> None:
+        """Per-step scalars as ``step/NAME`` series against the stage's optimizer steps."""
+        writer = self._writer(key)
+        for name, value in step_scalars(message).items():
+            writer.add_scalar(f"step/{name}", value, global_step=int(message["step"]))
 
     def stage_started(self, stage) -> None:
         pass

@@ -30,6 +30,10 @@ class Tracker:
         """``key``: the stage name, or ``STAGE/TRIAL_ID`` for a Tune trial."""
         self._each("log_epoch", key, message)
 
+    def log_step(self, key: str, message: dict[str, Any]) -> None:
+        """``message``: one optimizer step's scalars and its global ``step`` (``log_every_steps``)."""
+        self._each("log_step", key, message)
+
     def stage_started(self, stage) -> None:
         self._each("stage_started", stage)
 

@@ -53,11 +53,12 @@ def stage_batches(shard, name: str, stage: StageConfig, info: DatasetInfo, num_w
 
 
 def train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, *,
-                hooks: EpochHooks = NO_HOOKS, augment: RowAugment | None = None, report=None):
+                hooks: EpochHooks = NO_HOOKS, augment: RowAugment | None = None, report=None, log_step=None):
     """Train on this worker's batches of epoch ``epoch`` (0-based); return ``[loss_sum, num_rows,
     num_scored]`` (FP64, on its device) and the epoch's training seconds. ``report(step, steps,
-    rows, seconds)``: live progress, or None. Raises :class:`TrainingDiverged` (one line) once
-    the loss stays non-finite (``health.loss_is_unhealthy``)."""
+    rows, seconds)``: live progress, or None; ``log_step(step, loss)``: each step's loss for the
+    per-step scalars (``log_every_steps``), or None. Raises :class:`TrainingDiverged` (one line)
+    once the loss stays non-finite (``health.loss_is_unhealthy``)."""
     parts.model.train()
     device = parts.strategy.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
@@ -84,6 +85,8 @@ def train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epo
             lr = parts.optimizer.param_groups[0]["lr"]
             raise TrainingDiverged(non_finite_loss_error(stage.name, epoch + 1, step + 1, lr, parts.precision.name))
         hooks.after_step(step, last)
+        if log_step is not None:
+            log_step(step, loss)
         loss_sum += loss.to(device, torch.float64) * len(targets)
         num_rows += len(targets)
         if parts.task.per_token:  # classification and regression score whole rows: counted on the host

@@ -99,7 +99,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
             train_sums, train_s = train_epoch(parts, train, stage, epoch, hooks=hooks, augment=augment,
-                                              report=_progress_reporter(spec, rank, epoch))
+                                              report=_progress_reporter(spec, rank, epoch),
+                                              log_step=_step_logger(parts, spec, rank, epoch, steps))
             val_sums = evaluate(parts, val, augment)
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
                 scheduler.step()
@@ -177,6 +178,30 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
                                         "steps": steps, "rows": rows, "seconds": seconds})
 
     return report
+
+
+def _step_logger(parts: StepParts, spec: WorkerSpec, rank: int, epoch: int, steps: int):
+    """Rank 0's scalars of every ``log_every_steps``-th optimizer step of the stage (training loss,
+    learning rate, loss scale, gradient norm where the stage clips), sent without waiting, for
+    TensorBoard and MLflow; None where there is nothing to send."""
+    every = spec.stage.log_every_steps
+    if rank != 0 or spec.progress is None or not every:
+        return None
+    label = spec.label or spec.stage.name
+
+    def log(step: int, loss: torch.Tensor) -> None:
+        global_step = epoch * steps + step + 1
+        if global_step % every:
+            return
+        scalars = {"train_loss": float(loss), "lr": parts.optimizer.param_groups[0]["lr"]}
+        scaler = getattr(parts.precision, "scaler", None)  # fp16, fp16-master: the loss scale now
+        if scaler is not None:
+            scalars["loss_scale"] = float(scaler.get_scale())
+        if parts.grad_norms:  # the pre-clip norm of this step (read once per epoch otherwise)
+            scalars["grad_norm"] = float(parts.grad_norms[-1])
+        _put_nowait(spec.progress, {"stage": label, "event": "step", "step": global_step, **scalars})
+
+    return log
 
 
 def _put_nowait(progress, message: dict) -> None:

@@ -175,3 +175,27 @@ def test_mlflow_sink_puts_tune_trials_under_their_stage(tmp_path):
     assert best.data.tags["mlflow.parentRunId"] == stage.info.run_id and best.data.tags["rayeffi.best"] == "true"
     assert best.data.params["optimizer.lr"] == "0.2" and best.info.status == "FINISHED"
     assert failed.info.status == "FAILED" and failed.data.metrics["val_accuracy"] == 0.25
+
+
+def test_every_nth_steps_scalars_reach_tensorboard_beside_the_epochs(tmp_path):
+    """``log_every_steps: 2``: the training loss, learning rate and pre-clip gradient norm of steps
+    2, 4, 6, 8 of the stage (4 steps an epoch, 2 epochs; a local-mode run), as ``step/NAME``."""
+    from rayeffi.driver.run import run_recipe
+    from rayeffi.recipe import validate_recipe
+
+    recipe = validate_recipe({
+        "data": {"dataset": "digits", "batch_size": 64, "max_samples": 256, "max_val_samples": 64},
+        "optimizer": {"name": "sgd", "lr": 0.1, "max_grad_norm": 1.0,
+                      "schedule": {"name": "linear", "warmup_steps": 3}},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 2, "log_every_steps": 2}],
+    })
+    summary = run_recipe(recipe, tmp_path / "run", echo=lambda line: None)
+    logdir = tmp_path / "run" / "tensorboard" / "train"
+    losses = _scalars(logdir, "step/train_loss")
+    assert [step for step, _ in losses] == [2, 4, 6, 8] and all(math.isfinite(loss) for _, loss in losses)
+    assert [step for step, _ in _scalars(logdir, "step/grad_norm")] == [2, 4, 6, 8]
+    learning_rates = [lr for _, lr in _scalars(logdir, "step/lr")]
+    assert len(set(learning_rates)) == 4  # the per-step schedule shows step by step
+    assert [epoch for epoch, _ in _scalars(logdir, "train_loss")] == [1, 2]  # the epoch points stay
+    assert len(summary["stages"][0]["history"]) == 2  # and the history holds epochs only
