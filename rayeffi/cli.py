@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the recipe's JSON Schema (for an editor's completion and checks)")
 
+    evaluate = commands.add_parser("evaluate", help="score a finished run's model on other data")
+    evaluate.add_argument("run_dir", help="a run directory holding summary.json")
+    evaluate.add_argument("--data", required=True, help="Parquet file or folder with the training data's columns")
+    evaluate.add_argument("--stage", help="which stage's model (default: the last finished)")
+
     report = commands.add_parser("report", help="plot a run's curves as PNG files and write report/index.html")
     report.add_argument("run_dir", help="a run directory holding summary.json")
 
@@ -336,6 +341,15 @@ def _init(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from rayeffi.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, args.stage)
+    figures = "  ".join(f"{key} {value:.4f}" for key, value in result["metrics"].items())
+    print(f"{result['stage']} on {result['rows']} rows of {result['data']}: {figures}")
+    return 0
+
+
 def _schema(args) -> int:
     from rayeffi.starter import recipe_schema
 
@@ -343,7 +357,7 @@ def _schema(args) -> int:
     return 0
 
 
-COMMANDS = {"init": _init, "schema": _schema, "run": _run, "validate": _validate, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
+COMMANDS = {"init": _init, "schema": _schema, "evaluate": _evaluate, "run": _run, "validate": _validate, "report": _report, "export": _export, "bench": _bench, "submit": _submit}
 
 
 def main(argv: list[str] | None = None) -> int:

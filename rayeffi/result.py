@@ -22,7 +22,7 @@ from rayeffi.errors import UserError
 from rayeffi.models import BUILTIN_MODELS, build_model, check_builder
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.models import StageConfig
-from rayeffi.driver.run import SUMMARY_FILE
+from rayeffi.driver.run_dir import SUMMARY_FILE
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def load_model(run_dir: str | Path, stage: str | None = None, *, model: Callable
     entry = stage_entry(summary, run_dir, stage)
     builder = check_builder(model)
     try:
-        config = _stage_config(summary, entry, builder)
-        network = build_model(config.model, _data_info(entry, config, run_dir))
+        config = stage_config(summary, entry, builder)
+        network = build_model(config.model, stage_data_info(entry, config, run_dir))
     except UserError as exc:
         if builder is not None or _model_name(summary, entry["name"]) in BUILTIN_MODELS:
             raise
@@ -112,7 +112,7 @@ def stage_entry(summary: dict[str, Any], run_dir: Path, stage: str | None) -> di
                     f"{', '.join(entry['name'] for entry in entries)}")
 
 
-def _stage_config(summary: dict[str, Any], entry: dict[str, Any], builder: Any) -> StageConfig:
+def stage_config(summary: dict[str, Any], entry: dict[str, Any], builder: Any) -> StageConfig:
     config = load_recipe(summary["recipe"], builder=builder).stage(entry["name"])
     if entry.get("best_config"):  # a tuned stage: the best trial's sampled keys (model keys among them)
         from rayeffi.stages.tune import stage_variant  # Ray Tune: only for a tuned stage's entry
@@ -126,7 +126,7 @@ def _model_name(summary: dict[str, Any], stage: str) -> str | None:
     return next((s.get("model", {}).get("name") for s in stages if s.get("name") == stage), None)
 
 
-def _data_info(entry: dict[str, Any], config: StageConfig, run_dir: Path) -> DatasetInfo:
+def stage_data_info(entry: dict[str, Any], config: StageConfig, run_dir: Path) -> DatasetInfo:
     if "data_info" in entry:
         info = dict(entry["data_info"])
         info["image_shape"] = tuple(info["image_shape"]) if info["image_shape"] else None
@@ -135,4 +135,4 @@ def _data_info(entry: dict[str, Any], config: StageConfig, run_dir: Path) -> Dat
     return resolve_source(config.data, config.seed, run_dir / "data", config.task).info
 
 
-__all__ = ["Result", "load_model", "read_summary", "stage_entry"]
+__all__ = ["Result", "load_model", "read_summary", "stage_config", "stage_data_info", "stage_entry"]

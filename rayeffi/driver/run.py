@@ -31,7 +31,7 @@ from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
 from rayeffi.recipe.paths import use_import_paths
 from rayeffi.driver.resume import PROGRESS_FILE, plan_resume
-from rayeffi.driver.run_dir import claim_run_dir, environment, parameter_counts
+from rayeffi.driver.run_dir import SUMMARY_FILE, claim_run_dir, environment, parameter_counts
 from rayeffi.stages import Artifact, StageContext, run_stage
 from rayeffi.stages.live import LiveProgress
 from rayeffi.stages.local_run import needs_ray
@@ -43,7 +43,6 @@ from rayeffi.tracking import open_tracker
 from rayeffi.weights.read import FORMATS as WEIGHT_FORMATS
 from rayeffi.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
 
-SUMMARY_FILE = "summary.json"
 
 
 def run_recipe(
@@ -135,6 +134,8 @@ def run_recipe(
             diverged = check_final(previous.metrics)
             if diverged:  # the next stage would start from non-finite weights
                 raise TrainingDiverged(f"stages.{stage.name}: {diverged}")
+        if recipe.stages[-1].data.test_path:
+            summary["test"] = _test(recipe.stages[-1], sources[-1], summary["stages"][-1], out_dir, echo)
         summary["status"] = "complete"
         summary["wall_s"] = round(time.perf_counter() - start, 3)
         summary["environment"]["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -154,6 +155,22 @@ def run_recipe(
         if started_ray:
             _stop_ray()
     return summary
+
+
+def _test(stage: StageConfig, source: DataSource, entry: dict[str, Any], out_dir: Path,
+          echo: Callable[[str], None]) -> dict[str, Any]:
+    """The last stage's model scored once on ``data.test_path`` (``evaluate.py``)."""
+    from rayeffi.evaluate import score
+
+    if entry.get("best_config"):  # a tuned stage: the best trial's model keys
+        from rayeffi.stages.tune import stage_variant
+
+        stage = stage_variant(stage, entry["best_config"])
+    test = score(stage, source.info, entry["checkpoint"], stage.data.test_path, out_dir / "data" / "test",
+                 f"stages.{stage.name}.data.test_path")
+    figures = "  ".join(f"{key} {value:.4f}" for key, value in test["metrics"].items() if key.startswith("test_"))
+    echo(f"[test] {stage.name} on {test['rows']} rows of {test['data']}: {figures}")
+    return {"stage": stage.name, **test}
 
 
 def ended_by(exc: BaseException) -> tuple[str, str | None]:
@@ -205,6 +222,12 @@ def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list
     stage_names = {stage.name for stage in recipe.stages}
     sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
     check_stage_links(recipe.stages, sources)
+    last = recipe.stages[-1]
+    if last.data.test_path:  # scored after the last stage: its columns and shape checked now
+        from rayeffi.evaluate import test_source
+
+        test_source(last, sources[-1].info, last.data.test_path, out_dir / "data" / "test",
+                    f"stages.{last.name}.data.test_path")
     check_address(address)
     if address is None:  # a private Ray gets this machine's GPUs: check in seconds, before it starts
         check_gpus(recipe, _joined_ray_resources() if ray_is_initialized() else local_resources())

@@ -20,7 +20,8 @@ from typing import Any
 
 from rayeffi.errors import UserError
 
-RUN_OUTPUTS = ("summary.json", "progress.jsonl", "stages", "ray", "tensorboard", "report")
+SUMMARY_FILE = "summary.json"
+RUN_OUTPUTS = (SUMMARY_FILE, "progress.jsonl", "stages", "ray", "tensorboard", "report")
 """What a run writes into its directory (``data/`` is left: the Python API writes its datasets there first)."""
 
 

@@ -64,7 +64,7 @@ def resolve_paths(recipe: Recipe, folders: tuple[str, ...]) -> Recipe:
     names = {stage.name for stage in recipe.stages}
     stages = tuple(resolve_stage_paths(stage, folders, names) for stage in recipe.stages)
     data_update = {}
-    for key in ("path", "val_path"):
+    for key in ("path", "val_path", "test_path"):
         value = getattr(recipe.data, key)
         with contextlib.suppress(UserError):  # only the stages' copies are read: they say what is missing
             data_update[key] = value and find_path(value, folders, f"data.{key}")

@@ -49,7 +49,7 @@ def resolve_stage_paths(stage: Any, folders: tuple[str, ...], stage_names: set[s
     data = stage.data
     update: dict[str, Any] = {}
     data_update = {name: find_path(getattr(data, name), folders, f"{key}.data.{name}")
-                   for name in ("path", "val_path") if getattr(data, name) is not None}
+                   for name in ("path", "val_path", "test_path") if getattr(data, name) is not None}
     if data_update:
         update["data"] = data.model_copy(update=data_update)
     init_from = _resolved_init_from(stage.init_from, folders, f"{key}.init_from", stage_names)

@@ -142,6 +142,10 @@ class DataConfig(Section):
     """Parquet file or directory with the training rows (``dataset: parquet`` only)."""
     val_path: str | None = None
     """Parquet held-out rows; without it ``val_fraction`` of ``path`` is held out."""
+    test_path: str | None = None
+    """Parquet held-out test rows (any dataset, with the training data's columns): after the last
+    stage, its model is scored on them once (``test_loss``, ``test_accuracy``, ...: ``summary.json``'s
+    ``test``); never seen in training or in choosing a Tune trial."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     feature_column: str | None = None
     """A fixed-size list (or list) column of floats; for per-token tasks a ``list<int>``

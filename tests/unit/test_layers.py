@@ -22,7 +22,7 @@ LAYERS = [  # lowest first; a module belongs to the first entry its dotted name 
     ("parameter-server actors", ("rayeffi.param_server",)),
     ("stages", ("rayeffi.stages",)),
     ("entry points", ("rayeffi.api", "rayeffi.result", "rayeffi.driver", "rayeffi.submit", "rayeffi.cli", "rayeffi.__main__",
-                      "rayeffi.starter",
+                      "rayeffi.starter", "rayeffi.evaluate",
                       "rayeffi.bench", "rayeffi.report", "rayeffi.tracking",
                       "rayeffi")),
 ]
