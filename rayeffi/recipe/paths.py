@@ -102,9 +102,9 @@ def worker_python_path(folders: tuple[str, ...]) -> str:
     """``PYTHONPATH`` for Ray's workers: ``folders``, then, for those inside the current folder,
     the same folder relative to it (the form a ``rayeffi submit`` job's workers find on every
     node: their working directory is the job's unpacked working directory), then the
-    ``PYTHONPATH`` this process has."""
+    ``PYTHONPATH`` each node's Ray already gives its workers (``${PYTHONPATH}``: Ray's runtime
+    environment expands it on the node, so a cluster's own setting is kept, not replaced)."""
     here = Path.cwd()
     relative = [os.path.relpath(folder, here) for folder in folders
                 if Path(folder) != here and Path(folder).is_relative_to(here)]
-    inherited = os.environ.get("PYTHONPATH")
-    return os.pathsep.join([*folders, *relative, *([inherited] if inherited else [])])
+    return os.pathsep.join([*folders, *relative, "${PYTHONPATH}"])

@@ -133,5 +133,6 @@ def test_folders_and_the_workers_python_path(recipe_dir, monkeypatch):
     folders = recipe_folders("project/recipe.yaml")
     assert folders == (str(recipe_dir), str(recipe_dir.parent))
     assert recipe_folders(recipe_dir / "recipe.yaml") == folders
-    # absolute first; the recipe's folder relative to the current one (a submitted job's workers); the inherited path
-    assert worker_python_path(folders).split(os.pathsep) == [*folders, "project", "/inherited"]
+    # absolute first; the recipe's folder relative to the current one (a submitted job's workers); then what the
+    # node's Ray gives its workers, expanded there (a joined cluster's own PYTHONPATH is kept, not replaced)
+    assert worker_python_path(folders).split(os.pathsep) == [*folders, "project", "${PYTHONPATH}"]
