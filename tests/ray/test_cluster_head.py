@@ -61,5 +61,5 @@ def test_a_failing_job_makes_submit_exit_nonzero(head, tmp_path):
     done = _submit(head, "recipe.yaml", "--out", str(tmp_path / "run"), "--wait", cwd=tmp_path)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "left out (17.0 MiB, over 16.0 MiB; put it on shared storage): data/train.parquet" in done.stdout
-    assert "error: data.path" in done.stdout  # the driver's own one-line error, from the job's log
+    assert "data.path: data/train.parquet is not there" in done.stdout  # the driver's own one-line error, from the job's log
     assert ": FAILED" in done.stdout.splitlines()[-1]
