@@ -37,9 +37,10 @@ ASYNC_FLOOR = 0.9  # asynchronous SGD with stale gradients: a lower floor
 ON_RAY = {("dsd", "dsd")}  # (example, stage): data-parallel stages that run on Ray Train here all the same
 
 
-def local_overrides(name: str) -> list[str]:
-    """The overrides that run an example's plain data-parallel stages in local mode."""
-    recipe = load_recipe(EXAMPLES[name], smoke=True)
+def local_overrides(name: str, given: list[str] = ()) -> list[str]:
+    """The overrides that run an example's plain data-parallel stages in local mode (after ``given``:
+    the recipe's files must exist when it is read)."""
+    recipe = load_recipe(EXAMPLES[name], list(given), smoke=True)
     return [f"stages.{stage.name}.scaling.num_workers=0" for stage in recipe.stages
             if stage.parallel.strategy == "data_parallel" and (name, stage.name) not in ON_RAY]
 
@@ -51,14 +52,15 @@ def smoke_run(tmp_path_factory):
     def run(name: str) -> tuple[Path, dict]:
         if name not in runs:
             out = tmp_path_factory.mktemp(name)
-            overrides = local_overrides(name)
+            overrides = []
+            if name == "images_folder":  # its folder of PNGs, written as the example says
+                root = write_mnist_folder(out / "mnist_png", max_per_split=600)
+                overrides += [f"data.path={root / 'train'}", f"data.val_path={root / 'val'}"]
+            overrides += local_overrides(name, overrides)
             if name == "mnist_cnn":  # its tiles on a 1x2 grid: 2 workers start where 4 would (a 2x2 tile
                 # grid's numerics: tests/unit/test_intra_layer_gloo.py; a 4-worker mesh on Ray:
                 # tests/ray/test_intra_layer_stage.py)
                 overrides += ["stages.tiles.parallel.grid=[1, 2]", "stages.tiles.scaling.num_workers=2"]
-            if name == "images_folder":  # its folder of PNGs, written as the example says
-                root = write_mnist_folder(out / "mnist_png", max_per_split=600)
-                overrides += [f"data.path={root / 'train'}", f"data.val_path={root / 'val'}"]
             runs[name] = out, run_recipe(load_recipe(EXAMPLES[name], overrides, smoke=True), out)
         return runs[name]
 
@@ -83,7 +85,7 @@ def test_example_runs_at_smoke_size(name, smoke_run):
     if name.startswith("hf_"):
         pytest.importorskip("transformers", reason="the Hugging Face examples need transformers (the test extra)")
     _, summary = smoke_run(name)
-    recipe = load_recipe(EXAMPLES[name], smoke=True)
+    recipe = load_recipe(summary["recipe"])  # as it ran: smoke-sized, its paths resolved
     assert summary["status"] == "complete"
     assert [s["name"] for s in summary["stages"]] == [s.name for s in recipe.stages]
     for stage in summary["stages"]:
