@@ -119,6 +119,7 @@ def run_recipe(
             result = run_stage(stage, context)
             result.extra["restarts"] = progress.restarts(stage.name)
             result.extra["data_info"] = dataclasses.asdict(source.info)  # what rayeffi.load_model builds with
+            result.extra["data_columns"] = source.columns(extra=False).columns  # the user's columns it read
             result.extra.update(parameter_counts(result.artifact.checkpoint))
             if stage.name in progress.devices:  # where each worker computed (a GPU fallback shows here)
                 result.extra["devices"] = progress.devices[stage.name]

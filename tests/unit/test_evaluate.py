@@ -51,6 +51,8 @@ def test_the_test_split_is_scored_once_after_the_last_stage(finished_run):
     # the held-out rows are the validation rows here: the same figure the stage's last epoch reported
     assert test["metrics"]["test_accuracy"] == pytest.approx(summary["stages"][0]["metrics"]["val_accuracy"], abs=1e-6)
     assert json.loads((out / "summary.json").read_text())["test"] == test
+    stage = summary["stages"][0]
+    assert stage["data_columns"] == ["features", "label"] and stage["data_info"]["num_train"] == 1437
 
 
 def test_evaluate_scores_a_finished_run_on_other_data(finished_run, tmp_path, capsys):
