@@ -281,6 +281,21 @@ def test_python_api_trains_on_ray_datasets_the_user_has(tmp_path):
     stage = result.stages["train"]
     assert stage["data_info"]["num_train"] == train.num_rows and stage["data_info"]["num_val"] == val.num_rows
 
+    # the same digits as a table as it is (64 scalar pixel columns, an integer label): only the label is named
+    as_columns = [pa.table({**{f"px{i}": pc.list_element(table["pixels"], i) for i in range(64)},
+                            "digit": table["digit"]}) for table in (train, val)]
+    columns = rayeffi.run({
+        "data": {"label_column": "digit", "batch_size": 64},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "scaling": {"num_workers": 0},
+        "stages": [{"name": "train", "kind": "train", "epochs": 2}],
+    }, out=tmp_path / "columns", datasets={"train": ray.data.from_arrow(as_columns[0]),
+                                           "val": ray.data.from_arrow(as_columns[1])})
+    assert columns.stages["train"]["data_info"] == stage["data_info"]
+    keys = ("train_loss", "val_loss", "val_accuracy")
+    figures = [[{key: row[key] for key in keys} for row in run.stages["train"]["history"]] for run in (result, columns)]
+    assert figures[0] == figures[1]  # the same numbers, step for step
+
 
 def test_python_api_transforms_the_ray_datasets_the_user_has(tmp_path, monkeypatch):
     """``datasets=`` composes with ``data.transform``: the text the user's Ray Datasets hold is
@@ -370,17 +385,3 @@ def test_local_mode_in_process_equals_ray_trains_local_mode(tmp_path, data):
     assert set(local_entry) == set(ray_entry)  # the summary entry has the same shape
 
 
-    # the same digits as a table as it is (64 scalar pixel columns, an integer label): only the label is named
-    as_columns = [pa.table({**{f"px{i}": pc.list_element(table["pixels"], i) for i in range(64)},
-                            "digit": table["digit"]}) for table in (train, val)]
-    columns = rayeffi.run({
-        "data": {"label_column": "digit", "batch_size": 64},
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-        "scaling": {"num_workers": 0},
-        "stages": [{"name": "train", "kind": "train", "epochs": 2}],
-    }, out=tmp_path / "columns", datasets={"train": ray.data.from_arrow(as_columns[0]),
-                                           "val": ray.data.from_arrow(as_columns[1])})
-    assert columns.stages["train"]["data_info"] == stage["data_info"]
-    keys = ("train_loss", "val_loss", "val_accuracy")
-    figures = [[{key: row[key] for key in keys} for row in run.stages["train"]["history"]] for run in (result, columns)]
-    assert figures[0] == figures[1]  # the same numbers, step for step
