@@ -284,8 +284,8 @@ def resolve_function(path: str, key: str) -> Callable:
     module_name, _, function_name = path.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name, None)
-    except ImportError as exc:
-        raise UserError(f"{key} {path}: cannot import {module_name!r} ({exc}): "
+    except Exception as exc:  # ImportError, or the module's own code raising as it runs
+        raise UserError(f"{key} {path}: cannot import {module_name!r} ({type(exc).__name__}: {exc}): "
                         "put it beside the recipe, in the current folder or on PYTHONPATH") from None
     if not callable(function):
         raise UserError(f"{key} {path}: {module_name} has no function {function_name!r}")

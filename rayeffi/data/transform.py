@@ -13,7 +13,6 @@ the files. Why on the driver and not in Ray Data's ``map_batches``: docs/archite
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import os
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 from rayeffi.data.checks import open_parquet
 from rayeffi.errors import UserError
 from rayeffi.recipe.sections import DataConfig, TaskConfig
+from rayeffi.task import resolve_function
 
 BATCH_ROWS = 1024
 """Rows the transform sees at a time (the last batch of a file may be shorter)."""
@@ -41,16 +41,7 @@ DONE_FILE = "done.json"
 
 def resolve_transform(path: str) -> Callable[[pa.Table], Any]:
     """``package.module:function`` -> the function; one-line ``UserError`` otherwise."""
-    module_name, _, function_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or the module's own code raising as it runs
-        raise UserError(f"data.transform {path}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); "
-                        "put the module beside the recipe, in the current folder or on PYTHONPATH") from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise UserError(f"data.transform {path}: {module_name} has no function {function_name!r}")
-    return function
+    return resolve_function(path, "data.transform")
 
 
 def apply_transform(function: Callable[[pa.Table], Any], batch: pa.Table, name: str, where: str) -> pa.Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 from typing import TYPE_CHECKING, Callable
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from rayeffi.data.info import DatasetInfo
 from rayeffi.errors import UserError
-from rayeffi.task import CLASSIFICATION, Task
+from rayeffi.task import CLASSIFICATION, Task, resolve_function
 from rayeffi.models.contract import attach_input_cast, dry_run
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.lm import TransformerLM
@@ -118,16 +117,8 @@ def check_builder(builder: object) -> Callable[..., nn.Module] | None:
 
 
 def resolve_user_model(path: str) -> Callable[..., nn.Module]:
-    module_name, _, function_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"model.name {path}: cannot import {module_name!r} ({exc}): "
-                        "put it beside the recipe, in the current folder or on PYTHONPATH") from None
-    factory = getattr(module, function_name, None)
-    if not callable(factory):
-        raise UserError(f"model.name {path}: {module_name} has no function {function_name!r}")
-    return factory
+    """``model.name``'s ``package.module:function`` -> the builder (``task.resolve_function``)."""
+    return resolve_function(path, "model.name")
 
 
 __all__ = ["BUILTIN_MODELS", "ConvNet", "MLP", "TransformerLM", "build_model", "check_builder", "check_model", "dry_run", "resolve_user_model"]
