@@ -13,6 +13,7 @@ import copy
 from typing import Any, Callable
 
 from rayeffi.recipe.sections import BUILTIN_MODELS, DataConfig, ModelConfig, PrecisionConfig, TaskConfig
+from rayeffi.recipe.stage import StageConfig
 from rayeffi.recipe.step_options import OptimizerConfig
 from rayeffi.techniques.dsd.config import DsdRound
 
@@ -80,7 +81,7 @@ def _defaults() -> Config:
                 "precision": PrecisionConfig()}
     return {**{name: section.model_dump(mode="json") for name, section in sections.items()},
             "init_from": None, "tune": None, "early_stop": None, "eval_every_steps": None,
-            "checkpoint_every_steps": None, "log_every_steps": 50, "techniques": [], "epochs": None,
+            "checkpoint_every_steps": None, "log_every_steps": StageConfig.model_fields["log_every_steps"].default, "techniques": [], "epochs": None,
             "dsd": {"rounds": {"*": DsdRound(sparsity=0.5).model_dump(mode="json")}}}
 
 
