@@ -318,6 +318,9 @@ PRECISIONS: dict[str, type[Precision]] = {"fp32": FP32, "bf16": BF16, "fp16": FP
 
 def build_precision(config: Any) -> Precision:
     """The policy a recipe's ``precision`` names (a ``PrecisionConfig`` or a policy name)."""
+    if getattr(config, "policy", config) == "auto":
+        raise ValueError("precision auto is resolved by the driver before the stage starts "
+                         "(driver/precision_check.py): name a policy (fp32, bf16, fp16, fp16-master) here")
     if isinstance(config, str):
         return PRECISIONS[config]()
     return PRECISIONS[config.policy](**config.scaler_options())
