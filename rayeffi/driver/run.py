@@ -42,6 +42,7 @@ from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
 from rayeffi.weights.read import FORMATS as WEIGHT_FORMATS
 from rayeffi.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
+from rayeffi.precision.recurrent import run_lstms_in_fp32
 from rayeffi.driver.precision_check import PrecisionChoice, check_precision, with_policy
 
 SUMMARY_FILE = "summary.json"
@@ -359,6 +360,7 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> PrecisionCh
     def autocast_for(model):
         if dtype is None:
             return contextlib.nullcontext()
+        run_lstms_in_fp32(model)  # as the policies run them on a CPU worker
         return reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))
 
     task = build_task(stage.task)
