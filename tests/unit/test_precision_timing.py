@@ -111,12 +111,24 @@ stages:
 """
 
 
-@pytest.mark.parametrize("ratio, picked", [(0.5, "bf16"), (2.0, "fp32")])
+DIGITS_RECIPE = """
+name: auto
+seed: 0
+data: {dataset: digits, batch_size: 64}
+model: {name: mlp, hidden_sizes: [32]}
+precision: auto
+scaling: {num_workers: 0}
+stages:
+  - {name: pretrain, kind: train, epochs: 1}
+"""
+
+
+@pytest.mark.parametrize("ratio, picked", [(0.5, "bf16")])  # fp32's pick: test_validate_says_what_auto_picked
 def test_auto_is_decided_once_on_the_driver_runs_and_is_recorded(tmp_path, monkeypatch, capsys, ratio, picked):
     monkeypatch.setattr(precision_check, "time_stage_step", _fake_timing(ratio))
     recipe = tmp_path / "auto.yaml"
-    recipe.write_text(TEXT_RECIPE.replace("PRECISION", "auto"))
-    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--smoke"]) == 0
+    recipe.write_text(DIGITS_RECIPE)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"[pretrain] precision auto: {picked} (bf16 {10 * ratio:.1f} ms a step against fp32 10.0 ms" in out
     assert "warning:" not in out  # auto never warns: it picked the faster policy
@@ -137,6 +149,16 @@ def test_validate_warns_once_with_both_times_when_bf16_is_slower(tmp_path, monke
     assert warnings == ["warning: stages.pretrain.precision: bf16 is slower than fp32 on this cpu: 20.0 ms a step "
                         "against 10.0 ms (2.00x, 16 rows): set stages.pretrain.precision=fp32 (or auto, which "
                         "picks the faster policy)"]
+
+
+def test_validate_says_what_auto_picked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(precision_check, "time_stage_step", _fake_timing(1.0))
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(TEXT_RECIPE.replace("PRECISION", "auto"))
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "[pretrain] precision auto: fp32 (bf16 10.0 ms a step against fp32 10.0 ms (1.00x) on cpu" in out
+    assert "warning:" not in out
 
 
 def test_an_fp32_stage_is_not_timed(tmp_path, monkeypatch, capsys):
