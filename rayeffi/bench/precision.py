@@ -2,10 +2,13 @@
 
 On CPUs (this file); ``--device cuda`` runs every policy on a GPU with MFU (``precision_gpu.py``).
 
-Two workloads, both measured in the same run: a wide MLP (1024-2048-2048-10, batch
-256) and the small CNN (``rayeffi.models.ConvNet``, 28x28 single-channel images,
-channels 16-32, batch 256). Each policy trains with rayeffi's own ``train_step`` (SGD
-with momentum, random data): step time is the median over timed steps after warm-up,
+One workload per model family, all measured in the same run: a wide MLP
+(1024-2048-2048-10, batch 256), the small CNN (``rayeffi.models.ConvNet``, 28x28
+single-channel images, channels 16-32, batch 256), the ``lm`` transformer language model
+and the ``lstm_lm`` LSTM language model (d_model 64, 2 layers, 32 sequences of 64 bytes,
+256 symbols: ``examples/language_model.yaml``'s size on one of its two workers). Each
+policy trains with rayeffi's own ``train_step`` (SGD with momentum, random data): step
+time is the median over timed steps after warm-up,
 and the policies alternate for ``rounds`` rounds so drifting machine load hits both;
 the figure printed is the median over rounds.
 
@@ -32,7 +35,9 @@ from rayeffi.models.convnet import ConvNet
 from rayeffi.models.mlp import MLP
 from rayeffi.parallel import DataParallel
 from rayeffi.precision import PRECISIONS, Precision
-from rayeffi.task import task_loss
+from rayeffi.models.lm import TransformerLM
+from rayeffi.models.lstm_lm import LSTMLM
+from rayeffi.task import CLASSIFICATION, LanguageModeling, Task
 from rayeffi.worker.build import assemble
 from rayeffi.worker.step import StepParts, train_step
 
@@ -40,16 +45,28 @@ POLICIES = ("fp32", "bf16")
 BATCH = 256
 
 
+LM_VOCAB, LM_SEQ_LEN, LM_BATCH = 256, 64, 32
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
     build: Callable[[], nn.Module]
     num_features: int
+    token_ids: bool = False
+    """Language models: ``[LM_BATCH, LM_SEQ_LEN]`` token ids in, the next tokens as targets."""
+
+    @property
+    def task(self) -> Task:
+        return LanguageModeling() if self.token_ids else CLASSIFICATION
 
 
 WORKLOADS = (
     Workload("MLP 1024-2048-2048-10", lambda: MLP(1024, 10, (2048, 2048)), 1024),
     Workload("CNN 1x28x28, conv 16-32, fc 64", lambda: ConvNet((1, 28, 28), 10, (16, 32)), 28 * 28),
+    Workload("LM transformer d64 x2, 32x64 tokens", lambda: TransformerLM(LM_VOCAB, LM_SEQ_LEN, 64, 2, 4),
+             LM_SEQ_LEN, token_ids=True),
+    Workload("LSTM LM d64 x2, 32x64 tokens", lambda: LSTMLM(LM_VOCAB, 64, 2), LM_SEQ_LEN, token_ids=True),
 )
 
 
@@ -57,11 +74,14 @@ def _parts(workload: Workload, policy: str, device: torch.device) -> StepParts:
     torch.manual_seed(0)
     precision: Precision = PRECISIONS[policy]()
     return assemble(workload.build(), DataParallel(device=device), precision,
-                    lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
+                    lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), task=workload.task)
 
 
 def _batch(workload: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
+    if workload.token_ids:
+        tokens = torch.randint(0, LM_VOCAB, (LM_BATCH, LM_SEQ_LEN + 1), generator=generator)
+        return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
     inputs = torch.rand(BATCH, workload.num_features, generator=generator)
     return inputs.to(device), torch.randint(0, 10, (BATCH,), generator=generator).to(device)
 
@@ -102,7 +122,7 @@ def saved_bytes(parts: StepParts, inputs: torch.Tensor, targets: torch.Tensor) -
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         with parts.precision.autocast():
-            loss = task_loss(parts.model(inputs), targets)
+            loss = parts.task.loss(parts.model(inputs), targets)
     del loss
     return sum(activations.values()), sum(weight_copies.values())
 
@@ -132,7 +152,8 @@ def run(args) -> None:
         return run_gpu(args.quick)
     device = torch.device("cpu")
     rounds, steps = (1, 5) if args.quick else (3, 20)
-    print(f"device: {device} ({torch.get_num_threads()} torch threads), batch {BATCH}, SGD momentum 0.9, "
+    print(f"device: {device} ({torch.get_num_threads()} torch threads), batch {BATCH} ({LM_BATCH} sequences of "
+          f"{LM_SEQ_LEN} tokens for the language models), SGD momentum 0.9, "
           f"median of {steps} steps, median of {rounds} alternating rounds")
     print("memory: bytes saved for backward over one forward + loss (torch.autograd.graph.saved_tensors_hooks, "
           "parameters excluded); autocast's low-precision weight copies listed apart")
@@ -145,7 +166,8 @@ def run(args) -> None:
             print(f"{workload.name:34s} {policy:6s} {row['ms']:9.1f} {row['activation_mib']:15.2f} "
                   f"{row['weight_copy_mib']:18.2f}   (rounds: {rounds_text})")
         fp32, bf16 = results["fp32"], results["bf16"]
-        print(f"{workload.name:34s} bf16 speed-up {fp32['ms'] / bf16['ms']:.2f}x, "
+        print(f"{workload.name:34s} bf16 speed-up {fp32['ms'] / bf16['ms']:.2f}x "
+              f"(bf16/fp32 step time {bf16['ms'] / fp32['ms']:.2f}), "
               f"activation memory bf16/fp32 {bf16['activation_mib'] / fp32['activation_mib']:.2f}x")
     print("fp16: not timed on CPU (no fast FP16 kernels; a 4096x4096 FP16 matmul took 507 s here): "
           "time it on a GPU")

@@ -42,6 +42,8 @@ from rayeffi.techniques import TECHNIQUES
 from rayeffi.tracking import open_tracker
 from rayeffi.weights.read import FORMATS as WEIGHT_FORMATS
 from rayeffi.precision import fp32_layers, needs_onednn_off, reduced_precision_autocast
+from rayeffi.precision.recurrent import run_lstms_in_fp32
+from rayeffi.driver.precision_check import PrecisionChoice, check_precision, with_policy
 
 
 
@@ -69,7 +71,10 @@ def run_recipe(
         # progress within epochs: redrawn in place on a terminal, bounded plain lines elsewhere
         live = LiveProgress(lambda text: (stream.write(text), stream.flush()), terminal=stream.isatty())
     out_dir = Path(out_dir).absolute()
-    sources = preflight(recipe, out_dir, address)
+    choices: dict[str, PrecisionChoice] = {}
+    sources = preflight(recipe, out_dir, address, choices)
+    stages = [with_policy(stage, choices[stage.name].policy) if stage.precision.policy == "auto" else stage
+              for stage in recipe.stages]  # auto decided once, here: every worker runs the same policy
     claim_run_dir(out_dir, resume=resume, overwrite=overwrite)  # after the checks: a bad recipe replaces nothing
     plan = plan_resume(recipe, out_dir, storage) if resume else None
     storage = plan.storage if plan else resolve_storage(storage, out_dir)
@@ -84,13 +89,16 @@ def run_recipe(
                         in_process=not uses_ray)
     summary: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "status": "running",
                                "storage": storage, "environment": environment(Path(recipe.folders[0])), "stages": []}
+    timed = {name: choice.as_dict() for name, choice in choices.items() if choice.requested != "fp32"}
+    if timed:
+        summary["precision"] = timed
     if plan:
         summary["resumes"] = plan.resumes
     start = time.perf_counter()
     previous = None
     artifacts = {}
     try:
-        for stage, source in zip(recipe.stages, sources):
+        for stage, source in zip(stages, sources):
             if plan and stage.name in plan.completed:  # --resume: done before the driver died
                 entry = plan.completed[stage.name]
                 previous = artifacts[stage.name] = Artifact(entry["checkpoint"], entry["metrics"])
@@ -210,18 +218,20 @@ def _stop_ray() -> None:
     ray.shutdown()
 
 
-def preflight(recipe: Recipe, out_dir: Path, address: str | None = None) -> list[DataSource]:
+def preflight(recipe: Recipe, out_dir: Path, address: str | None = None,
+              choices: dict[str, PrecisionChoice] | None = None) -> list[DataSource]:
     """Every check a run makes before Ray starts; returns each stage's data source.
 
     ``run_recipe`` and ``rayeffi validate`` both call this, so validate passes exactly what
     run would start: each stage (:func:`check_stage`), the links between stages, the
     address, and, without an address, the GPUs the stages ask for against this machine (or
     the Ray this process already joined). With an address, the caller checks the cluster's
-    GPUs with :func:`check_gpus` once it has joined it.
+    GPUs with :func:`check_gpus` once it has joined it. ``choices`` receives each stage's
+    precision check (``driver/precision_check.py``): the policy ``auto`` resolved to, the times.
     """
     use_import_paths(recipe.folders)  # the recipe's modules import with no PYTHONPATH (recipe/paths.py)
     stage_names = {stage.name for stage in recipe.stages}
-    sources = [check_stage(stage, out_dir, stage_names) for stage in recipe.stages]
+    sources = [check_stage(stage, out_dir, stage_names, choices) for stage in recipe.stages]
     check_stage_links(recipe.stages, sources)
     last = recipe.stages[-1]
     if last.data.test_path:  # scored after the last stage: its columns and shape checked now
@@ -246,7 +256,8 @@ def local_resources() -> dict[str, float]:
     return {"GPU": float(torch.cuda.device_count())}
 
 
-def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> DataSource:
+def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str],
+                choices: dict[str, PrecisionChoice] | None = None) -> DataSource:
     if stage.tune is not None:
         from rayeffi.stages.tune import check_search_space  # Ray Tune: only for a stage that uses it
 
@@ -266,7 +277,9 @@ def check_stage(stage: StageConfig, out_dir: Path, stage_names: set[str]) -> Dat
     if augment.mean is not None and len(augment.mean) != source.info.image_shape[0]:
         raise UserError(f"stages.{stage.name}.data.augment.mean has {len(augment.mean)} values but the images have "
                         f"{source.info.image_shape[0]} channels: give one mean and std per channel")
-    _check_model_contract(stage, source)
+    choice = _check_model_contract(stage, source)
+    if choices is not None:
+        choices[stage.name] = choice
     _check_step_options(stage, source)
     _check_weight_files(stage, source, links)
     if stage.parallel.strategy in STRATEGY_CHECKS:
@@ -359,25 +372,33 @@ def _check_step_options(stage: StageConfig, source: DataSource) -> None:
                             f"use fewer warm-up steps or more epochs")
 
 
-def _check_model_contract(stage: StageConfig, source: DataSource) -> None:
+def _check_model_contract(stage: StageConfig, source: DataSource) -> PrecisionChoice:
     """Build the model and run 2 real rows forward and backward in the stage's precision, with the
     named inputs the data carry (the forward takes every ``data.inputs`` argument; none reaches a
-    one-tensor strategy)."""
+    one-tensor strategy); then, for a reduced or ``auto`` precision, time a worker's batch in it
+    against FP32 (``driver/precision_check.py``)."""
     policy = stage.precision.policy
+    # auto: the dry forward runs in FP32; the timing then tries the reduced policy
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16-master": torch.float16}.get(policy)
 
     def autocast_for(model):
         if dtype is None:
             return contextlib.nullcontext()
+        run_lstms_in_fp32(model)  # as the policies run them on a CPU worker
         return reduced_precision_autocast("cpu", dtype, needs_onednn_off(model, "cpu"))
 
-    model = check_model(stage.model, source.info, sample_rows(source), autocast_for, build_task(stage.task))
+    task = build_task(stage.task)
+    model = check_model(stage.model, source.info, sample_rows(source), autocast_for, task)
     layout = source.columns(extra=False)
     check_named_inputs(model, stage.model.name, stage.data.inputs, [name.removeprefix(INPUT_PREFIX) for name in
                                                                     layout.input_columns], stage.parallel.strategy)
     if dtype is not None and fp32_layers(model):
         layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
         print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)
+    if policy == "fp32":  # nothing to compare: no time spent
+        return PrecisionChoice(policy, policy, None)
+    rows = sample_rows(source, stage.data_layout.rows_per_read)  # one worker's batch
+    return check_precision(stage, source.info, rows, task, echo=lambda line: print(line, flush=True))
 
 
 def check_gpus(recipe: Recipe, cluster_resources: dict[str, float]) -> None:

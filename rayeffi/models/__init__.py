@@ -15,6 +15,7 @@ from rayeffi.task import CLASSIFICATION, Task, resolve_function
 from rayeffi.models.contract import attach_input_cast, dry_run
 from rayeffi.models.convnet import ConvNet
 from rayeffi.models.lm import TransformerLM
+from rayeffi.models.lstm_lm import LSTMLM
 from rayeffi.models.mlp import MLP
 
 if TYPE_CHECKING:
@@ -40,7 +41,15 @@ def _lm(config: ModelConfig, info: DatasetInfo) -> nn.Module:
                          config.dropout)
 
 
-BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {"mlp": _mlp, "cnn": _cnn, "lm": _lm}
+def _lstm_lm(config: ModelConfig, info: DatasetInfo) -> nn.Module:
+    if info.vocab_size is None:
+        raise UserError("model 'lstm_lm' is a language model: set task: language_modeling and give token sequences "
+                        "(data.dataset: text, or Parquet with a list<int> column)")
+    return LSTMLM(info.vocab_size, config.d_model, config.num_layers, config.dropout)
+
+
+BUILTIN_MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
+    "mlp": _mlp, "cnn": _cnn, "lm": _lm, "lstm_lm": _lstm_lm}
 
 
 def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:

@@ -18,7 +18,8 @@ after the update   -         -               -               masters -> FP16
 =================  ========  ==============  ==============  ===================
 
 Layers autocast leaves in FP32 (:func:`fp32_layers`): a GRU always; an LSTM on CPUs,
-where it runs with oneDNN off (oneDNN has no FP16/BF16 LSTM there). The driver prints
+where oneDNN has no FP16/BF16 LSTM: the policies run it with autocast off on FP32 inputs
+(``precision/recurrent.py``), so oneDNN's FP32 kernel computes it. The driver prints
 them before a bf16/fp16 stage starts.
 
 Autocast keeps its own FP32 list (softmax, norms, reductions) on GPUs; the task loss
@@ -51,6 +52,7 @@ from rayeffi.precision.master_weights import (
     masters_to_model_,
     point_optimizer_at_masters_,
 )
+from rayeffi.precision.recurrent import run_lstms_in_fp32, runs_in_fp32
 from rayeffi.precision.telemetry import PrecisionTelemetry
 
 
@@ -112,9 +114,10 @@ def _device_type(model: nn.Module) -> str:
 
 def needs_onednn_off(model: nn.Module, device_type: str) -> bool:
     """On CPUs oneDNN has no FP16/BF16 LSTM kernel ("could not create a primitive descriptor
-    for the LSTM forward propagation primitive"): an LSTM model runs its autocast with oneDNN
-    off, where torch's own LSTM computes in FP32 (see :func:`fp32_layers`)."""
-    return device_type == "cpu" and any(isinstance(m, nn.LSTM) for m in model.modules())
+    for the LSTM forward propagation primitive"): an LSTM not set to run in FP32
+    (:func:`rayeffi.precision.recurrent.run_lstms_in_fp32`, which the policies call) makes
+    the whole autocast run with oneDNN off, where torch's own LSTM computes in FP32."""
+    return device_type == "cpu" and any(isinstance(m, nn.LSTM) and not runs_in_fp32(m) for m in model.modules())
 
 
 def reduced_precision_autocast(device_type: str, dtype: torch.dtype, onednn_off: bool) -> contextlib.ExitStack:
@@ -154,6 +157,8 @@ class BF16(Precision):
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
+        if self.device_type == "cpu":
+            run_lstms_in_fp32(model)
         self.onednn_off = needs_onednn_off(model, self.device_type)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -214,6 +219,8 @@ class FP16(Precision):
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.device_type = _device_type(model)
+        if self.device_type == "cpu":
+            run_lstms_in_fp32(model)
         self.onednn_off = needs_onednn_off(model, self.device_type)
         self.scaler = grad_scaler(self.device_type, **self.scaler_options)
 
@@ -318,6 +325,9 @@ PRECISIONS: dict[str, type[Precision]] = {"fp32": FP32, "bf16": BF16, "fp16": FP
 
 def build_precision(config: Any) -> Precision:
     """The policy a recipe's ``precision`` names (a ``PrecisionConfig`` or a policy name)."""
+    if getattr(config, "policy", config) == "auto":
+        raise ValueError("precision auto is resolved by the driver before the stage starts "
+                         "(driver/precision_check.py): name a policy (fp32, bf16, fp16, fp16-master) here")
     if isinstance(config, str):
         return PRECISIONS[config]()
     return PRECISIONS[config.policy](**config.scaler_options())

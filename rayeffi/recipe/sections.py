@@ -260,7 +260,7 @@ class DataConfig(Section):
         return self
 
 
-BUILTIN_MODELS = ("mlp", "cnn", "lm")
+BUILTIN_MODELS = ("mlp", "cnn", "lm", "lstm_lm")
 
 
 def qualified_name(builder: Any) -> str:
@@ -275,7 +275,7 @@ class ModelConfig(Section):
 
     name: str = "mlp"
     """``mlp``, ``cnn``, ``lm`` (a decoder-only transformer language model, ``models/lm.py``),
-    or ``package.module:function`` returning an ``nn.Module`` (called with ``num_features``,
+    ``lstm_lm`` (a character-level LSTM language model, ``models/lstm_lm.py``), or ``package.module:function`` returning an ``nn.Module`` (called with ``num_features``,
     ``num_classes``, ``image_shape`` and ``kwargs``; per-token tasks add ``vocab_size``, and
     ``num_features`` is then ``seq_len``)."""
     hidden_sizes: tuple[PositiveInt, ...] = (128, 64)
@@ -283,9 +283,9 @@ class ModelConfig(Section):
     channels: tuple[PositiveInt, ...] = (16, 32)
     """CNN convolution channels, one 3x3 conv layer each."""
     d_model: PositiveInt = 64
-    """``lm``: width of the token representations."""
+    """``lm``, ``lstm_lm``: width of the token representations (and of the LSTM's state)."""
     num_layers: PositiveInt = 2
-    """``lm``: transformer blocks."""
+    """``lm``: transformer blocks; ``lstm_lm``: stacked LSTM layers."""
     num_heads: PositiveInt = 4
     """``lm``: attention heads (they must divide ``d_model``)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -382,7 +382,7 @@ class ScalingConfig(Section):
         return self.backend or ("nccl" if self.use_gpu else "gloo")
 
 
-PRECISION_POLICIES = ("fp32", "bf16", "fp16", "fp16-master")
+PRECISION_POLICIES = ("fp32", "bf16", "fp16", "fp16-master", "auto")
 _LOSS_SCALED = ("fp16", "fp16-master")
 _DYNAMIC_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
 
@@ -395,11 +395,15 @@ class PrecisionConfig(Section):
     loss scaling. ``fp16-master``: the paper's recipe, FP16 weights plus an FP32 master
     copy the optimizer updates. A recipe may give just the policy name
     (``precision: bf16``) or a mapping (``precision: {policy: fp16, loss_scale: 1024}``).
+    ``auto``: the driver times a few steps of the stage in BF16 (FP16 with dynamic loss
+    scaling on a GPU without BF16) against FP32 on the workers' device and runs the reduced
+    policy where it is at least 5% faster, FP32 otherwise; ``summary.json`` records the
+    choice (``driver/precision_check.py``).
     The loss-scaling keys are left unset (None) unless given, so a dumped config
     validates again; :meth:`scaler_options` fills in the defaults.
     """
 
-    policy: Literal["fp32", "bf16", "fp16", "fp16-master"] = "fp32"
+    policy: Literal["fp32", "bf16", "fp16", "fp16-master", "auto"] = "fp32"
     loss_scale: Literal["dynamic"] | float | None = None
     """fp16 policies: ``dynamic`` (default: grow x growth_factor after growth_interval
     clean steps, multiply by backoff_factor and skip the step on inf/NaN) or a fixed

@@ -39,8 +39,8 @@ UNUSED_WHEN_DEFAULT: tuple[tuple[str, Callable[[Config], bool]], ...] = (
     # (dotted key, the config cannot read it): dropped only while the key holds its default
     ("model.hidden_sizes", lambda c: _model(c) != "mlp"),
     ("model.channels", lambda c: _model(c) != "cnn"),
-    ("model.d_model", lambda c: _model(c) != "lm"),
-    ("model.num_layers", lambda c: _model(c) != "lm"),
+    ("model.d_model", lambda c: _model(c) not in ("lm", "lstm_lm")),
+    ("model.num_layers", lambda c: _model(c) not in ("lm", "lstm_lm")),
     ("model.num_heads", lambda c: _model(c) != "lm"),
     ("model.dropout", lambda c: _model(c) not in BUILTIN_MODELS),  # a user model takes its own kwargs
     ("model.kwargs", lambda c: _model(c) in BUILTIN_MODELS),

@@ -17,6 +17,7 @@ from torch import nn
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
 from rayeffi.models.inputs import call_model
+from rayeffi.precision.recurrent import run_lstms_in_fp32
 from rayeffi.techniques.base import Technique
 from rayeffi.techniques.distill.losses import FeatureCapture, build_adapter, hint_loss, real_positions, soft_target_loss
 from rayeffi.weights import load_weights, read_weights
@@ -48,7 +49,8 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()  # dropout off: the soft targets are the teacher's deterministic predictions
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model
+    # under the step's CPU autocast a teacher's LSTM runs in FP32 as the student's does (oneDNN: no BF16 LSTM)
+    return run_lstms_in_fp32(model)
 
 
 class Distillation(Technique):
