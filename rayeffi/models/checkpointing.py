@@ -150,11 +150,13 @@ def _statistics_updated_once(norms: list[nn.Module]):
 @contextlib.contextmanager
 def _statistics_restored(norms: list[nn.Module]):
     saved = [[buffer.clone() for buffer in norm.buffers()] for norm in norms]
-    yield
-    with torch.no_grad():
-        for norm, buffers in zip(norms, saved):
-            for buffer, value in zip(norm.buffers(), buffers):
-                buffer.copy_(value)
+    try:
+        yield
+    finally:  # the recompute may stop early, by an exception, once it has what the backward needs
+        with torch.no_grad():
+            for norm, buffers in zip(norms, saved):
+                for buffer, value in zip(norm.buffers(), buffers):
+                    buffer.copy_(value)
 
 
 def _has_parameters(module: nn.Module) -> bool:
