@@ -21,6 +21,8 @@ _MODULES = {
     "prune-distill": "prune_distill",
     "scaling": "scaling",
     "startup": "startup",
+    "compile": "compile",
+    "memory": "memory",
 }
 
 BENCHMARK_NAMES = tuple(_MODULES)

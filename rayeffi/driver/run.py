@@ -26,6 +26,7 @@ from rayeffi.task import build_task, headline_metrics
 from rayeffi.errors import UserError
 from rayeffi.health import HealthStop, TrainingDiverged, check_final
 from rayeffi.models import check_model
+from rayeffi.models.checkpointing import checkpoint_blocks
 from rayeffi.models.inputs import INPUT_PREFIX, check_named_inputs
 from rayeffi.parallel import STRATEGY_CHECKS
 from rayeffi.recipe.models import Recipe, StageConfig
@@ -389,6 +390,11 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> PrecisionCh
 
     task = build_task(stage.task)
     model = check_model(stage.model, source.info, sample_rows(source), autocast_for, task)
+    if stage.activation_checkpointing is not None:  # the model lists blocks, at least `every` of them
+        try:
+            checkpoint_blocks(model, stage.activation_checkpointing.every)
+        except UserError as error:
+            raise UserError(f"stages.{stage.name}.{error}") from None
     layout = source.columns(extra=False)
     check_named_inputs(model, stage.model.name, stage.data.inputs, [name.removeprefix(INPUT_PREFIX) for name in
                                                                     layout.input_columns], stage.parallel.strategy)

@@ -100,6 +100,14 @@ def _tuned_every_steps(stage: Any) -> bool:
 _EVERY_STEPS = "eval_every_steps / checkpoint_every_steps"
 
 
+def _compiles(stage: Any) -> bool:
+    return stage.compile is not None
+
+
+def _checkpoints_activations(stage: Any) -> bool:
+    return stage.activation_checkpointing is not None
+
+
 RULES: tuple[Rule, ...] = (
     Rule(strategy="pipeline", technique="distill",
          reason="does not run kind 'distill' (the distillation loss needs the student's whole output and the "
@@ -179,6 +187,28 @@ RULES: tuple[Rule, ...] = (
          reason="is not supported yet (validation and checkpoints within an epoch were tested with data "
                 "parallelism only)",
          fix="remove the key, or use parallel.strategy=data_parallel"),
+    Rule(strategy="pipeline", when=_compiles, option="compile",
+         reason="is not supported yet (each stage runs its units one micro-batch at a time with tensors sent "
+                "between stages; compiled units there were not tested)",
+         fix="remove compile, or use parallel.strategy=data_parallel"),
+    Rule(strategy="intra_layer", when=_compiles, option="compile",
+         reason="is not supported yet (its split layers call collectives inside the forward, which would break "
+                "the graph at every layer)",
+         fix="remove compile, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_compiles, option="compile",
+         reason="is not supported yet (its gradient workers load pulled weights into the model between steps; "
+                "compiled there was not tested)",
+         fix="remove compile, or use parallel.strategy=data_parallel"),
+    Rule(strategy="pipeline", when=_checkpoints_activations, option="activation_checkpointing",
+         reason="is not supported yet (its stages call the model's units one by one, not the blocks "
+                "activation_checkpointing wraps)",
+         fix="remove activation_checkpointing, or raise parallel.num_microbatches to cut activation memory"),
+    Rule(strategy="intra_layer", when=_checkpoints_activations, option="activation_checkpointing",
+         reason="is not supported yet (it builds the model again with split layers, which the wrapped blocks do not reach)",
+         fix="remove activation_checkpointing, or use parallel.strategy=data_parallel"),
+    Rule(strategy="param_server", when=_checkpoints_activations, option="activation_checkpointing",
+         reason="is not supported yet (checkpointed blocks were not tested on its gradient workers)",
+         fix="remove activation_checkpointing, or use parallel.strategy=data_parallel"),
     Rule(when=_tuned_every_steps, option=f"tune with {_EVERY_STEPS}",
          reason="would report to Tune between epochs (its schedulers count every report as a training "
                 "iteration), and a trial never resumes from a checkpoint",

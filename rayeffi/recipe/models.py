@@ -16,11 +16,13 @@ from pydantic import Discriminator, Field, PrivateAttr, Tag, model_validator
 from rayeffi.recipe.kinds import DistillStageConfig, DsdStageConfig, TrainStageConfig
 from rayeffi.recipe.parallel import DataParallelConfig, ParallelConfig
 from rayeffi.recipe.sections import DataConfig, ModelConfig, Precision, ScalingConfig, Section, TaskConfig
+from rayeffi.recipe.speed import ActivationCheckpointing, Compile
 from rayeffi.recipe.step_options import OptimizerConfig
 from rayeffi.recipe.stage import SearchDomain, StageConfig, TuneConfig  # noqa: F401  (re-exported)
 from rayeffi.recipe.tracking import TrackingConfig
 
-GLOBAL_SECTIONS = ("task", "data", "model", "optimizer", "scaling", "precision", "parallel")
+GLOBAL_SECTIONS = ("task", "data", "model", "optimizer", "scaling", "precision", "parallel", "compile",
+                   "activation_checkpointing")
 """Recipe sections a stage inherits and may override."""
 
 def _stage_kind(stage: Any) -> Any:
@@ -58,6 +60,10 @@ class Recipe(Section):
     scaling: ScalingConfig = ScalingConfig()
     precision: Precision = "fp32"
     parallel: ParallelConfig = DataParallelConfig()
+    compile: Compile = None
+    """``torch.compile`` every stage's model (a stage may override it; recipe/speed.py)."""
+    activation_checkpointing: ActivationCheckpointing = None
+    """Checkpoint every stage's model blocks (a stage may override it; recipe/speed.py)."""
     stages: tuple[AnyStageConfig, ...] = Field(min_length=1)
     tracking: TrackingConfig = TrackingConfig()
     """Where epoch metrics go besides summary.json (recipe/tracking.py); not inherited by stages."""

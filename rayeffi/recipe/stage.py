@@ -15,6 +15,7 @@ from pydantic import Field, PositiveInt, field_validator, model_serializer, mode
 from rayeffi.recipe.compat import check_compatibility
 from rayeffi.recipe.parallel import PARALLEL_CONFIGS, DataParallelConfig, ParallelConfig, _strategy_name
 from rayeffi.recipe.sections import DataConfig, ModelConfig, Precision, ScalingConfig, Section, TaskConfig
+from rayeffi.recipe.speed import ActivationCheckpointing, Compile
 from rayeffi.recipe.step_options import EarlyStopConfig, OptimizerConfig, watchable_metrics
 from rayeffi.recipe.techniques import TechniqueConfig
 
@@ -161,6 +162,12 @@ class StageConfig(Section):
     scaling: ScalingConfig = ScalingConfig()
     precision: Precision = "fp32"
     parallel: ParallelConfig = DataParallelConfig()
+    compile: Compile = None
+    """``torch.compile`` the model's forward (``true`` or ``{mode, fullgraph}``; see
+    :class:`~rayeffi.recipe.speed.CompileConfig`); off by default."""
+    activation_checkpointing: ActivationCheckpointing = None
+    """Recompute each block's activations in the backward (``true`` or ``{every: k}``; see
+    :class:`~rayeffi.recipe.speed.ActivationCheckpointingConfig`); off by default."""
 
     @property
     def sugar_techniques(self) -> tuple[Any, ...]:

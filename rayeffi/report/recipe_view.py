@@ -69,7 +69,8 @@ UNUSED_WHEN_DEFAULT: tuple[tuple[str, Callable[[Config], bool]], ...] = (
       for key in ("loss_scale", "init_scale", "growth_factor", "backoff_factor", "growth_interval")),
     # a stage's switches that are off
     *((key, lambda c: True) for key in ("init_from", "tune", "early_stop", "eval_every_steps",
-                                        "checkpoint_every_steps", "log_every_steps", "techniques")),
+                                        "checkpoint_every_steps", "log_every_steps", "techniques", "compile",
+                                        "activation_checkpointing")),
     ("epochs", lambda c: c["kind"] == "dsd"),  # its phases set them
     # a DSD round's own epochs and factor: unset, the dsd block's hold
     *((f"dsd.rounds.*.{key}", lambda c: True) for key in ("sparse_epochs", "redense_epochs", "redense_lr_factor")),
@@ -81,7 +82,8 @@ def _defaults() -> Config:
                 "precision": PrecisionConfig()}
     return {**{name: section.model_dump(mode="json") for name, section in sections.items()},
             "init_from": None, "tune": None, "early_stop": None, "eval_every_steps": None,
-            "checkpoint_every_steps": None, "log_every_steps": StageConfig.model_fields["log_every_steps"].default, "techniques": [], "epochs": None,
+            "checkpoint_every_steps": None, "log_every_steps": StageConfig.model_fields["log_every_steps"].default,
+            "techniques": [], "epochs": None, "compile": None, "activation_checkpointing": None,
             "dsd": {"rounds": {"*": DsdRound(sparsity=0.5).model_dump(mode="json")}}}
 
 

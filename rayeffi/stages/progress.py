@@ -96,6 +96,10 @@ class Progress:
                 within = f", step {message['from_step']} of the next" if message.get("from_step") else ""
                 self.echo(f"[{stage}] worker group restarted from the checkpoint of epoch {starts[-1]}{within}")
             return
+        if message.get("event") == "compile":
+            self.echo(f"[{stage}] compile: the first step took {message['seconds']:.1f} s (torch.compile built the "
+                      "forward and backward graphs; the next steps reuse them)")
+            return
         if message.pop("event", None) == "eval":
             self.evals.setdefault(stage, {})[int(message["step"])] = message
             self.echo(format_eval_line(stage, message))

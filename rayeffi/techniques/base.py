@@ -71,6 +71,11 @@ class Technique:
     def teardown(self) -> None:
         """Undo :meth:`setup` (remove hooks); called in reverse list order."""
 
+    def inference_modules(self) -> list[nn.Module]:
+        """Modules the technique runs forward only, frozen in eval mode (distillation's teachers):
+        the stage's ``compile`` compiles them too, once, before :meth:`setup`."""
+        return []
+
 
 @dataclass(frozen=True)
 class DriverInputs:

@@ -19,6 +19,8 @@ from torch import nn
 from rayeffi.errors import UserError
 from rayeffi.data.info import DatasetInfo
 from rayeffi.models import build_model
+from rayeffi.models.checkpointing import checkpoint_blocks
+from rayeffi.models.compiled import compile_model
 from rayeffi.parallel.base import Strategy
 from rayeffi.techniques import build_techniques
 from rayeffi.precision import build_precision
@@ -41,6 +43,17 @@ def initial_model(stage, info: DatasetInfo, init_checkpoint: str | None) -> nn.M
         load_weights(model, read_weights(init_checkpoint), prefix=options.prefix, strict=options.strict,
                      source=f"weights {init_checkpoint}")
     return model
+
+
+def apply_speed_options(stage, model: nn.Module, techniques: list[Technique]) -> None:
+    """The stage's ``activation_checkpointing`` (the model's blocks) and ``compile`` (the model
+    and every technique's frozen modules), in place, before the strategy wraps the model: DDP
+    then wraps the compiled module, and a checkpointed block is compiled with its recomputation."""
+    if stage.activation_checkpointing is not None:
+        checkpoint_blocks(model, stage.activation_checkpointing.every)
+    if stage.compile is not None:
+        for module in [model, *(m for technique in techniques for m in technique.inference_modules())]:
+            compile_model(module, stage.compile.mode, stage.compile.fullgraph)
 
 
 def assemble(
@@ -75,6 +88,7 @@ def build_worker(
     per-step schedule is also the parts' ``scheduler``, which ``finish_step`` steps."""
     model = initial_model(stage, info, init_checkpoint)
     techniques = build_techniques(stage, info)
+    apply_speed_options(stage, model, techniques)
     make_optimizer = make_optimizer or partial(build_optimizer, stage.optimizer)
     parts = assemble(model, strategy, build_precision(stage.precision), make_optimizer, techniques,
                      build_task(stage.task))

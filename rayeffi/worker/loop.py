@@ -98,8 +98,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for technique in parts.techniques:
                 technique.on_epoch_start(epoch, parts.model, parts.optimizer)
             lr = parts.optimizer.param_groups[0]["lr"]
+            report = _progress_reporter(spec, rank, epoch)
+            if epoch == start_epoch and stage.compile is not None:
+                report = _first_step_time(report, spec, rank)
             train_sums, train_s = train_epoch(parts, train, stage, epoch, hooks=hooks, augment=augment,
-                                              report=_progress_reporter(spec, rank, epoch),
+                                              report=report,
                                               log_step=_step_logger(parts, spec, rank, epoch, steps))
             val_sums = evaluate(parts, val, augment)
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
@@ -178,6 +181,23 @@ def _progress_reporter(spec: WorkerSpec, rank: int, epoch: int):
                                         "steps": steps, "rows": rows, "seconds": seconds})
 
     return report
+
+
+def _first_step_time(report, spec: WorkerSpec, rank: int):
+    """``report`` that also puts rank 0's first step time on the driver's queue, once per start of
+    the worker group: a compiled stage builds its forward and backward graphs in that step."""
+    if rank != 0 or spec.progress is None:
+        return report
+    told = [False]
+
+    def first_then_report(step: int, steps: int | None, rows: int, seconds: float) -> None:
+        if not told[0]:
+            told[0] = True
+            spec.progress.put({"stage": spec.label or spec.stage.name, "event": "compile", "seconds": seconds})
+        if report is not None:
+            report(step, steps, rows, seconds)
+
+    return first_then_report
 
 
 def _step_logger(parts: StepParts, spec: WorkerSpec, rank: int, epoch: int, steps: int):

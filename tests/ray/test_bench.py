@@ -41,6 +41,8 @@ EXPECTED = {  # a line each benchmark prints only once it has measured its figur
     "prune-distill": "dsd_kd - dsd:",
     "scaling": "written:",
     "startup": "ratio local / 2 workers:",
+    "compile": "graphs built per epoch",
+    "memory": "held x",
 }
 
 

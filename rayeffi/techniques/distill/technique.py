@@ -186,6 +186,9 @@ class Distillation(Technique):
         if "adapters" in state:
             self.adapters.load_state_dict(state["adapters"])
 
+    def inference_modules(self) -> list[nn.Module]:
+        return list(self.teachers or ())  # none when the batches bring cached logits
+
     def teardown(self) -> None:
         for capture in [self._student_capture, *self._teacher_captures.values()]:
             if capture is not None:
