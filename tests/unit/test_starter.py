@@ -28,3 +28,14 @@ def test_schema_is_json_schema_naming_every_section(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"data", "model", "optimizer", "stages", "scaling", "precision"} <= set(schema["properties"])
+
+
+def test_the_starter_runs_at_smoke_size_in_local_mode(tmp_path, monkeypatch):
+    assert main(["init", str(tmp_path / "starter")]) == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the recipe's folder goes on the driver's import path
+    out = tmp_path / "run"
+    assert main(["run", str(tmp_path / "starter" / "recipe.yaml"), "--smoke", "--set", "scaling.num_workers=0",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["stages"][0]["metrics"]["val_accuracy"] > 0.5
