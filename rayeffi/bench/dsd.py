@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+from typing import Any
 
 from rayeffi.errors import UserError
 from rayeffi.recipe import validate_recipe
@@ -38,7 +39,7 @@ REGIMES = {
 
 
 WORKLOADS = ("mlp", "lm", "lstm")
-SEQUENCE_MODELS = {  # --workload: the model section (both about 70k parameters at d_model 64)
+SEQUENCE_MODELS = {  # --workload: the model section
     "lm": {"name": "lm", "d_model": 64, "num_layers": 2, "num_heads": 4},
     "lstm": {"name": "lstm_lm", "d_model": 64, "num_layers": 2},
 }
@@ -97,7 +98,7 @@ def sequence_recipe(seed: int, workload: str, sparsities: tuple[float, ...], qui
     })
 
 
-def paired(arm: list[float], control: list[float], lower_is_better: bool) -> dict[str, float | int]:
+def paired(arm: list[float], control: list[float], lower_is_better: bool) -> dict[str, Any]:
     """The paired differences ``arm - control`` per seed: mean, sd (0 for one seed), min,
     max, and the seeds on which the arm is better (lower when ``lower_is_better``)."""
     differences = [a - c for a, c in zip(arm, control, strict=True)]
