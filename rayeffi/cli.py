@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                        help="distill: the built-in 8x8 digits, or the 5,000 28x28 MNIST digits (Hinton's setting)")
     bench.add_argument("--sparsity", type=float, help="prune-distill: the DSD round's sparsity (default 0.5)")
+    bench.add_argument("--workload", choices=("mlp", "lm", "lstm"), default="mlp",
+                       help="dsd: mlp on the digits (default), lm or lstm on the built-in text; distill: mlp or lm")
     bench.add_argument("--regimes", nargs="*", help="dsd: which regimes (default: all)")
     bench.add_argument("--device", choices=("cpu", "cuda"), help="precision: where to measure (default: cuda if present)")
     bench.add_argument("--quick", action="store_true", help="fewer steps (a check that it runs, not a figure)")

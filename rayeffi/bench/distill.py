@@ -15,6 +15,12 @@ the teacher: the student's epoch time from the cache against the same student
 recomputing the teacher on the fly (``distill.cache: false``), with the teacher's and
 the student's parameter counts. The cached and the on-the-fly run must end at the same
 accuracy (no augmentation: the same soft targets).
+
+``--workload lm``: on the built-in text, a teacher ``lm`` (d_model 64) and a student
+``lm`` half as wide (d_model 32), per seed trained alone and with per-token KD (the KL over
+the vocabulary at every real position, the teacher run on the fly), same epochs and
+initial weights, FP32, local mode; printed: the paired differences in validation
+perplexity per byte (``kd - alone``: lower is better).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import tempfile
 from typing import Any
 
 from rayeffi.bench import steady_epoch_s
+from rayeffi.bench.dsd import paired
 from rayeffi.data.info import DatasetInfo
+from rayeffi.errors import UserError
 from rayeffi.models import build_model
 from rayeffi.recipe import validate_recipe
 from rayeffi.recipe.sections import ModelConfig
@@ -63,6 +71,51 @@ def bench_recipe(num_seeds: int, quick: bool, dataset: str = "digits") -> Any:
     })
 
 
+LM_TEACHER = {"name": "lm", "d_model": 64, "num_layers": 2, "num_heads": 4}
+LM_STUDENT = {**LM_TEACHER, "d_model": 32}  # half as wide
+LM_DISTILL = {"teachers": ["teacher"], "temperature": 2.0, "alpha": 0.5, "cache": False}
+
+
+def lm_recipe(num_seeds: int, quick: bool) -> Any:
+    """``--workload lm``: the teacher, then per seed ``alone-<seed>`` and ``kd-<seed>``."""
+    teacher_epochs, student_epochs = (1, 1) if quick else (6, 6)
+    stages: list[dict[str, Any]] = [{"name": "teacher", "kind": "train", "epochs": teacher_epochs, "model": LM_TEACHER}]
+    for seed in range(num_seeds):
+        stages.append({"name": f"alone-{seed}", "kind": "train", "seed": seed, "epochs": student_epochs,
+                       "model": LM_STUDENT})
+        stages.append({"name": f"kd-{seed}", "kind": "distill", "seed": seed, "epochs": student_epochs,
+                       "model": LM_STUDENT, "distill": LM_DISTILL})
+    return validate_recipe({
+        "name": "bench-distill-lm",
+        "task": "language_modeling",
+        "data": {"dataset": "text", "seq_len": 64, "batch_size": 32, **({"max_samples": 64} if quick else {})},
+        "optimizer": {"name": "adamw", "lr": 0.002, "schedule": {"name": "cosine", "min_lr_factor": 0.1}},
+        "precision": "fp32",
+        "scaling": {"num_workers": 0},
+        "stages": stages,
+    })
+
+
+def run_lm(args) -> None:
+    """``--workload lm``: each arm's perplexity and the paired ``kd - alone`` differences. No Ray."""
+    with tempfile.TemporaryDirectory(prefix="rayeffi-bench-distill-") as out:
+        summary = run_recipe(lm_recipe(args.seeds, args.quick), out, echo=_progress)
+    perplexity = {stage["name"]: stage["metrics"]["val_perplexity"] for stage in summary["stages"]}
+    alone = [perplexity[f"alone-{seed}"] for seed in range(args.seeds)]
+    kd = [perplexity[f"kd-{seed}"] for seed in range(args.seeds)]
+    stats = paired(kd, alone, lower_is_better=True)
+    print(f"text: teacher lm d_model {LM_TEACHER['d_model']}: val_perplexity {perplexity['teacher']:.3f}; "
+          f"student lm d_model {LM_STUDENT['d_model']}, {args.seeds} seeds "
+          f"(T={LM_DISTILL['temperature']}, alpha={LM_DISTILL['alpha']}; val_perplexity per byte, lower is better):")
+    for name, values in (("alone (cross-entropy)", alone), ("per-token KD", kd)):
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"  {name:24s} mean {statistics.mean(values):7.3f}  (sd {spread:.3f}, min {min(values):7.3f}, "
+              f"max {max(values):7.3f})")
+    print(f"  kd - alone (ppl): {stats['mean']:+.3f}  (sd {stats['sd']:.3f}, min {stats['min']:+.3f}, "
+          f"max {stats['max']:+.3f}); per seed: " + ", ".join(f"{d:+.3f}" for d in stats["differences"]))
+    print(f"  distillation ahead (lower perplexity) on {stats['wins']}/{args.seeds} seeds")
+
+
 def _num_parameters(model: dict[str, Any], dataset: str = "digits") -> int:
     num_features, image_shape = SHAPES[dataset]
     info = DatasetInfo(num_features=num_features, num_classes=10, image_shape=image_shape, num_train=1, num_val=1)
@@ -86,6 +139,12 @@ def _progress(line: str) -> None:
 
 
 def run(args) -> None:
+    workload = getattr(args, "workload", None) or "mlp"
+    if workload not in ("mlp", "lm"):
+        raise UserError(f"--workload {workload}: not a distill workload; choose from mlp, lm")
+    if workload == "lm":
+        run_lm(args)
+        return
     start_ray(None, 1)
     with tempfile.TemporaryDirectory(prefix="rayeffi-bench-distill-") as out:
         dataset = getattr(args, "dataset", None) or "digits"

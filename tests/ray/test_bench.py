@@ -46,12 +46,15 @@ EXPECTED = {  # a line each benchmark prints only once it has measured its figur
 }
 
 
-@pytest.mark.parametrize("name", BENCHMARK_NAMES)
-def test_benchmark_finishes_in_its_quickest_mode(name, tmp_path):
-    argv = [sys.executable, "-m", "rayeffi", "bench", name, "--quick", "--timeout", str(DEADLINE_S),
-            *EXTRA_ARGS.get(name, [])]
-    if name in ("pipeline", "scaling"):
-        argv += ["--out", str(tmp_path / "out")]
+WORKLOAD_EXPECTED = {  # --workload on the built-in text: local mode, no Ray; the paired differences printed
+    ("dsd", "lm"): ["dsd - same_schedule", "dsd - decayed", "sparsity 0.3:", "sparsity 0.5:"],
+    ("dsd", "lstm"): ["dsd - same_schedule", "dsd - decayed", "sparsity 0.3:", "sparsity 0.5:"],
+    ("distill", "lm"): ["kd - alone (ppl):", "distillation ahead (lower perplexity) on"],
+}
+
+
+def _run_bench(name: str, argv: list[str], tmp_path) -> str:
+    """``rayeffi bench NAME --quick ...`` in its own process group: exit 0, no traceback; its stdout."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                start_new_session=True)
     try:
@@ -63,6 +66,16 @@ def test_benchmark_finishes_in_its_quickest_mode(name, tmp_path):
     assert process.returncode == 0, (stdout[-2000:], stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-2000:]
     assert stdout.startswith(f"rayeffi bench {name} --quick: deadline"), stdout[:200]
+    return stdout
+
+
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
+def test_benchmark_finishes_in_its_quickest_mode(name, tmp_path):
+    argv = [sys.executable, "-m", "rayeffi", "bench", name, "--quick", "--timeout", str(DEADLINE_S),
+            *EXTRA_ARGS.get(name, [])]
+    if name in ("pipeline", "scaling"):
+        argv += ["--out", str(tmp_path / "out")]
+    stdout = _run_bench(name, argv, tmp_path)
     assert EXPECTED[name] in stdout, stdout[-2000:]
     if name == "ddp":  # --cpu-share: the workers are among the processes that used the CPUs
         assert "cpu share, rayeffi train stage:" in stdout and "ray::RayTrainWorker" in stdout, stdout[-2000:]
@@ -71,3 +84,13 @@ def test_benchmark_finishes_in_its_quickest_mode(name, tmp_path):
         assert {point["axis"] for point in points} == {"rows", "width", "workers", "multinode"}
         assert all(point["epoch_s"] > 0 and point["samples_per_s"] > 0 for point in points)
         assert (tmp_path / "out/scaling.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("name", "workload"), list(WORKLOAD_EXPECTED))
+def test_sequence_workload_prints_its_paired_differences(name, workload, tmp_path):
+    argv = [sys.executable, "-m", "rayeffi", "bench", name, "--quick", "--timeout", str(DEADLINE_S),
+            "--workload", workload, "--seeds", "2"]
+    stdout = _run_bench(name, argv, tmp_path)
+    for line in WORKLOAD_EXPECTED[name, workload]:
+        assert line in stdout, stdout[-2000:]
+    assert "per seed:" in stdout and stdout.count("per seed:") == (4 if name == "dsd" else 1), stdout[-2000:]
