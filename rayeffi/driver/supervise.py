@@ -7,8 +7,10 @@ SIGKILL, each holding sockets and memory until someone kills them by hand. So
 own session (a terminal's Ctrl-C does not reach it) that every ``POLL_S`` seconds
 records the driver's descendants, ``(pid, start time)`` pairs so a recycled PID is
 never mistaken for one of them. When the driver has exited, however it exited, the
-watchdog waits ``GRACE_S`` for Ray's own shutdown, then sends SIGTERM to every
-recorded process still alive, SIGKILL after ``TERM_WAIT_S``, and exits.
+watchdog at once sends SIGTERM to every recorded process still alive, SIGKILL after
+``TERM_WAIT_S``, and exits. It does not wait for Ray first: the Train workers do not stop
+when their driver is killed (they trained on, an epoch every quarter second, until the
+SIGTERM came), and after a clean exit the driver has shut its Ray down already.
 
 Run as ``python rayeffi/driver/supervise.py DRIVER_PID``; :func:`start_watchdog` does that.
 """
@@ -23,7 +25,6 @@ import time
 from pathlib import Path
 
 POLL_S = 0.5
-GRACE_S = 2.0
 TERM_WAIT_S = 5.0
 
 Process = tuple[int, int]
@@ -103,9 +104,6 @@ def watch(driver_pid: int) -> None:
         seen |= descendants(driver_pid)
         time.sleep(POLL_S)
     seen.discard((os.getpid(), stat_fields(os.getpid())[1]))
-    deadline = time.monotonic() + GRACE_S  # Ray's own shutdown usually finishes in this time
-    while time.monotonic() < deadline and any(alive(p) for p in seen):
-        time.sleep(0.1)
     reap(seen)
 
 

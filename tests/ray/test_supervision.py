@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("own_ray")]  # no other R
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 480  # a 2-core machine shared with other Ray runs took minutes to start Ray
 GONE_TIMEOUT_S = 45
+WORKERS_GONE_BOUND_S = 15  # the watchdog polls every 0.5 s, waits 5 s after its SIGTERM, then kills
+LATE_CHECKPOINT_MARGIN_S = 1.0  # a checkpoint being written at the kill may land just after it
 
 
 def _start(out: Path, epochs: int = 30) -> RunningCommand:
@@ -56,13 +59,43 @@ def test_ctrl_c_stops_keeps_the_checkpoint_and_leaves_no_process(run, tmp_path):
     assert not exposed, f"a process of the run listened beyond loopback: {exposed} (pid, address, port)"
 
 
-def test_a_killed_driver_leaves_no_process(run):
+def _train_workers(processes) -> set:
+    """The processes among ``processes`` that are Ray Train workers (Ray names them ``ray::RayTrainWorker...``)."""
+    found = set()
+    for pid, start in processes:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if command.startswith(b"ray::") and b"TrainWorker" in command:
+            found.add((pid, start))
+    return found
+
+
+def test_a_killed_driver_leaves_no_process(run, tmp_path):
     run.wait_for_line("[train] epoch 1", START_TIMEOUT_S)
     run.seen |= descendants(run.process.pid)
     assert len(run.seen) >= 5, run.seen  # the watchdog, GCS, raylet, agents, workers
+    workers = _train_workers(run.seen)
+    assert len(workers) == 2, f"expected the stage's 2 Train workers among {len(run.seen)} processes"
+    killed_at, killed_clock = time.time(), time.monotonic()
     os.kill(run.process.pid, signal.SIGKILL)
     run.wait(timeout_s=30)
+    assert wait_until_gone(workers, GONE_TIMEOUT_S) == []
+    workers_gone_s = time.monotonic() - killed_clock
     assert wait_until_gone(run.seen, GONE_TIMEOUT_S) == []
+    all_gone_s = time.monotonic() - killed_clock
+    checkpoints = list((tmp_path / "out/ray").glob("train-*/checkpoint_*/state.pt"))
+    last_checkpoint_s = max(path.stat().st_mtime for path in checkpoints) - killed_at
+    print(f"driver SIGKILL -> last Train worker gone: {workers_gone_s:.1f} s, last process gone: "
+          f"{all_gone_s:.1f} s, last checkpoint written: {last_checkpoint_s:+.2f} s")
+    assert workers_gone_s < WORKERS_GONE_BOUND_S, f"Train workers ran on {workers_gone_s:.1f} s without their driver"
+    assert all_gone_s < WORKERS_GONE_BOUND_S, f"processes of the run lived {all_gone_s:.1f} s after their driver"
+    # the workers did not train on unwatched: no checkpoint (one per epoch) written after the
+    # kill, beyond one that was being written at that moment
+    late = [path for path in checkpoints if path.stat().st_mtime > killed_at + LATE_CHECKPOINT_MARGIN_S]
+    assert not late, (f"workers wrote {len(late)} checkpoints after their driver was killed at {killed_at:.2f}: "
+                      f"{sorted(round(path.stat().st_mtime - killed_at, 2) for path in late)} s after it")
 
 
 TUNED = """
