@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rayeffi.errors import UserError
 from rayeffi.recipe.models import Recipe, StageConfig
-from rayeffi.driver.run import check_gpus, cpus_needed, preflight
+from rayeffi.driver.preflight import check_gpus, cpus_needed, preflight
 
 
 def validate_run(recipe: Recipe, address: str | None = None) -> list[str]:

@@ -4,7 +4,7 @@ The YAML loader (``load.py``) rejects duplicate keys; the pydantic models reject
 unknown keys and out-of-range values. What is left lives here, each check a small
 function that raises :class:`~rayeffi.errors.UserError` naming the key and the fix:
 non-finite numbers anywhere and a Tune metric no stage reports (GPUs are checked against
-the cluster once Ray is up: ``driver.py: check_gpus``).
+the cluster once Ray is up: ``driver/preflight.py: check_gpus``).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def test_a_stage_whose_model_the_earlier_stage_cannot_fill_exits_2_before_ray(li
 
 def test_a_stage_of_the_same_shape_passes_the_link_check(tmp_path):
     from rayeffi.recipe import load_recipe
-    from rayeffi.driver.run import check_stage, check_stage_links
+    from rayeffi.driver.preflight import check_stage, check_stage_links
 
     (tmp_path / "r.yaml").write_text(LINKED.format(link="dense", hidden="[16]"))
     stages = load_recipe(tmp_path / "r.yaml").stages

@@ -14,7 +14,7 @@ from rayeffi.cli import main
 from rayeffi.errors import UserError
 from rayeffi.recipe import load_recipe
 from rayeffi.recipe.sections import ScalingConfig
-from rayeffi.driver.run import check_gpus
+from rayeffi.driver.preflight import check_gpus
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKER = """

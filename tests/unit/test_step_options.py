@@ -18,7 +18,7 @@ from rayeffi.parallel import DataParallel
 from rayeffi.recipe import OptimizerConfig
 from rayeffi.recipe.load import validate_recipe
 from rayeffi.recipe.step_options import EarlyStopConfig, ScheduleConfig
-from rayeffi.driver.run import _check_step_options
+from rayeffi.driver.preflight import _check_step_options
 from rayeffi.precision import PRECISIONS
 from rayeffi.worker.build import assemble
 from rayeffi.worker.early_stop import EarlyStopping
