@@ -15,10 +15,10 @@ import warnings
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 
+from rayeffi.data.arrow_datasets import column_tensor
 from rayeffi.data.info import DatasetInfo
 from rayeffi.data.columns import FEATURES, LABEL
 from rayeffi.device import choose_device, to_device
@@ -46,7 +46,7 @@ class TeacherLogits:
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
-        inputs = to_device(_rows(batch[FEATURES], np.float32), self.device)
+        inputs = to_device(_rows(batch[FEATURES], torch.float32), self.device)
         named = {name: to_device(_rows(batch[name]), self.device) for name in batch.column_names
                  if name.startswith(INPUT_PREFIX)}  # the teachers' named inputs (attention_mask, ...)
         with self.precision.autocast():  # the teachers compute as they would inside the step
@@ -58,14 +58,12 @@ class TeacherLogits:
 
 
 def _rows(column: pa.ChunkedArray, float_dtype=None) -> torch.Tensor:
-    """A batch column as a tensor: ``[N, width]`` for a list column, ``[N]`` for a scalar one;
-    integers stay int64 (token ids, masks), floats become ``float_dtype`` or float32."""
-    array = column.combine_chunks()
-    is_list = pa.types.is_fixed_size_list(array.type)
-    values = (array.flatten() if is_list else array).to_numpy(zero_copy_only=False)
-    dtype = float_dtype or (np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32)
-    values = np.array(values, dtype=dtype)  # a writable copy
-    return torch.from_numpy(values.reshape(len(array), -1) if is_list else values)
+    """A batch column as the workers get it (``data/arrow_datasets.py: column_tensor``), with
+    integers as int64 (token ids, masks) and floats as ``float_dtype`` or float32."""
+    values = column_tensor(column)
+    if float_dtype is not None:
+        return values.to(float_dtype)
+    return values.float() if values.is_floating_point() else values.long()
 
 
 def write_soft_labels(
