@@ -14,6 +14,7 @@ from typing import Any
 from rayeffi.checkpoint import ARTIFACT_FILE, CHECKPOINT_FILE, load_checkpoint, save_atomic
 from rayeffi.data.sources import DataSource
 from rayeffi.stages.progress import Progress
+from rayeffi.worker.loop import WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,15 @@ class StageResult:
             **({"warnings": warnings} if warnings else {}),
             **self.extra,
         }
+
+
+def worker_spec(stage, context: StageContext, **options: Any) -> WorkerSpec:
+    """What every worker of ``stage`` is handed, whichever way it runs (a Ray Train run, in
+    process, a Tune trial): its data's shape, the weights it starts from, the checkpoint it
+    resumes and the progress queue; ``options`` set the rest (or replace these)."""
+    return WorkerSpec(**{"stage": stage, "info": context.source.info, "init_checkpoint": init_checkpoint(stage, context),
+                         "resume_checkpoint": context.resume_checkpoint, "progress": context.progress_queue,
+                         **options})
 
 
 def init_checkpoint(stage, context: StageContext) -> str | None:

@@ -28,8 +28,8 @@ from typing import Any
 from rayeffi.checkpoint import CHECKPOINT_FILE
 from rayeffi.data.arrow_datasets import build_arrow_datasets
 from rayeffi.recipe.models import StageConfig
-from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint
-from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
+from rayeffi.stages.base import StageContext, StageResult, publish_checkpoint, worker_spec
+from rayeffi.worker.loop import train_loop_per_worker
 
 CHECKPOINTS_KEPT = 2
 """As Ray Train's ``CheckpointConfig(num_to_keep=2)`` (``stages/train_run.py``)."""
@@ -45,12 +45,8 @@ def run_in_process(stage: StageConfig, context: StageContext) -> StageResult:
     start = time.perf_counter()
     datasets = build_arrow_datasets(context.source, stage.data, stage.seed)
     store = StorageCheckpoints(context.storage_path, f"{stage.name}-{uuid.uuid4().hex[:8]}")
-    spec = WorkerSpec(
-        stage=stage,
-        info=context.source.info,
-        init_checkpoint=init_checkpoint(stage, context),
-        resume_checkpoint=context.resume_checkpoint,
-        progress=context.progress_queue,
+    spec = worker_spec(
+        stage, context,
         local_mode=True,
         report_to=store.report,
         shards={name: [dataset] for name, dataset in datasets.items()},

@@ -26,7 +26,7 @@ from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
 from rayeffi.health import TrainingDiverged
 from rayeffi.recipe.models import StageConfig
-from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint  # noqa: F401
+from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint, worker_spec  # noqa: F401
 from rayeffi.stages.process_group import LoopbackTorchConfig
 from rayeffi.worker.batches import shards_fit_in_memory
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
@@ -92,14 +92,7 @@ def driver_shards(datasets: dict, world_size: int, split: bool) -> dict[str, lis
 def run_train(stage: StageConfig, context: StageContext) -> StageResult:
     """The stage as one Ray Train run; its last checkpoint becomes the artifact."""
     local_mode = stage.scaling.num_workers == 0
-    spec = WorkerSpec(
-        stage=stage,
-        info=context.source.info,
-        init_checkpoint=init_checkpoint(stage, context),
-        resume_checkpoint=context.resume_checkpoint,
-        progress=context.progress_queue,
-        local_mode=local_mode,
-    )
+    spec = worker_spec(stage, context, local_mode=local_mode)
     start = time.perf_counter()
     trainer = build_trainer(stage, context, spec)
     # Ray Train's fit() replaces the driver's SIGINT handler with its own, which aborts the run

@@ -35,10 +35,9 @@ from rayeffi.errors import UserError
 from rayeffi.health import non_finite_loss
 from rayeffi.recipe.load import set_dotted
 from rayeffi.recipe.models import SearchDomain, StageConfig
-from rayeffi.stages.base import StageContext, StageResult
+from rayeffi.stages.base import StageContext, StageResult, worker_spec
 from rayeffi.stages.ray_session import TRIAL_RESOURCE
-from rayeffi.stages.train_run import build_trainer, init_checkpoint, publish_checkpoint
-from rayeffi.worker.loop import WorkerSpec
+from rayeffi.stages.train_run import build_trainer, publish_checkpoint
 
 
 
@@ -99,11 +98,9 @@ def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) ->
     trial_id = tune.get_context().get_trial_id()
     variant = stage_variant(stage, config)
     local_mode = variant.scaling.num_workers == 0
-    spec = WorkerSpec(
-        stage=variant,
-        info=context.source.info,
-        init_checkpoint=init_checkpoint(variant, context),
-        progress=context.progress_queue,
+    spec = worker_spec(
+        variant, context,
+        resume_checkpoint=None,  # a trial starts afresh
         local_mode=local_mode,
         label=f"{stage.name}/{trial_id}",
         report_to=_report_to_tune if local_mode else None,
