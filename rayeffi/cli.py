@@ -348,11 +348,9 @@ def _init(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from rayeffi.evaluate import evaluate_run
+    from rayeffi.evaluate import describe, evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data, args.stage)
-    figures = "  ".join(f"{key} {value:.4f}" for key, value in result["metrics"].items())
-    print(f"{result['stage']} on {result['rows']} rows of {result['data']}: {figures}")
+    print(describe(evaluate_run(args.run_dir, args.data, args.stage)))
     return 0
 
 

@@ -53,6 +53,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path, stage: str | None = None
                 **score(config, trained, entry["checkpoint"], data, Path(cache), "--data")}
 
 
+def describe(result: dict[str, Any]) -> str:
+    """One line for a scored stage: ``STAGE on N rows of PATH: test_loss ...  test_accuracy ...``."""
+    figures = "  ".join(f"{key} {value:.4f}" for key, value in result["metrics"].items())
+    return f"{result['stage']} on {result['rows']} rows of {result['data']}: {figures}"
+
+
 def test_source(config: StageConfig, trained: DatasetInfo, data: str | Path, cache_dir: Path, key: str):
     """``(source, data config)`` of the rows at ``data`` read as ``config``'s validation rows, checked
     to fit the model trained on ``trained`` (``UserError`` naming ``key`` and what differs otherwise)."""

@@ -158,7 +158,7 @@ def run_recipe(
 def _test(stage: StageConfig, source: DataSource, entry: dict[str, Any], out_dir: Path,
           echo: Callable[[str], None]) -> dict[str, Any]:
     """The last stage's model scored once on ``data.test_path`` (``evaluate.py``)."""
-    from rayeffi.evaluate import score
+    from rayeffi.evaluate import describe, score
 
     if entry.get("best_config"):  # a tuned stage: the best trial's model keys
         from rayeffi.stages.tune import stage_variant
@@ -166,9 +166,9 @@ def _test(stage: StageConfig, source: DataSource, entry: dict[str, Any], out_dir
         stage = stage_variant(stage, entry["best_config"])
     test = score(stage, source.info, entry["checkpoint"], stage.data.test_path, out_dir / "data" / "test",
                  f"stages.{stage.name}.data.test_path")
-    figures = "  ".join(f"{key} {value:.4f}" for key, value in test["metrics"].items() if key.startswith("test_"))
-    echo(f"[test] {stage.name} on {test['rows']} rows of {test['data']}: {figures}")
-    return {"stage": stage.name, **test}
+    test = {"stage": stage.name, **test}
+    echo(f"[test] {describe(test)}")
+    return test
 
 
 def ended_by(exc: BaseException) -> tuple[str, str | None]:
