@@ -54,14 +54,19 @@ def steady_step_ms(epoch_seconds: list[float], steps_per_epoch: int) -> float:
 
 
 def run(args) -> None:
+    step_ms = {}
     for name in (["small"] if args.quick else list(WORKLOADS)):
         print(f"-- workload {name}", flush=True)
-        _run_workload(args, *WORKLOADS[name])
+        step_ms[name] = _run_workload(args, *WORKLOADS[name])
+    if "small-streaming" in step_ms:  # the streamed shard against the same workload held in memory, this run
+        print(f"streaming/in-memory : {step_ms['small-streaming'] / step_ms['small']:8.2f}x "
+              f"({step_ms['small-streaming']:.2f} against {step_ms['small']:.2f} ms/step; goal <= 1.10)")
     if not args.quick:
         _quickstart_wall_time()
 
 
-def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> None:
+def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> float:
+    """Print the workload's rayeffi and native step times; return rayeffi's (ms)."""
     recipe = bench_recipe(args.workers, args.quick, hidden, in_memory_mb)
     stage = recipe.stages[0]
     sample = getattr(args, "cpu_share", False) and cpu_share.available()
@@ -95,6 +100,7 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
         last_epoch_end = epoch_ends[-1] + cpu_share.SAMPLE_S if epoch_ends else None  # the sample after it
         cpu_share.print_share("rayeffi train stage", rayeffi_cpu, sum(rayeffi_epochs[1:]), last_epoch_end)
         cpu_share.print_share("native PyTorch DDP", native_cpu, sum(native_epochs[1:]))
+    return rayeffi_ms
 
 
 def _sampler(sample: bool):

@@ -3,7 +3,7 @@
 The in-process run (``stages/local_run.py``: every stage of ``scaling.num_workers: 0``
 that needs no actor) reads its data here instead of through Ray Data
 (``ray_datasets.py``): the same files, the same columns, the same :func:`normalise`, the
-same ``max_samples`` cut, and an :class:`ArrowDataset` answers ``iter_torch_batches`` as a
+same ``max_samples`` cut, and an :class:`ArrowDataset` answers ``iter_batches`` as a
 Ray Dataset does, so the worker's ``ShardBatches`` (``worker/batches.py``) builds the same
 in-memory shard from it, batch for batch, and shuffles it with the same seeds.
 
@@ -50,28 +50,18 @@ class ArrowDataset:
             self._tensors = {name: column_tensor(self.table[name]) for name in self.table.column_names}
         return self._tensors
 
-    def iter_torch_batches(self, *, batch_size: int, drop_last: bool = False,
-                           local_shuffle_buffer_size: int | None = None, local_shuffle_seed: int | None = None,
-                           device: str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of ``batch_size`` rows in the table's order, as ``ray.data.Dataset.iter_torch_batches``
-        gives them; with a shuffle buffer, the rows of each buffer-sized window are permuted by
-        ``local_shuffle_seed`` (Ray's buffer draws its own order: the same rows per epoch, not the same order)."""
-        tensors = self.tensors()
-        num_rows = len(self)
-        order = torch.arange(num_rows)
-        if local_shuffle_buffer_size:
-            generator = torch.Generator().manual_seed(local_shuffle_seed or 0)
-            windows = [window[torch.randperm(len(window), generator=generator)]
-                       for window in order.split(local_shuffle_buffer_size)]
-            order = torch.cat(windows) if windows else order
-        stop = num_rows - num_rows % batch_size if drop_last else num_rows
-        for first in range(0, stop, batch_size):
-            picked = order[first:first + batch_size]
-            yield {name: values[picked].to(device) for name, values in tensors.items()}
+    def iter_batches(self, *, batch_size: int, batch_format: str = "pyarrow", prefetch_batches: int = 1
+                     ) -> Iterator[pa.Table]:
+        """Slices of ``batch_size`` rows in the table's order, as ``ray.data.Dataset.iter_batches`` with
+        ``batch_format="pyarrow"`` gives them (the streamed read of ``worker/batches.py``)."""
+        if batch_format != "pyarrow":
+            raise ValueError(f"an in-memory Arrow dataset gives batch_format='pyarrow' only, not {batch_format!r}")
+        for first in range(0, self.table.num_rows, batch_size):
+            yield self.table.slice(first, batch_size)
 
 
 def column_tensor(column: pa.ChunkedArray | pa.Array) -> torch.Tensor:
-    """One column as a tensor, as Ray Data's ``iter_torch_batches`` makes it: a list column of
+    """One column as a tensor, as Ray Data's ``iter_torch_batches`` would make it: a list column of
     equal widths becomes ``[rows, width]`` of its value type, a scalar column ``[rows]``."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_fixed_size_list(array.type):

@@ -4,9 +4,14 @@ Iterating Ray Data costs milliseconds per batch (the iterator, Arrow-to-tensor
 conversion, the shuffle buffer), as much as a small model's whole step. A shard whose
 rows fit ``memory_budget`` (``data.in_memory_mb``) is therefore read through Ray Data once, kept as tensors,
 and shuffled in memory each epoch (a full permutation seeded by ``(seed, epoch)``, the
-same for a restarted worker); a larger shard streams through Ray Data with a seeded
-local shuffle buffer, as before. The Ray Train loop and the parameter server's
-gradient workers read their shards through this one class.
+same for a restarted worker). A larger shard streams: Ray Data hands it over in windows
+of ``STREAM_WINDOW_BYTES`` as Arrow tables (fetched ahead on Ray Data's own thread), each
+window becomes tensors in one copy per column, is permuted by the epoch's seed and cut
+into batches; the rows short of a batch carry over into the next window. A window of
+rows rather than a row-at-a-time shuffle buffer (Ray's ``local_shuffle_buffer_size``)
+costs one conversion per window instead of one per batch (``rayeffi bench ddp``:
+docs/benchmarks.md). The Ray Train loop, the parameter server's gradient workers and
+local mode read their shards through this one class.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ from typing import Iterator
 
 import torch
 
-SHUFFLE_BUFFER_ROWS = 2048
+from rayeffi.data.arrow_datasets import column_tensor
+
+STREAM_WINDOW_BYTES = 32 * 2**20
+"""How much of a streamed shard is held as tensors at once: the span its shuffle mixes."""
 
 
 class ShardBatches:
     def __init__(self, shard, rows_per_read: int, estimated_bytes: int, memory_budget: int,
-                 drop_last: bool = False):
+                 drop_last: bool = False, row_bytes: int = 4096):
         self.shard = shard
         self.rows_per_read = rows_per_read
         self.drop_last = drop_last
         self.in_memory = estimated_bytes <= memory_budget
+        # a streamed window: whole batches, as many as STREAM_WINDOW_BYTES holds (one at least)
+        self.window_rows = rows_per_read * max(1, STREAM_WINDOW_BYTES // max(row_bytes, 1) // rows_per_read)
         self._rows: dict[str, torch.Tensor] | None = None
 
     @property
@@ -38,13 +48,7 @@ class ShardBatches:
     def epoch(self, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches (``shuffle_seed`` None: in the shard's order)."""
         if not self.in_memory:
-            yield from self.shard.iter_torch_batches(
-                batch_size=self.rows_per_read,
-                drop_last=self.drop_last,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS if shuffle_seed is not None else None,
-                local_shuffle_seed=shuffle_seed,
-                device="cpu",  # host tensors, moved to the model's device once by the caller
-            )
+            yield from self._stream(shuffle_seed)
             return
         rows = self._read()
         num_rows = len(next(iter(rows.values()))) if rows else 0
@@ -57,13 +61,45 @@ class ShardBatches:
             picked = order[first:first + self.rows_per_read]
             yield {column: values[picked] for column, values in rows.items()}
 
+    def _stream(self, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+        carry: dict[str, torch.Tensor] = {}
+        for rows in self._windows():
+            if carry:
+                rows = {column: torch.cat([carry[column], values]) for column, values in rows.items()}
+            num_rows = _num_rows(rows)
+            order = None if generator is None else torch.randperm(num_rows, generator=generator)
+            full = num_rows - num_rows % self.rows_per_read
+            for first in range(0, full, self.rows_per_read):
+                yield _take(rows, order, first, first + self.rows_per_read)
+            carry = _take(rows, order, full, num_rows)
+        if carry and _num_rows(carry) and not self.drop_last:
+            yield carry
+
+    def _windows(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The shard in windows of ``window_rows`` rows (Ray Data's batches of that size: a
+        streaming split's coordinator was seen to hand one worker no rows when read by whole
+        blocks), each column one tensor."""
+        for table in self.shard.iter_batches(batch_size=self.window_rows, batch_format="pyarrow", prefetch_batches=1):
+            yield {column: column_tensor(table[column]) for column in table.column_names}
+
     def _read(self) -> dict[str, torch.Tensor]:
         if self._rows is None:  # once per run, in the shard's order
-            # batches of the step's size, as streaming reads them: a streaming split's
-            # coordinator was seen to hand one worker no rows when read by whole blocks
-            parts = list(self.shard.iter_torch_batches(batch_size=self.rows_per_read, device="cpu"))
+            parts = list(self._windows())
             self._rows = {column: torch.cat([part[column] for part in parts]) for column in parts[0]} if parts else {}
         return self._rows
+
+
+def _num_rows(rows: dict[str, torch.Tensor]) -> int:
+    return len(next(iter(rows.values()))) if rows else 0
+
+
+def _take(rows: dict[str, torch.Tensor], order: torch.Tensor | None, start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Rows ``start:stop`` of a window, through ``order`` when it is shuffled."""
+    if order is None:
+        return {column: values[start:stop] for column, values in rows.items()}
+    picked = order[start:stop]
+    return {column: values[picked] for column, values in rows.items()}
 
 
 def estimated_shard_bytes(num_rows: int, num_features: int, num_workers: int, split: bool) -> int:

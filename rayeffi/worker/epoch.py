@@ -49,7 +49,8 @@ def stage_batches(shard, name: str, stage: StageConfig, info: DatasetInfo, num_w
     num_rows = info.num_train if name == "train" else info.num_val
     size = estimated_shard_bytes(num_rows, info.num_features, num_workers, layout.split_across_workers)
     drop_last = layout.drop_last and name == "train"
-    return ShardBatches(shard, layout.rows_per_read, size, stage.data.in_memory_bytes, drop_last)
+    return ShardBatches(shard, layout.rows_per_read, size, stage.data.in_memory_bytes, drop_last,
+                        row_bytes=estimated_shard_bytes(1, info.num_features, 1, False))
 
 
 def train_epoch(parts: StepParts, batches: ShardBatches, stage: StageConfig, epoch: int, *,
