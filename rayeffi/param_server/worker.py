@@ -149,6 +149,8 @@ class GradientWorker:
             self.start_epoch(epoch)
         hooks = DownpourHooks(self, start_version, skip)
         sums, seconds = train_epoch(self.parts, self.train, self.stage, epoch, hooks=hooks, augment=self.augment)
+        if epoch + 1 < self.stage.total_epochs:
+            self.train.read_ahead()  # a streamed shard's next epoch starts while the others finish theirs
         return [*sums.tolist(), seconds]
 
     def evaluate(self) -> list[float]:

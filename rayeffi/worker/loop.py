@@ -104,6 +104,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train_sums, train_s = train_epoch(parts, train, stage, epoch, hooks=hooks, augment=augment,
                                               report=report,
                                               log_step=_step_logger(parts, spec, rank, epoch, steps))
+            if epoch + 1 < stage.total_epochs:
+                train.read_ahead()  # a streamed shard's next epoch starts while this one validates
             val_sums = evaluate(parts, val, augment)
             if parts.scheduler is None:  # a per-step schedule steps in finish_step
                 scheduler.step()

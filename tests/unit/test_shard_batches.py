@@ -59,3 +59,26 @@ def test_an_arrow_dataset_reads_in_pyarrow_slices_only():
     assert [table.num_rows for table in shard.iter_batches(batch_size=4)] == [4, 4, 2]
     with pytest.raises(ValueError, match="pyarrow"):
         next(shard.iter_batches(batch_size=4, batch_format="numpy"))
+
+
+def test_an_epoch_read_ahead_gives_the_same_batches():
+    """``read_ahead`` begins the next epoch's first window on a thread: the epoch reads the same."""
+    streamed = _streamed(103, 8, window_batches=3)
+    want = [batch["label"] for batch in streamed.epoch(2)]
+    streamed.read_ahead()
+    assert [batch["label"].tolist() for batch in streamed.epoch(2)] == [batch.tolist() for batch in want]
+    in_memory = ShardBatches(_shard(10), 8, estimated_bytes=1, memory_budget=1)
+    in_memory.read_ahead()  # a shard in memory has nothing to fetch
+    assert [len(batch["label"]) for batch in in_memory.epoch(None)] == [8, 2]
+
+
+def test_a_read_ahead_that_failed_raises_where_the_epoch_reads():
+    class Broken:
+        def iter_batches(self, **_):
+            raise OSError("the shard's node is gone")
+            yield  # a generator, as Ray Data's is
+
+    batches = ShardBatches(Broken(), 8, estimated_bytes=2, memory_budget=1)
+    batches.read_ahead()
+    with pytest.raises(OSError, match="node is gone"):
+        next(batches.epoch(None))
