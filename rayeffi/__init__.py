@@ -31,6 +31,7 @@ _PUBLIC = {
     "Strategy": "rayeffi.parallel",
     "StepParts": "rayeffi.worker.step",
     "Technique": "rayeffi.techniques",
+    "TrainingDiverged": "rayeffi.health",
     "UserError": "rayeffi.errors",
     "assemble": "rayeffi.worker.build",
     "load_checkpoint": "rayeffi.checkpoint",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from rayeffi.api import run, validate
     from rayeffi.checkpoint import load_checkpoint
     from rayeffi.errors import UserError
+    from rayeffi.health import TrainingDiverged
     from rayeffi.parallel import DataParallel, Pipeline, Strategy
     from rayeffi.recipe import Recipe, StageConfig, load_recipe
     from rayeffi.techniques.distill.config import DistillConfig

@@ -118,10 +118,20 @@ def safe_load_unique(text: str) -> Any:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"recipe {path} is a folder: give the path of a YAML recipe file in it (see examples/)")
     if not path.is_file():
         raise UserError(f"recipe {path} does not exist: give the path of a YAML recipe (see examples/)")
     try:
-        raw = safe_load_unique(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise UserError(f"recipe {path}: line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8: save the "
+                        "recipe as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"recipe {path} cannot be read ({exc.strerror or exc}): check its permissions") from None
+    try:
+        raw = safe_load_unique(text)
     except UserError as exc:
         raise UserError(f"recipe {path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -164,7 +164,7 @@ def test_init_from_previous_passes_only_the_weights(tmp_path):
 def test_a_diverged_run_through_the_python_api_raises_one_line_and_is_recorded(tmp_path):
     """``rayeffi.run`` raises the one-line ``UserError`` the command line prints, and summary.json's
     status is ``diverged`` with that line as its ``error`` (not ``running`` for ever)."""
-    with pytest.raises(rayeffi.UserError) as raised:
+    with pytest.raises(rayeffi.TrainingDiverged) as raised:  # a UserError
         rayeffi.run({"data": {"dataset": "digits", "batch_size": 64, "max_samples": 256},
                      "optimizer": {"name": "sgd", "lr": 1.0e30, "momentum": 0.9},
                      "scaling": {"num_workers": 0}, "stages": [{"name": "train", "kind": "train", "epochs": 1}]},

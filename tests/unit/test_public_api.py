@@ -17,6 +17,7 @@ def test_public_api_is_pinned():
         "StepParts",
         "Strategy",
         "Technique",
+        "TrainingDiverged",
         "UserError",
         "assemble",
         "load_checkpoint",
