@@ -64,7 +64,12 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
         # a loopback address is joined as given: Ray replaces 127.0.0.1 by this machine's network
         # address unless its single-machine switch is on, and a loopback-only head is not there
         with loopback_only() if _is_loopback_address(address) else contextlib.nullcontext():
-            ray.init(address=address, **common)
+            try:
+                ray.init(address=address, **common)
+            except ConnectionError as exc:  # Ray retried for ~25 s
+                raise UserError(f"--address {address}: Ray could not join the cluster ({exc}); check that the "
+                                f"address is the head's GCS (6379 by default) and, with token authentication, "
+                                f"{AUTH_HELP}") from None
     else:
         num_cpus = max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1)
         interface = loopback_interface()
@@ -177,3 +182,53 @@ def check_address(address: str | None) -> None:
             f"--address {address}: nothing answers there ({exc.strerror or exc}); give auto on a node of the "
             "cluster, or the head's HOST:PORT (the GCS, 6379 by default), and check the cluster is up"
         ) from None
+    check_token(address)
+
+
+AUTH_HELP = ("export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH=FILE "
+             "holding it (the head's ~/.ray/auth_token unless it was started with its own)")
+
+
+def check_token(address: str) -> None:
+    """Fail at once, in one line, where the GCS at ``address`` refuses this client's token (or its
+    lack of one): ``ray.init`` retries for ~25 s, logging the refusal every second, then raises a
+    bare ``ConnectionError``. The token itself is never printed."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    with _stderr_silenced():  # Ray's C++ client logs the refusal on fd 2 as well
+        try:
+            GcsClient(address=address)
+            return
+        except AuthenticationError:
+            pass
+        except Exception:  # anything else is ray.init's to report
+            return
+    raise UserError(f"--address {address}: the cluster {_what_was_refused()}; {AUTH_HELP}")
+
+
+def _what_was_refused() -> str:
+    """Which token the cluster refused: where it came from, never the token itself."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        return "asks for a token and this client sent none (RAY_AUTH_MODE is not token here)"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "refused the token in RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"refused the token in RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
+    return "refused this client's token (from ~/.ray/auth_token, if it exists)"
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null for the block (what C++ libraries write there included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
