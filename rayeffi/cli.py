@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "scaling: epoch time and samples/s as rows, width, workers and nodes grow; "
                             "startup: the quickstart's wall time in local mode against 2 workers; "
                             "compile: eager against torch.compile per model family, and a DSD run's recompiles; "
-                            "memory: activation memory and step time with and without activation checkpointing")
+                            "memory: activation memory and step time with and without activation checkpointing; "
+                            "soak: memory and open descriptors of the driver and Ray's processes over a long run")
     bench.add_argument("--workers", type=int, default=2, help="ddp, startup: data-parallel workers")
     bench.add_argument("--repeats", type=int, default=3, help="startup: runs of each command (the median counts)")
     bench.add_argument("--cpu-share", action="store_true",
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=3600.0,
                        help="seconds before the benchmark is stopped with a message (default 3600)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
+    bench.add_argument("--minutes", type=float, default=30.0, help="soak: how long to keep running the recipe")
     bench.add_argument("--budget-mib", type=float, default=256,
                        help="memory: the peak memory budget the largest batch must fit (default 256)")
     bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME)")

@@ -23,6 +23,7 @@ _MODULES = {
     "startup": "startup",
     "compile": "compile",
     "memory": "memory",
+    "soak": "soak",
 }
 
 BENCHMARK_NAMES = tuple(_MODULES)

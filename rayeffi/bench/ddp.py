@@ -91,6 +91,8 @@ def _run_workload(args, hidden: tuple[int, ...], in_memory_mb: float | None) -> 
           f"{args.workers} workers, {stage.total_epochs} epochs ({steps} steps each)")
     path = "streamed through Ray Data each epoch" if in_memory_mb == 0 else "shard read once, kept in memory"
     print(f"rayeffi train stage : {rayeffi_ms:8.2f} ms/step (steady state, {path}, DDP on gloo)")
+    print(f"  epochs (s)        : {' '.join(f'{seconds:.3f}' for seconds in rayeffi_epochs)} rayeffi, "
+          f"{' '.join(f'{seconds:.3f}' for seconds in native_epochs)} native")
     print(f"native PyTorch DDP  : {native_ms:8.2f} ms/step (torch.multiprocessing, in-memory tensors)")
     print(f"ratio rayeffi/native: {rayeffi_ms / native_ms:8.2f}x")
     print(f"rayeffi end to end  : {summary['wall_s']:8.1f} s for the stage run (Ray start excluded)", flush=True)

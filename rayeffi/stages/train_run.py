@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ray
 
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
@@ -28,7 +28,6 @@ from rayeffi.health import TrainingDiverged
 from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint, worker_spec  # noqa: F401
 from rayeffi.stages.process_group import LoopbackTorchConfig
-from rayeffi.worker.batches import shards_fit_in_memory
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
 
 
@@ -40,12 +39,8 @@ def build_trainer(
     local_mode = scaling.num_workers == 0
     datasets = build_ray_datasets(context.source, stage.data, stage.seed)
     split, world_size = stage.data_layout.split_across_workers, max(scaling.num_workers, 1)  # local mode: 1
-    if shards_fit_in_memory(spec.info, world_size, split, stage.data.in_memory_bytes):
-        spec = replace(spec, shards=driver_shards(datasets, world_size, split))
-        datasets = {}  # Ray Train then starts no dataset manager and no split coordinators
-    elif spec.outside_ray_train:  # a Tune trial in local mode: ray.train.get_dataset_shard refuses to run there
-        spec = replace(spec, shards={name: [ray.put(dataset)] for name, dataset in datasets.items()})
-        datasets = {}  # the one rank streams the whole (lazy) dataset, as local mode does
+    # every rank's shard from the driver: Ray Train starts no dataset manager, no split coordinators
+    spec = replace(spec, shards=driver_shards(datasets, world_size, split))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
@@ -64,21 +59,21 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=list(callbacks),
         ),
-        datasets=datasets or None,
-        # the layout the workers use too: a pipeline's stages all read every row
-        dataset_config=None if split else DataConfig(datasets_to_split=[]),
     )
 
 
 def driver_shards(datasets: dict, world_size: int, split: bool) -> dict[str, list]:
     """Each rank's shard of each (materialized) dataset, put in the object store by the driver.
 
-    For shards that fit in memory: the workers read theirs once and keep them as tensors,
-    so Ray Train's streaming split (a dataset-manager actor and one coordinator actor per
-    dataset, each a process importing Ray Data: ~5 CPU-seconds of every run's start-up on
-    a 2-core machine) would buy nothing. ``equal=True`` as Ray Train splits: every rank
-    takes as many steps. The driver holds the references for the whole run, so a
-    restarted worker group reads the same shards (as the parameter server's workers do).
+    ``equal=True`` as Ray Train splits: every rank takes as many steps. A worker reads its
+    shard once and keeps it as tensors when it fits ``data.in_memory_mb``, or streams it
+    from the object store each epoch (``worker/batches.py``). Ray Train's own
+    ``streaming_split`` would add a dataset-manager actor and one coordinator actor per
+    dataset (each a process importing Ray Data: ~5 CPU-seconds of every run's start-up on a
+    2-core machine), 40-140 ms at the start of every epoch while the ranks wait for each
+    other, and 6% of a core while it ran (``rayeffi bench ddp --cpu-share``). The driver
+    holds the references for the whole run, so a restarted worker group reads the same
+    shards (as the parameter server's workers do).
     """
     shards = {}
     for name, dataset in datasets.items():

@@ -65,9 +65,9 @@ class ShardBatches:
 
     def read_ahead(self) -> None:
         """Begin the next epoch of a streamed shard now, on a thread, up to its first window: Ray
-        Data takes 40-140 ms to start a streaming split's epoch (every rank waits for the others),
-        which the epoch's first step would otherwise wait out. Every rank calls it at the same
-        point (after its training batches, before validation); a shard in memory ignores it."""
+        Data starts an executor for every pass over a dataset (tens of milliseconds), which the
+        epoch's first step would otherwise wait out. Called after the epoch's training batches,
+        before validation, where another epoch follows; a shard in memory ignores it."""
         if not self.in_memory and self._ahead is None:
             self._ahead = _FirstWindow(self._windows())
 
@@ -88,9 +88,8 @@ class ShardBatches:
             yield carry
 
     def _windows(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The shard in windows of ``window_rows`` rows (Ray Data's batches of that size: a
-        streaming split's coordinator was seen to hand one worker no rows when read by whole
-        blocks), each column one tensor."""
+        """The shard in windows of ``window_rows`` rows (Ray Data's batches of that size, whatever
+        its blocks' sizes), each column one tensor."""
         for table in self.shard.iter_batches(batch_size=self.window_rows, batch_format="pyarrow", prefetch_batches=1):
             yield {column: column_tensor(table[column]) for column in table.column_names}
 
@@ -140,11 +139,3 @@ def estimated_shard_bytes(num_rows: int, num_features: int, num_workers: int, sp
     """A worker's share of ``num_rows`` rows of float32 features (a margin for labels and extras)."""
     rows = -(-num_rows // max(num_workers, 1)) if split else num_rows
     return rows * (4 * num_features + 64)
-
-
-def shards_fit_in_memory(info, num_workers: int, split: bool, memory_budget: int) -> bool:
-    """Whether every worker's training and validation shards fit ``memory_budget``
-    (``data.in_memory_mb``): the driver then hands each worker its shards itself
-    (``stages/train_run.py``) and the workers keep them as tensors."""
-    return all(estimated_shard_bytes(rows, info.num_features, num_workers, split) <= memory_budget
-               for rows in (info.num_train, info.num_val))

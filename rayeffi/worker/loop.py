@@ -52,9 +52,9 @@ class WorkerSpec:
     ``report(metrics, checkpoint_dir)`` (``stages/tune.py``), which persists the checkpoint."""
     shards: dict[str, list] | None = None
     """Per dataset (``train``, ``val``), one object reference per rank to that rank's
-    materialized shard, when every shard fits ``data.in_memory_mb`` (``stages/train_run.py``);
-    in process, the datasets themselves (``data/arrow_datasets.py``); None: the shards stream
-    through Ray Train's split of the datasets."""
+    materialized shard (``stages/train_run.py: driver_shards``), kept in memory or streamed
+    as ``data.in_memory_mb`` says (``worker/batches.py``); in process, the datasets themselves
+    (``data/arrow_datasets.py``)."""
     in_process: bool = False
     """The driver's own process without Ray (``stages/local_run.py``): shards are the datasets
     themselves, ``report_to`` keeps the checkpoints, the device is this process's."""
@@ -157,9 +157,8 @@ def _shard_batches(name: str, spec: WorkerSpec, rank: int, world_size: int) -> S
         shard = spec.shards[name][rank]
     else:
         import ray
-        import ray.train
 
-        shard = ray.get(spec.shards[name][rank]) if spec.shards is not None else ray.train.get_dataset_shard(name)
+        shard = ray.get(spec.shards[name][rank])  # the driver's split (stages/train_run.py: driver_shards)
     return stage_batches(shard, name, spec.stage, spec.info, world_size)
 
 

@@ -43,6 +43,7 @@ EXPECTED = {  # a line each benchmark prints only once it has measured its figur
     "startup": "ratio local / 2 workers:",
     "compile": "graphs built per epoch",
     "memory": "held x",
+    "soak": "growth driver:",
 }
 
 

@@ -1,0 +1,51 @@
+"""``rayeffi bench soak``'s arithmetic and report on made-up samples (the bench itself: the slow tier)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rayeffi.bench.soak import BOUND_MIB_PER_H, Sampler, open_fds, report, rss_mib, slope_per_hour
+
+
+def test_the_slope_is_per_hour():
+    times = [0.0, 60.0, 120.0, 180.0]
+    assert slope_per_hour(times, [10.0, 11.0, 12.0, 13.0]) == pytest.approx(60.0)
+    assert slope_per_hour(times, [5.0, 5.0, 5.0, 5.0]) == 0.0
+    assert slope_per_hour([0.0], [1.0]) == 0.0
+
+
+def test_this_process_is_measured():
+    assert rss_mib(os.getpid()) > 10 and open_fds(os.getpid()) >= 3
+    assert rss_mib(2**22 + 1) is None and open_fds(2**22 + 1) is None
+
+
+def _sampler(driver_mib_per_sample: float) -> Sampler:
+    sampler = Sampler(60.0)
+    sampler.run_marks = [0, 1, 3]
+    for index in range(6):
+        found = {(1, 1): ("driver", 100.0 + driver_mib_per_sample * index, 20),
+                 (2, 2): ("gcs_server", 50.0, 30)}
+        if index in (1, 2):  # a Train worker of the second run
+            found[(3, 3 + index)] = ("ray::RayTrainWorker", 300.0 + index, 40)
+        sampler.samples.append((60.0 * index, found))
+    return sampler
+
+
+def test_the_report_says_whether_growth_is_within_the_bound(capsys):
+    report(_sampler(0.0), runs=2, minutes=6)
+    out = capsys.readouterr().out
+    assert "growth driver: +0.0 MiB/h, +0.0 fds/h (within the bound" in out
+    assert "growth all 2 long-lived: +0.0 MiB/h" in out  # the short-lived Train worker is left out
+    assert "Train workers' peak RSS per run (MiB): first 302.0, last 302.0" in out
+    report(_sampler(BOUND_MIB_PER_H), runs=2, minutes=6)  # the bound per minute: 60x over it
+    assert "(OVER the bound" in capsys.readouterr().out
+
+
+def test_too_short_a_run_says_so(capsys):
+    sampler = Sampler(60.0)
+    sampler.run_marks = [0]
+    sampler.samples = [(0.0, {(1, 1): ("driver", 1.0, 1)})]
+    report(sampler, runs=1, minutes=1)
+    assert "too few samples after the warm-up" in capsys.readouterr().out
