@@ -29,3 +29,45 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters  # no public counter of compiled graphs yet
 
     return int(counters["stats"]["unique_graphs"])
+
+
+GRADIENT_TOLERANCE = 1e-3
+"""How far (relative to the largest eager gradient of a parameter) a compiled gradient may stray."""
+
+
+def compiled_gradient_mismatch(model: nn.Module, inputs, targets, loss, extras=None, mode: str = "default",
+                               fullgraph: bool = False) -> str | None:
+    """One forward and backward of ``inputs`` through a copy of ``model`` eagerly and through another
+    copy compiled, in FP32 and eval mode (dropout off: compiled dropout draws its own masks);
+    where some parameter's gradients differ by more than ``GRADIENT_TOLERANCE`` of the eager
+    gradient's largest magnitude, a line naming it and both magnitudes, else None.
+
+    torch.compile's CPU backend was seen to return all-zero gradients for the convolutions of
+    rayeffi's default ``cnn`` (conv 16 and 32 channels, max-pool, a 64-unit hidden layer) while
+    its forward and its loss were exact: training then quietly leaves those layers untrained.
+    The driver runs this before any worker compiles (``driver/preflight.py``).
+    """
+    import copy
+
+    import torch
+
+    from rayeffi.models.inputs import call_model
+    from rayeffi.task import logits_of
+
+    gradients = []
+    for compiled in (False, True):
+        copied = copy.deepcopy(model).float().eval()
+        if compiled:
+            compile_model(copied, mode, fullgraph)
+        copied.zero_grad(set_to_none=True)
+        loss(logits_of(call_model(copied, inputs, extras)).float(), targets).backward()
+        gradients.append({name: (param.grad if param.grad is not None else torch.zeros_like(param))
+                          for name, param in copied.named_parameters() if param.requires_grad})
+    eager, compiled = gradients
+    for name, want in eager.items():
+        scale = float(want.abs().max())
+        gap = float((compiled[name] - want).abs().max())
+        if gap > GRADIENT_TOLERANCE * max(scale, 1e-12):
+            return (f"parameter {name}: compiled gradient up to {float(compiled[name].abs().max()):.3g} against "
+                    f"{scale:.3g} eager (off by {gap:.3g})")
+    return None

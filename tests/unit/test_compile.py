@@ -108,3 +108,24 @@ def test_a_local_mode_stage_trains_compiled_with_the_eager_metrics(tmp_path, cap
     assert "compile: the first step took" in capsys.readouterr().out
     for name in ("train_loss", "val_loss", "val_accuracy"):
         assert compiled.metrics[name] == pytest.approx(eager.metrics[name], abs=1e-4)
+
+
+def test_a_model_whose_compiled_gradients_go_wrong_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """The driver compares one worker's batch of compiled gradients with eager ones: a compiled
+    backward that drops a layer's gradients (as torch 2.13's CPU backend was seen to for a CNN's
+    convolutions) is one error line naming the parameter, before any worker starts."""
+    from rayeffi.cli import main
+
+    def zero_first_gradient(model, mode="default", fullgraph=False):  # a compile whose backward goes wrong
+        next(model.parameters()).register_hook(torch.zeros_like)
+        return model
+
+    monkeypatch.setattr("rayeffi.models.compiled.compile_model", zero_first_gradient)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {dataset: digits, batch_size: 32}\nmodel: {name: mlp, hidden_sizes: [16]}\n"
+                      "compile: true\nscaling: {num_workers: 0}\nstages: [{name: s, kind: train, epochs: 1}]\n")
+    assert main(["validate", str(recipe)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stages.s.compile: torch "), lines
+    assert "(parameter layers.1.weight: compiled gradient up to 0 against" in lines[0]
+    assert lines[0].endswith("training would go wrong: set compile: false")

@@ -1,5 +1,6 @@
-"""``compile`` beyond one process in FP32: a CNN with BatchNorm, a loss-scaled FP16 step, and
-data parallelism on gloo (the model compiled inside DDP), each against the eager step.
+"""``compile`` beyond one process in FP32: the driver's check of compiled gradients on a CNN,
+a loss-scaled FP16 step, and data parallelism on gloo (the model compiled inside DDP), each
+against the eager step.
 Slow tier: Inductor builds C++ kernels for every graph (tens of seconds each on a CPU)."""
 
 from __future__ import annotations
@@ -35,22 +36,28 @@ def _steps(model, inputs, targets, precision="fp32", strategy=None, steps=STEPS)
     return [float(train_step(parts, inputs[s], targets[s])) for s in range(steps)], parts
 
 
-def test_a_compiled_cnn_with_batchnorm_matches_the_eager_one():
-    """The first step's loss to 1e-5 (the same forward); over 3 SGD steps with momentum the
-    weights agree to 1e-3: Inductor's convolution and BatchNorm kernels reduce in another
-    order, and momentum carries each step's rounding into the next."""
-    torch.manual_seed(0)
-    eager = ConvNet((1, 8, 8), 10)
-    compiled = compile_model(copy.deepcopy(eager))
+def test_the_compiled_gradient_check_agrees_with_a_direct_comparison():
+    """``compiled_gradient_mismatch`` names a parameter exactly where compiled and eager gradients
+    differ. With torch 2.13's CPU backend they do for the default ``cnn`` on 16 random rows (the
+    convolutions' compiled gradients come back all zero, the forward exact), not for an MLP; the
+    assertion holds whichever way a later torch goes."""
+    from rayeffi.models.compiled import GRADIENT_TOLERANCE, compiled_gradient_mismatch
+
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.rand(STEPS, 16, 64, generator=generator)
-    targets = torch.randint(0, 10, (STEPS, 16), generator=generator)
-    got, compiled_parts = _steps(compiled, inputs, targets)
-    want, eager_parts = _steps(eager, inputs, targets)
-    assert got[0] == pytest.approx(want[0], abs=1e-5)
-    assert got == pytest.approx(want, abs=1e-3)
-    for name, value in eager.state_dict().items():  # BatchNorm's running statistics included
-        torch.testing.assert_close(compiled.state_dict()[name], value, atol=1e-3, rtol=0)
+    inputs, targets = torch.rand(16, 64, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    loss = torch.nn.functional.cross_entropy
+    for build in (lambda: ConvNet((1, 8, 8), 10), lambda: MLP(64, 10, (32,))):
+        torch.manual_seed(0)
+        model = build()
+        found = compiled_gradient_mismatch(model, inputs, targets, loss)
+        eager, compiled = copy.deepcopy(model).eval(), compile_model(copy.deepcopy(model).eval())
+        for copied in (eager, compiled):
+            loss(copied(inputs), targets).backward()
+        off = [name for (name, want), got in zip(eager.named_parameters(), compiled.parameters())
+               if float((got.grad - want.grad).abs().max()) > GRADIENT_TOLERANCE * float(want.grad.abs().max())]
+        assert (found is None) == (not off), (found, off)
+        if off:
+            assert found.startswith(f"parameter {off[0]}: compiled gradient"), found
 
 
 def test_a_compiled_fp16_step_scales_its_loss_as_the_eager_one():
