@@ -4,8 +4,10 @@ the graphs a DSD run compiles.
 Per family (MLP, CNN, the built-in LM, an LSTM classifier), the same model at the same seed
 trains with rayeffi's ``train_step`` eager and compiled (``models/compiled.py``, mode
 ``default``; on a CPU Inductor's C++ backend). Printed: the median step time of each after
-warm-up, their ratio, the first compiled step's seconds (the compile), and the largest
-difference between the two arms' losses over the timed steps (parity).
+warm-up, their ratio, the first compiled step's seconds (the compile), the largest
+difference between the two arms' losses over the timed steps, and whether one batch's
+gradients agree eager and compiled (``compiled_gradient_mismatch``: a compiled backward
+that drops a layer's gradients can keep the losses close and the step fast).
 
 Then a DSD run (dense -> sparse 50% -> re-dense, one epoch each, a short last batch and an
 evaluation per epoch) on the compiled MLP counts the graphs TorchDynamo builds per epoch:
@@ -21,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from rayeffi.models.compiled import compile_model, compiled_graphs
+from rayeffi.models.compiled import compile_model, compiled_gradient_mismatch, compiled_graphs
 from rayeffi.parallel import DataParallel
 from rayeffi.precision import FP32
 from rayeffi.techniques.dsd.config import DsdConfig
@@ -107,8 +109,10 @@ def run(args) -> None:
         _, eager_losses, eager_ms = _timed_steps(_parts(family, False), inputs, targets, steps)
         compile_s, compiled_losses, compiled_ms = _timed_steps(_parts(family, True), inputs, targets, steps)
         difference = max(abs(a - b) for a, b in zip(eager_losses, compiled_losses))
+        torch.manual_seed(0)
+        mismatch = compiled_gradient_mismatch(family.build(), inputs, targets, family.task.loss)
         print(f"{family.name:32s} {eager_ms:9.1f} {compiled_ms:12.1f} {compiled_ms / eager_ms:15.2f} "
-              f"{compile_s:10.1f} {difference:16.2e}")
+              f"{compile_s:10.1f} {difference:16.2e}  gradients {'agree' if mismatch is None else 'DIFFER: ' + mismatch}")
     graphs = dsd_graphs()
     print(f"DSD dense -> sparse 50% -> re-dense on a compiled MLP: graphs built per epoch {graphs} "
           f"(the first epoch: training, its short last batch, evaluation; each phase change: {max(graphs[1:])})")
