@@ -31,8 +31,10 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-GRADIENT_TOLERANCE = 1e-3
-"""How far (relative to the largest eager gradient of a parameter) a compiled gradient may stray."""
+GRADIENT_TOLERANCE = 0.05
+"""How far (relative to the largest eager gradient of a parameter) a compiled gradient may stray:
+Inductor's own reduction order moved a 28x28 CNN's convolution gradients by 0.2% of their
+largest (``rayeffi bench compile``); the failure this guards against is 100% (all zero)."""
 
 
 def compiled_gradient_mismatch(model: nn.Module, inputs, targets, loss, extras=None, mode: str = "default",
