@@ -44,38 +44,20 @@ class ShardBatches:
         """Batches per epoch, once the shard is in memory (None while streaming)."""
         if self._rows is None:
             return None
-        num_rows = len(next(iter(self._rows.values()))) if self._rows else 0
+        num_rows = _num_rows(self._rows)
         return num_rows // self.rows_per_read if self.drop_last else -(-num_rows // self.rows_per_read)
 
     def epoch(self, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        """This epoch's batches (``shuffle_seed`` None: in the shard's order)."""
-        if not self.in_memory:
-            yield from self._stream(shuffle_seed)
-            return
-        rows = self._read()
-        num_rows = len(next(iter(rows.values()))) if rows else 0
-        if shuffle_seed is None:
-            order = torch.arange(num_rows)
+        """This epoch's batches (``shuffle_seed`` None: in the shard's order). A shard in memory
+        is one window: the whole shard, permuted at once."""
+        if self.in_memory:
+            windows = iter([self._read()])
         else:
-            order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(shuffle_seed))
-        stop = num_rows - num_rows % self.rows_per_read if self.drop_last else num_rows
-        for first in range(0, stop, self.rows_per_read):
-            picked = order[first:first + self.rows_per_read]
-            yield {column: values[picked] for column, values in rows.items()}
-
-    def read_ahead(self) -> None:
-        """Begin the next epoch of a streamed shard now, on a thread, up to its first window: Ray
-        Data starts an executor for every pass over a dataset (tens of milliseconds), which the
-        epoch's first step would otherwise wait out. Called after the epoch's training batches,
-        before validation, where another epoch follows; a shard in memory ignores it."""
-        if not self.in_memory and self._ahead is None:
-            self._ahead = _FirstWindow(self._windows())
-
-    def _stream(self, shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+            ahead, self._ahead = self._ahead, None
+            windows = ahead.windows() if ahead is not None else self._windows()
         generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
         carry: dict[str, torch.Tensor] = {}
-        ahead, self._ahead = self._ahead, None
-        for rows in (ahead.windows() if ahead is not None else self._windows()):
+        for rows in windows:
             if carry:
                 rows = {column: torch.cat([carry[column], values]) for column, values in rows.items()}
             num_rows = _num_rows(rows)
@@ -86,6 +68,14 @@ class ShardBatches:
             carry = _take(rows, order, full, num_rows)
         if carry and _num_rows(carry) and not self.drop_last:
             yield carry
+
+    def read_ahead(self) -> None:
+        """Begin the next epoch of a streamed shard now, on a thread, up to its first window: Ray
+        Data starts an executor for every pass over a dataset (tens of milliseconds), which the
+        epoch's first step would otherwise wait out. Called after the epoch's training batches,
+        before validation, where another epoch follows; a shard in memory ignores it."""
+        if not self.in_memory and self._ahead is None:
+            self._ahead = _FirstWindow(self._windows())
 
     def _windows(self) -> Iterator[dict[str, torch.Tensor]]:
         """The shard in windows of ``window_rows`` rows (Ray Data's batches of that size, whatever
@@ -128,9 +118,10 @@ def _num_rows(rows: dict[str, torch.Tensor]) -> int:
 
 
 def _take(rows: dict[str, torch.Tensor], order: torch.Tensor | None, start: int, stop: int) -> dict[str, torch.Tensor]:
-    """Rows ``start:stop`` of a window, through ``order`` when it is shuffled."""
+    """Rows ``start:stop`` of a window, through ``order`` when it is shuffled; a copy either way
+    (a batch never aliases the shard a worker keeps in memory)."""
     if order is None:
-        return {column: values[start:stop] for column, values in rows.items()}
+        return {column: values[start:stop].clone() for column, values in rows.items()}
     picked = order[start:stop]
     return {column: values[picked] for column, values in rows.items()}
 
