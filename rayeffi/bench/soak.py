@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from rayeffi.bench.cpu_share import process_name
-from rayeffi.driver.supervise import descendants
+from rayeffi.driver.supervise import descendants, stat_fields
 
 SAMPLE_S = 60.0
 QUICK_SAMPLE_S = 5.0
@@ -85,7 +85,7 @@ class Sampler:
         self.run_marks: list[int] = []  # sample index at which each run began
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rayeffi-soak-sampler", daemon=True)
-        self._me = (os.getpid(), _start_time(os.getpid()))
+        self._me = (os.getpid(), stat_fields(os.getpid())[1])
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -113,10 +113,6 @@ class Sampler:
                 continue
             found[key] = ("driver" if key == self._me else name, rss, fds)
         self.samples.append((time.monotonic(), found))
-
-
-def _start_time(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def slope_per_hour(times: list[float], values: list[float]) -> float:

@@ -210,22 +210,23 @@ def _check_model_contract(stage: StageConfig, source: DataSource) -> PrecisionCh
     layout = source.columns(extra=False)
     check_named_inputs(model, stage.model.name, stage.data.inputs, [name.removeprefix(INPUT_PREFIX) for name in
                                                                     layout.input_columns], stage.parallel.strategy)
+    if stage.compile is None and policy == "fp32":  # nothing more to check: no batch read, no time spent
+        return PrecisionChoice(policy, policy, None)
+    rows = sample_rows(source, stage.data_layout.rows_per_read)  # one worker's batch
     if stage.compile is not None:
-        _check_compiled_gradients(stage, model, source, task)
+        _check_compiled_gradients(stage, model, rows, task)
     if dtype is not None and fp32_layers(model):
         layers = ", ".join(f"{name} ({kind})" for name, kind in fp32_layers(model).items())
         print(f"[{stage.name}] note: under {policy} these layers compute in FP32 on CPU: {layers}", flush=True)
-    if policy == "fp32":  # nothing to compare: no time spent
+    if policy == "fp32":
         return PrecisionChoice(policy, policy, None)
-    rows = sample_rows(source, stage.data_layout.rows_per_read)  # one worker's batch
     return check_precision(stage, source.info, rows, task, echo=lambda line: print(line, flush=True))
 
 
-def _check_compiled_gradients(stage: StageConfig, model, source: DataSource, task) -> None:
+def _check_compiled_gradients(stage: StageConfig, model, rows, task) -> None:
     """``compile``: the compiled backward agrees with eager on one worker's batch of real rows
     (``models/compiled.py``; the wrong gradients seen came at 16 rows and more, not at 2-8), or
     one error line before any worker compiles and trains wrongly."""
-    rows = sample_rows(source, stage.data_layout.rows_per_read)
     print(f"[{stage.name}] compile: checking compiled gradients against eager on {len(rows[0])} rows", flush=True)
     mismatch = compiled_gradient_mismatch(model, rows[0], rows[1], task.loss, rows[2] if len(rows) > 2 else None,
                                           stage.compile.mode, stage.compile.fullgraph)

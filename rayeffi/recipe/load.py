@@ -125,7 +125,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        line = exc.object[:exc.start].count(b"\n") + 1
         raise UserError(f"recipe {path}: line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8: save the "
                         "recipe as UTF-8") from None
     except OSError as exc:
