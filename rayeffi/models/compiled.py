@@ -45,8 +45,9 @@ def compiled_gradient_mismatch(model: nn.Module, inputs, targets, loss, extras=N
     gradient's largest magnitude, a line naming it and both magnitudes, else None.
 
     torch.compile's CPU backend was seen to return all-zero gradients for the convolutions of
-    rayeffi's default ``cnn`` (conv 16 and 32 channels, max-pool, a 64-unit hidden layer) while
-    its forward and its loss were exact: training then quietly leaves those layers untrained.
+    rayeffi's default ``cnn`` (conv 16 and 32 channels, max-pool, a 64-unit hidden layer) on 16
+    or more random rows, while its forward and its loss were exact: training then quietly leaves
+    those layers untrained (on the built-in digits' rows the same model's gradients agreed).
     The driver runs this before any worker compiles (``driver/preflight.py``).
     """
     import copy
