@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=3600.0,
                        help="seconds before the benchmark is stopped with a message (default 3600)")
     bench.add_argument("--stages", type=int, nargs="*", help="pipeline: stage counts K (default: 2 4)")
-    bench.add_argument("--minutes", type=float, default=30.0, help="soak: how long to keep running the recipe")
+    bench.add_argument("--minutes", type=float, default=30.0, help="soak: how long the run (or the runs) last")
+    bench.add_argument("--repeat", action="store_true",
+                       help="soak: the short recipe again and again in one driver, instead of one long run")
     bench.add_argument("--budget-mib", type=float, default=256,
                        help="memory: the peak memory budget the largest batch must fit (default 256)")
     bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME)")

@@ -1,20 +1,24 @@
 """``rayeffi bench soak --minutes N``: memory and open descriptors over a long run.
 
-One driver process and one private Ray run the same recipe again and again for N minutes:
-a train stage of many short epochs on 2 Ray Train workers, a DSD stage (two rounds) from
-its weights, and a tuned stage (2 trials). A thread samples, every ``SAMPLE_S`` seconds,
-the resident memory (``/proc/PID/status`` VmRSS) and the open file descriptors
-(``/proc/PID/fd``) of the driver and of every process below it: the private Ray's GCS,
-raylet, dashboard and agents, the progress queue's actor, the Train workers, the watchdog.
+By default, one ``rayeffi run`` of N minutes on a private Ray: a train stage of many short
+epochs on 2 Ray Train workers, a DSD stage of many rounds from its weights, and a tuned
+stage (2 trials at once). Its length comes from a short warm-up run of the same stages,
+timed epoch by epoch. With ``--repeat``, the warm-up recipe runs again and again for N
+minutes in the same driver on the same private Ray (the notebook and Python API pattern).
 
-Printed, from the samples after the first run (the warm-up: imports, Ray's pools, the
-first compiled kernels), per process that lived through all of them (a Train worker lives
-for one stage and is measured by its successors): RSS and descriptors at the first and
-last sample and the growth per hour of a least-squares line through them; then the
-driver's and the sum's growth against ``BOUND_MIB_PER_H`` / ``BOUND_FDS_PER_H`` (the bound
-docs/benchmarks.md states), and the peak RSS of each run's Train workers, first run to
-last. ``--quick`` (CI's slow tier): about 2 minutes, samples every 5 s: a check that the
-sampling and the report work, not a figure.
+A thread samples, every ``SAMPLE_S`` seconds, the resident memory (``/proc/PID/status``
+VmRSS) and the open file descriptors (``/proc/PID/fd``) of the driver and of every process
+below it: the private Ray's GCS, raylet, dashboard and agents, the progress queue's actor,
+the Train workers and Tune's trials, the watchdog.
+
+Printed, from the samples after the warm-up (imports, Ray's pools, the first epochs), for
+every process seen in at least ``MIN_SAMPLES`` of them: RSS and descriptors at its first
+and last sample and the growth per hour of a least-squares line through its samples; then
+the growth of the driver, of the sum over the processes that lived through every sample,
+and of the fastest-growing Train worker, each against ``BOUND_MIB_PER_H`` /
+``BOUND_FDS_PER_H`` (the bound docs/benchmarks.md states); with ``--repeat``, the peak RSS
+of each run's Train workers, first run to last. ``--quick`` (CI's slow tier): about 2
+minutes, samples every 5 s: a check that the sampling and the report work, not a figure.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from rayeffi.driver.supervise import descendants, stat_fields
 
 SAMPLE_S = 60.0
 QUICK_SAMPLE_S = 5.0
+MIN_SAMPLES = 5
 BOUND_MIB_PER_H = 20.0
 """Growth of the driver's RSS, and of the sum over the long-lived processes, that counts as a leak."""
 BOUND_FDS_PER_H = 10.0
@@ -57,6 +62,24 @@ def recipe(quick: bool) -> dict:
                       "metric": "val_loss", "mode": "min", "max_concurrent_trials": 2}},
         ],
     }
+
+
+def long_recipe(minutes: float, epoch_s: float) -> dict:
+    """The warm-up's stages sized to last about ``minutes``: 60% dense epochs, 20% DSD rounds
+    (one sparse and one re-dense epoch each), 20% the tuned stage's epochs (2 trials at once)."""
+    epochs = 60 * minutes / max(epoch_s, 0.05)
+    raw = recipe(quick=False)
+    dense, dsd, tuned = raw["stages"]
+    dense["epochs"] = max(4, int(0.6 * epochs))
+    dsd["techniques"][0]["rounds"] = [0.5] * max(2, int(0.2 * epochs / 2))
+    tuned["epochs"] = max(2, int(0.2 * epochs))
+    return raw
+
+
+def epoch_seconds(moments: list[float]) -> float:
+    """The median time between consecutive epoch lines of one stage."""
+    gaps = [b - a for a, b in zip(moments, moments[1:])]
+    return statistics.median(gaps) if gaps else 1.0
 
 
 def rss_mib(pid: int) -> float | None:
@@ -126,36 +149,49 @@ def slope_per_hour(times: list[float], values: list[float]) -> float:
     return 3600 * sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values)) / spread
 
 
-def report(sampler: Sampler, runs: int, minutes: float) -> None:
-    start = sampler.run_marks[1] if len(sampler.run_marks) > 1 else 0  # after the warm-up run
+def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0) -> None:
+    """The growth table from the samples after the first run (and ``skip`` more)."""
+    start = (sampler.run_marks[1] if len(sampler.run_marks) > 1 else 0) + skip  # after the warm-up
     window = sampler.samples[start:]
-    print(f"{runs} runs in {minutes:.1f} min; {len(window)} samples after the first run, every "
+    print(f"{runs} run(s) in {minutes:.1f} min; {len(window)} samples after the warm-up, every "
           f"{sampler.interval_s:g} s")
     if len(window) < 2:
         print("too few samples after the warm-up for a growth figure: run longer (--minutes)")
         return
-    times = [moment for moment, _ in window]
-    lasting = set(window[0][1]).intersection(*(set(found) for _, found in window[1:]))
-    print(f"{'process':<34} {'RSS MiB first':>13} {'last':>8} {'MiB/h':>8} {'fds first':>9} {'last':>5} {'fds/h':>7}")
-    total_rss = [0.0] * len(window)
-    total_fds = [0.0] * len(window)
+    series: dict[Key, list[tuple[float, str, float, int]]] = {}
+    for moment, found in window:
+        for key, (name, rss, fds) in found.items():
+            series.setdefault(key, []).append((moment, name, rss, fds))
+    lasting = {key for key, points in series.items() if len(points) == len(window)}
+    shown = {key: points for key, points in series.items() if len(points) >= min(MIN_SAMPLES, len(window))}
+    print(f"{'process':<30} {'samples':>7} {'RSS MiB first':>13} {'last':>7} {'MiB/h':>8} "
+          f"{'fds first':>9} {'last':>5} {'fds/h':>7}")
     rows = []
-    for key in lasting:
-        name = window[0][1][key][0]
-        rss = [found[key][1] for _, found in window]
-        fds = [found[key][2] for _, found in window]
-        total_rss = [a + b for a, b in zip(total_rss, rss)]
-        total_fds = [a + b for a, b in zip(total_fds, fds)]
-        rows.append((name != "driver", -rss[-1], name, rss, fds))
-    for _, _, name, rss, fds in sorted(rows):
-        print(f"{name[:34]:<34} {rss[0]:13.1f} {rss[-1]:8.1f} {slope_per_hour(times, rss):+8.1f} "
-              f"{fds[0]:9d} {fds[-1]:5d} {slope_per_hour(times, fds):+7.1f}")
-    driver = next(row for row in rows if row[2] == "driver")
-    for label, rss, fds in (("driver", driver[3], driver[4]), (f"all {len(lasting)} long-lived", total_rss, total_fds)):
-        mib_h, fds_h = slope_per_hour(times, rss), slope_per_hour(times, fds)
+    for key, points in shown.items():
+        times, rss, fds = [p[0] for p in points], [p[2] for p in points], [p[3] for p in points]
+        rows.append((points[0][1], key, len(points), rss, fds, slope_per_hour(times, rss), slope_per_hour(times, fds)))
+    for name, key, count, rss, fds, mib_h, fds_h in sorted(rows, key=lambda r: (r[0] != "driver", -r[3][-1])):
+        mark = "" if key in lasting else "*"
+        print(f"{(name + mark)[:30]:<30} {count:7d} {rss[0]:13.1f} {rss[-1]:7.1f} {mib_h:+8.1f} "
+              f"{fds[0]:9d} {fds[-1]:5d} {fds_h:+7.1f}")
+    if len(lasting) < len(shown):
+        print(f"* lived through part of the window only (at least {MIN_SAMPLES} samples): growth over its own samples")
+    times = [moment for moment, _ in window]
+    total_rss = [sum(found[key][1] for key in lasting) for _, found in window]
+    total_fds = [sum(found[key][2] for key in lasting) for _, found in window]
+    figures = [(label, mib_h, fds_h) for label, _, _, _, _, mib_h, fds_h in
+               [("driver", *row[1:]) for row in rows if row[0] == "driver"]]
+    figures.append((f"all {len(lasting)} long-lived", slope_per_hour(times, total_rss), slope_per_hour(times, total_fds)))
+    workers = [row for row in rows if "TrainWorker" in row[0]]
+    if workers:  # the longest-lived: the fewest samples give the noisiest slope
+        longest = max(workers, key=lambda row: row[2])
+        figures.append((f"longest-lived Train worker ({longest[2]} samples)", longest[5], longest[6]))
+    for label, mib_h, fds_h in figures:
         verdict = "within" if abs(mib_h) <= BOUND_MIB_PER_H and abs(fds_h) <= BOUND_FDS_PER_H else "OVER"
         print(f"growth {label}: {mib_h:+.1f} MiB/h, {fds_h:+.1f} fds/h ({verdict} the bound of "
               f"{BOUND_MIB_PER_H:g} MiB/h and {BOUND_FDS_PER_H:g} fds/h)")
+    if runs < 2:
+        return
     peaks = []
     for run, first in enumerate(sampler.run_marks):
         last = sampler.run_marks[run + 1] if run + 1 < len(sampler.run_marks) else len(sampler.samples)
@@ -173,19 +209,36 @@ def run(args) -> None:
     from rayeffi.recipe import validate_recipe
     from rayeffi.stages.ray_session import start_ray
 
-    quick = args.quick
+    quick, repeat = args.quick, args.repeat
     minutes = 2.0 if quick else args.minutes
-    checked = validate_recipe(recipe(quick))
+    warmup = validate_recipe(recipe(quick))
     start_ray(None, 2)  # one private Ray for every run (run_recipe joins it; rayeffi bench stops it)
     sampler = Sampler(QUICK_SAMPLE_S if quick else SAMPLE_S)
     started = time.monotonic()
     runs = 0
     with tempfile.TemporaryDirectory(prefix="rayeffi-soak-") as out, sampler:
-        while runs == 0 or time.monotonic() - started < 60 * minutes:
+        def one_run(checked, echo=lambda line: None) -> dict:
+            nonlocal runs
             sampler.run_marks.append(len(sampler.samples))
-            summary = run_recipe(checked, Path(out) / f"run-{runs}", echo=lambda line: None)
+            summary = run_recipe(checked, Path(out) / f"run-{runs}", echo=echo)
             if summary["status"] != "complete":
                 raise RuntimeError(f"soak run {runs} ended {summary['status']}: {summary.get('error')}")
             runs += 1
             print(f"run {runs}: {summary['wall_s']:.1f} s, {len(sampler.samples)} samples so far", flush=True)
-    report(sampler, runs, (time.monotonic() - started) / 60)
+            return summary
+
+        moments: list[float] = []
+        one_run(warmup, echo=lambda line: moments.append(time.monotonic()) if line.startswith("[dense] epoch ") else None)
+        if repeat:
+            while time.monotonic() - started < 60 * minutes:
+                one_run(warmup)
+        else:
+            left = minutes - (time.monotonic() - started) / 60
+            long = long_recipe(max(left, 1.0), epoch_seconds(moments))
+            dense, dsd, tuned = long["stages"]
+            print(f"one run of about {left:.0f} min: {dense['epochs']} dense epochs, "
+                  f"{len(dsd['techniques'][0]['rounds'])} DSD rounds, 2 tuned trials of {tuned['epochs']} epochs",
+                  flush=True)
+            one_run(validate_recipe(long))
+    skip = 0 if repeat or quick else 2  # one run: its first two minutes are its warm-up too
+    report(sampler, runs, (time.monotonic() - started) / 60, skip)

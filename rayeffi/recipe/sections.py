@@ -162,6 +162,11 @@ class ScalingConfig(Section):
     max_failures: int = Field(0, ge=-1)
     """Restarts of the worker group from the last checkpoint before the stage fails
     (-1: no limit)."""
+    start_timeout_s: float = Field(60.0, gt=0)
+    """Seconds the cluster has to place the workers (at the start, and again after a node
+    left); a try that runs out counts like a failure, so once ``max_failures`` more tries
+    have run out the stage ends with one error line instead of waiting for ever
+    (``max_failures: -1`` waits for ever)."""
     use_gpu: bool = False
     """One GPU per worker (Ray's ``ScalingConfig(use_gpu=...)``); a ``GPU`` count in
     ``resources_per_worker`` implies it. A worker on a node without CUDA falls back to the CPU."""

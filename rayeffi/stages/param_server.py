@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from rayeffi.checkpoint import ARTIFACT_FILE
 from rayeffi.data.ray_datasets import build_ray_datasets
 from rayeffi.errors import UserError
-from rayeffi.param_server.calls import get_all
+from rayeffi.param_server.calls import WATCH_EVERY_S, Placement, get_all
 from rayeffi.param_server.server import ServerShard, ServerSpec
 from rayeffi.param_server.worker import GradientWorker, GradientWorkerSpec
 from rayeffi.recipe.models import StageConfig
@@ -96,43 +96,47 @@ class _Failures:
                                f"{self.count - 1} restarts; raise scaling.max_failures to allow more") from error
 
 
-def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config) -> list[list[float]]:
+def run_epoch(epoch: int, servers: list, workers: list, failures: _Failures, config,
+              watch: Placement) -> list[list[float]]:
     """One epoch over every worker's shard; a worker that dies runs the rest of its epoch again."""
-    start = get_all([servers[0].progress.remote])[0]
-    get_all([lambda w=worker: w.start_epoch.remote(epoch) for worker in workers])
-    get_all([workers[0].publish_settings.remote])
+    start = get_all([servers[0].progress.remote], watch=watch)[0]
+    get_all([lambda w=worker: w.start_epoch.remote(epoch) for worker in workers], watch=watch)
+    get_all([workers[0].publish_settings.remote], watch=watch)
     pending = {workers[i].run_epoch.remote(epoch, start["version"]): i for i in range(len(workers))}
     results: dict[int, list[list[float]]] = {i: [] for i in range(len(workers))}
     while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        index = pending.pop(ready)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=WATCH_EVERY_S)
+        if not ready:
+            watch.check()  # a worker waits on a shard (or is itself) that no node can take
+            continue
+        index = pending.pop(ready[0])
+        ready = ready[0]
         try:
             results[index].append(ray.get(ready))
         except RayActorError as error:
             failures.record(f"gradient worker {index}", error)
-            get_all([lambda s=server: s.forget.remote(index) for server in servers])  # its in-flight gradient never comes
-            _wait_until_restarted(workers[index])
-            skip = _batches_done(servers, index, start, config)
+            get_all([lambda s=server: s.forget.remote(index) for server in servers],
+                    watch=watch)  # its in-flight gradient never comes
+            _wait_until_restarted(workers[index], watch)
+            skip = _batches_done(servers, index, start, config, watch)
             pending[workers[index].run_epoch.remote(epoch, start["version"], skip)] = index  # Ray restarted it
     return [part for index in sorted(results) for part in results[index]]
 
 
-def _wait_until_restarted(actor, timeout_s: float = 300.0) -> None:
+def _wait_until_restarted(actor, watch: Placement) -> None:
     """Ray restarts a dead actor in the background; calls before it is up fail as unavailable."""
-    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            ray.get(actor.current_lr.remote())
+            ray.get(actor.current_lr.remote(), timeout=WATCH_EVERY_S)
             return
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
+        except (ActorUnavailableError, GetTimeoutError):
+            watch.check()
             time.sleep(0.2)
 
 
-def _batches_done(servers: list, index: int, start: dict[str, Any], config) -> int:
+def _batches_done(servers: list, index: int, start: dict[str, Any], config, watch: Placement) -> int:
     """Batches of this epoch the shards have from worker ``index`` (sync: rounds complete on all)."""
-    now = get_all([server.progress.remote for server in servers])
+    now = get_all([server.progress.remote for server in servers], watch=watch)
     if config.mode == "sync":
         return min(p["version"] for p in now) - start["version"]
     pushes = min(p["pushes"].get(index, 0) for p in now) - start["pushes"].get(index, 0)
@@ -164,23 +168,24 @@ def server_metrics(stats: list[dict], versions_before: float, seconds: float) ->
 
 
 def _run_epochs(stage: StageConfig, context: StageContext, servers: list, workers: list, failures: _Failures,
-                artifact_path: str) -> tuple[dict[str, Any], Counter[int]]:
+                artifact_path: str, watch: Placement) -> tuple[dict[str, Any], Counter[int]]:
     """Every epoch; the last epoch's metrics and the stage's staleness histogram."""
     total: Counter[int] = Counter()
     metrics: dict[str, Any] = {}
     versions = 0.0
     for epoch in range(stage.total_epochs):
-        parts = run_epoch(epoch, servers, workers, failures, stage.parallel)
-        lr = get_all([workers[0].current_lr.remote])[0]
-        get_all([server.checkpoint.remote for server in servers])
-        val = get_all([worker.evaluate.remote for worker in workers])
-        stats = get_all([server.epoch_stats.remote for server in servers])
+        parts = run_epoch(epoch, servers, workers, failures, stage.parallel, watch)
+        lr = get_all([workers[0].current_lr.remote], watch=watch)[0]
+        get_all([server.checkpoint.remote for server in servers], watch=watch)
+        val = get_all([worker.evaluate.remote for worker in workers], watch=watch)
+        stats = get_all([server.epoch_stats.remote for server in servers], watch=watch)
         sums, train_s = epoch_sums(parts, val)
-        metrics = get_all([lambda: workers[0].finish_metrics.remote(sums, train_s, epoch, lr)])[0]
+        metrics = get_all([lambda: workers[0].finish_metrics.remote(sums, train_s, epoch, lr)], watch=watch)[0]
         metrics.update(server_metrics(stats, versions, train_s))
         versions = sum(s["version"] for s in stats) / len(stats)
         total.update({int(k): v for k, v in metrics["staleness_histogram"].items()})
-        get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])])
+        get_all([lambda: workers[0].write_checkpoint.remote(artifact_path, epoch + 1, metrics, workers[1:])],
+                watch=watch)
         if context.progress_queue is not None:
             context.progress_queue.put({"stage": stage.name, **metrics})
     return metrics, total
@@ -197,8 +202,10 @@ def run_param_server_stage(stage: StageConfig, context: StageContext) -> StageRe
     artifact_path = str(Path(context.stage_dir) / ARTIFACT_FILE)
     try:
         with worker_user_errors():  # a worker's TrainingDiverged: its one error line, exit 2
-            metrics, total = _run_epochs(stage, context, servers, workers, failures, artifact_path)
-            restarted = sum(get_all([worker.was_restarted.remote for worker in workers]))
+            watch = Placement(stage, {**{f"server shard {k}": s for k, s in enumerate(servers)},
+                                      **{f"gradient worker {i}": w for i, w in enumerate(workers)}})
+            metrics, total = _run_epochs(stage, context, servers, workers, failures, artifact_path, watch)
+            restarted = sum(get_all([worker.was_restarted.remote for worker in workers], watch=watch))
     finally:
         for actor in [*workers, *servers]:
             ray.kill(actor, no_restart=True)

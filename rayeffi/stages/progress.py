@@ -153,9 +153,14 @@ class Progress:
 
 
 def _ray_queue():
+    """The queue's actor on the driver's own node: placed elsewhere, a node that leaves would
+    take the run's record with it (every later report fails), while the driver lives on."""
+    import ray
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return Queue(actor_options={"num_cpus": 0})
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _empty_errors() -> tuple[type[Exception], ...]:

@@ -9,6 +9,8 @@ stage module but ``stages/base.py``.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import signal
 import threading
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import ray
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.torch import TorchTrainer
 
 from rayeffi.data.ray_datasets import build_ray_datasets
@@ -29,6 +32,9 @@ from rayeffi.recipe.models import StageConfig
 from rayeffi.stages.base import StageContext, StageResult, init_checkpoint, publish_checkpoint, worker_spec  # noqa: F401
 from rayeffi.stages.process_group import LoopbackTorchConfig
 from rayeffi.worker.loop import WorkerSpec, train_loop_per_worker
+
+
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def build_trainer(
@@ -41,6 +47,7 @@ def build_trainer(
     split, world_size = stage.data_layout.split_across_workers, max(scaling.num_workers, 1)  # local mode: 1
     # every rank's shard from the driver: Ray Train starts no dataset manager, no split coordinators
     spec = replace(spec, shards=driver_shards(datasets, world_size, split))
+    os.environ[START_TIMEOUT_ENV] = f"{scaling.start_timeout_s:g}"  # Ray Train hands it on to its controller
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
@@ -56,7 +63,10 @@ def build_trainer(
             name=run_name or f"{stage.name}-{uuid.uuid4().hex[:8]}",
             storage_path=str(context.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            # a worker group the cluster cannot place (a node left) is a controller failure to Ray
+            # Train, retried without limit by default: a hang. It gets max_failures retries too.
+            failure_config=FailureConfig(max_failures=scaling.max_failures,
+                                         controller_failure_limit=scaling.max_failures),
             callbacks=list(callbacks),
         ),
     )
@@ -96,7 +106,7 @@ def run_train(stage: StageConfig, context: StageContext) -> StageResult:
     trainer._register_sigint_handler = _abort_then_interrupt
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with worker_user_errors():  # e.g. a diverged loss: one error line, not a Ray traceback
+        with worker_user_errors(), unplaced_workers(stage):  # one error line, not a Ray traceback
             result = trainer.fit()
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -146,6 +156,29 @@ def worker_user_errors():
             raise
         kind = TrainingDiverged if isinstance(user_error, TrainingDiverged) else UserError  # the summary's status
         raise kind(str(user_error).strip().splitlines()[0]) from None
+
+
+@contextlib.contextmanager
+def unplaced_workers(stage: StageConfig):
+    """Ray Train gave up placing the worker group (``scaling.start_timeout_s`` per try, every
+    retry spent): one error line saying what the cluster has left and what to change."""
+    try:
+        yield
+    except ControllerError as exc:
+        if not isinstance(exc.controller_failure, WorkerGroupStartupTimeoutError):
+            raise
+        raise UserError(unplaced_message(stage, ray.available_resources() if ray.is_initialized() else {})) from None
+
+
+def unplaced_message(stage: StageConfig, available: dict[str, float]) -> str:
+    scaling = stage.scaling
+    wanted = dict(scaling.resources_per_worker)
+    free = ", ".join(f"{name}: {available.get(name, 0):g}" for name in wanted)
+    tries = f"{scaling.max_failures + 1} tries"  # max_failures -1: Ray Train tries without end
+    return (f"stage {stage.name}: the cluster could not place {scaling.num_workers} workers of "
+            f"{json.dumps(wanted)} within scaling.start_timeout_s ({scaling.start_timeout_s:g} s), {tries} "
+            f"(a node may have left; free now: {free}); add nodes, or lower scaling.num_workers or "
+            "scaling.resources_per_worker, or raise scaling.start_timeout_s to wait longer")
 
 
 def find_user_error(exc: BaseException, depth: int = 0) -> UserError | None:

@@ -98,9 +98,12 @@ def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) ->
     trial_id = tune.get_context().get_trial_id()
     variant = stage_variant(stage, config)
     local_mode = variant.scaling.num_workers == 0
+    # a trial Tune runs again (its process or node died) continues from its last checkpoint: in
+    # local mode Tune's; a Train run finds its own under the same run name
+    retried = tune.get_checkpoint() if local_mode else None
     spec = worker_spec(
         variant, context,
-        resume_checkpoint=None,  # a trial starts afresh
+        resume_checkpoint=retried.path if retried is not None else None,
         local_mode=local_mode,
         label=f"{stage.name}/{trial_id}",
         report_to=_report_to_tune if local_mode else None,
@@ -158,6 +161,8 @@ def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
         run_config=tune.RunConfig(
             name=f"{stage.name}-tune-{uuid.uuid4().hex[:8]}", storage_path=str(context.storage_path), verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # local-mode trials' own, as Train keeps
+            # a trial whose process dies (its node left) runs again, as many times as a worker group restarts
+            failure_config=tune.FailureConfig(max_failures=stage.scaling.max_failures),
         ),
     )
     start = time.perf_counter()

@@ -49,3 +49,28 @@ def test_too_short_a_run_says_so(capsys):
     sampler.samples = [(0.0, {(1, 1): ("driver", 1.0, 1)})]
     report(sampler, runs=1, minutes=1)
     assert "too few samples after the warm-up" in capsys.readouterr().out
+
+
+def test_one_long_run_is_sized_from_the_warm_ups_epochs():
+    from rayeffi.bench.soak import epoch_seconds, long_recipe
+    from rayeffi.recipe import validate_recipe
+
+    assert epoch_seconds([0.0, 0.5, 1.0, 9.0]) == 0.5  # the median gap: a slow validation does not count
+    stages = validate_recipe(long_recipe(30, 0.5)).stages  # 3,600 epochs' worth
+    assert [stage.name for stage in stages] == ["dense", "dsd", "tuned"]
+    assert stages[0].total_epochs == 2160 and stages[1].total_epochs == 720 and stages[2].total_epochs == 720
+
+
+def test_a_process_that_lived_through_part_of_the_run_is_measured_over_its_own_samples(capsys):
+    sampler = Sampler(60.0)
+    sampler.run_marks = [0, 1]
+    for index in range(12):
+        found = {(1, 1): ("driver", 100.0, 20)}
+        if 2 <= index < 10:  # the long stage's Train worker, growing 1 MiB a minute
+            found[(3, 3)] = ("ray::RayTrainWorker", 300.0 + index, 40)
+        sampler.samples.append((60.0 * index, found))
+    report(sampler, runs=2, minutes=12)
+    out = capsys.readouterr().out
+    assert "ray::RayTrainWorker*" in out and "lived through part of the window only" in out
+    assert "growth longest-lived Train worker (8 samples): +60.0 MiB/h, +0.0 fds/h (OVER the bound" in out
+    assert "growth driver: +0.0 MiB/h" in out and "growth all 1 long-lived" in out

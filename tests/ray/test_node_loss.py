@@ -1,0 +1,279 @@
+"""A node leaves a loopback ``ray.cluster_utils.Cluster`` in the middle of a stage.
+
+The head holds the driver's side (1 CPU for Ray Data, the Tune trials' unit); every worker
+node holds one ``slot`` (and a trial's unit), which each worker (or local-mode trial) of the
+stage asks for, so removing a node takes exactly what ran on it:
+
+1. a Train stage's worker node: the group restarts on the nodes left, from the last
+   checkpoint, and runs every epoch once;
+2. the same when no node is left to take the worker: one error line after the retries
+   (``scaling.start_timeout_s`` each), not a wait for ever;
+3. a parameter-server shard's node: Ray restarts the shard elsewhere from its checkpoint
+   and the stage finishes every epoch;
+4. a Tune trial's node: the trial runs again from its last checkpoint and the search goes on.
+
+Minutes in all (Ray declares the node dead, places the group again): the slow tier.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from helpers.ray_head import helpers_importable_by_workers
+from rayeffi.checkpoint import load_checkpoint
+from rayeffi.driver.run import run_recipe
+from rayeffi.errors import UserError
+from rayeffi.recipe import validate_recipe
+from rayeffi.stages.ray_session import LOOPBACK_IP, TRIAL_RESOURCE, loopback_only
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SLOT = "slot"
+SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  # ~2 s per epoch, sleeping
+ON_A_SLOT = {"CPU": 1, SLOT: 1}
+
+
+@pytest.fixture(scope="module")
+def cluster(own_ray):
+    with helpers_importable_by_workers(), loopback_only():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "resources": {TRIAL_RESOURCE: 8}, "include_dashboard": False,
+            "node_ip_address": LOOPBACK_IP})
+    cluster.wait_for_nodes()
+    yield cluster
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.shutdown()
+
+
+def slot_nodes(cluster: Cluster, count: int) -> None:
+    """Exactly ``count`` worker nodes, one ``slot`` each (tests leave fewer behind)."""
+    with helpers_importable_by_workers(), loopback_only():
+        while len(cluster.worker_nodes) < count:
+            cluster.add_node(num_cpus=1, resources={SLOT: 1, TRIAL_RESOURCE: 1}, node_ip_address=LOOPBACK_IP)
+    for node in list(cluster.worker_nodes)[count:]:
+        cluster.remove_node(node)
+    cluster.wait_for_nodes()
+
+
+def wait_for(condition, timeout_s: float = 300, what: str = "condition", every_s: float = 0.2):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError(what)
+
+
+def epochs_reported(out: Path, stage: str) -> list[int]:
+    path = out / "progress.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row["epoch"] for row in rows if row.get("stage", "").split("/")[0] == stage and "epoch" in row]
+
+
+def registered_epoch(storage: Path, stage: str) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered for ``stage`` (0: none yet)."""
+    epoch = 0
+    for snapshot in storage.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except (json.JSONDecodeError, OSError):  # being written
+            continue
+        if latest:
+            epoch = max(epoch, int(latest["metrics"]["epoch"]))
+    return epoch
+
+
+def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> str:
+    """Remove the (non-head) node running an alive actor of ``class_name``; its node id.
+    The actor table comes from the GCS (the cluster has no dashboard)."""
+    from ray._private.state import actors
+
+    def find():
+        found = [a for a in actors(actor_state_name="ALIVE").values()
+                 if a["ActorClassName"] == class_name and name_part in a["Name"]]
+        return [a["Address"]["NodeID"] for a in found if a["Address"]["NodeID"] != cluster.head_node.node_id]
+
+    (node_id, *_) = wait_for(find, what=f"an alive {class_name} {name_part} off the head")
+    (node,) = [node for node in cluster.worker_nodes if node.node_id == node_id]
+    cluster.remove_node(node)
+    return node_id
+
+
+def in_background(action, seen: dict) -> threading.Thread:
+    def body():
+        try:
+            seen["removed"] = action()
+            seen["removed_at"] = time.monotonic()
+        except Exception as exc:  # reported by the test, not lost in the thread
+            seen["error"] = repr(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_train_stage_restarts_on_the_nodes_left(cluster, tmp_path):
+    slot_nodes(cluster, 3)  # the group of 2 and one spare
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": SLOW_MODEL,
+        "scaling": {"num_workers": 2, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
+        "stages": [{"name": "train", "kind": "train", "epochs": 4}],
+    })
+    seen: dict = {}
+
+    def after_the_first_checkpoint():
+        seen["registered"] = wait_for(lambda: registered_epoch(tmp_path / "ray", "train"), what="a checkpoint")
+        return remove_node_of(cluster, "RayTrainWorker")
+
+    thread = in_background(after_the_first_checkpoint, seen)
+    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    (stage,) = summary["stages"]
+    assert summary["status"] == "complete"
+    ((from_epoch,),) = [tuple(restart.values()) for restart in stage["restarts"]]
+    assert seen["registered"] <= from_epoch < 4  # from a registered checkpoint, not from scratch
+    assert [row["epoch"] for row in stage["history"]] == [1, 2, 3, 4]
+    assert load_checkpoint(stage["checkpoint"])["epoch"] == 4
+
+
+def test_a_group_the_nodes_left_cannot_hold_ends_in_one_error(cluster, tmp_path):
+    slot_nodes(cluster, 2)  # exactly the group
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": SLOW_MODEL,
+        "scaling": {"num_workers": 2, "resources_per_worker": ON_A_SLOT, "max_failures": 1,
+                    "start_timeout_s": 5},
+        "stages": [{"name": "train", "kind": "train", "epochs": 20}],
+    })
+    seen: dict = {}
+
+    def after_the_first_epoch():
+        wait_for(lambda: epochs_reported(tmp_path, "train"), what="the first epoch")
+        return remove_node_of(cluster, "RayTrainWorker")
+
+    thread = in_background(after_the_first_epoch, seen)
+    with pytest.raises(UserError) as raised:
+        run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    ended = time.monotonic()
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("stage train: the cluster could not place 2 workers")
+    assert "scaling.start_timeout_s (5 s), 2 tries" in message and "free now: CPU: " in message
+    print(f"\n{message}\nnode removed -> error: {ended - seen['removed_at']:.1f} s")
+    assert ended - seen["removed_at"] < 120  # two 5 s tries, plus Ray noticing the node is gone
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "error" and summary["error"] == message
+
+
+def test_a_parameter_server_shard_moves_to_another_node(cluster, tmp_path):
+    slot_nodes(cluster, 3)  # a shard moves to a node with a CPU free
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.05}},
+        "parallel": {"strategy": "param_server", "num_servers": 2, "server_cpus": 1},
+        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2},
+        "stages": [{"name": "ps", "kind": "train", "epochs": 4}],
+    })
+    seen: dict = {}
+
+    def after_the_first_epoch():
+        wait_for(lambda: epochs_reported(tmp_path, "ps"), what="the first epoch")
+        return remove_node_of(cluster, "ServerShard", "-server-")
+
+    thread = in_background(after_the_first_epoch, seen)
+    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    (stage,) = summary["stages"]
+    assert summary["status"] == "complete"
+    assert [row["epoch"] for row in stage["history"]] == [1, 2, 3, 4]
+    assert sum(row["server_restores"] for row in stage["history"]) == 1  # the shard, from its checkpoint
+    assert stage["metrics"]["val_accuracy"] > 0.5
+
+
+def starts(out: Path, label_prefix: str) -> dict[str, list[int]]:
+    """Each trial's starts (``from_epoch`` of each) from the epoch log."""
+    found: dict[str, list[int]] = {}
+    for line in (out / "progress.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("event") == "start" and row.get("stage", "").startswith(label_prefix):
+            found.setdefault(row["stage"], []).append(row["from_epoch"])
+    return found
+
+
+def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(cluster, tmp_path):
+    slot_nodes(cluster, 3)  # two trials and a spare node
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": SLOW_MODEL,
+        # local-mode trials: each trial trains in its own process, on a slot node
+        "scaling": {"num_workers": 0, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
+        "stages": [{"name": "tuned", "kind": "train", "epochs": 5,
+                    "tune": {"search_space": {"optimizer.lr": {"grid": [0.01, 0.05]}}, "metric": "val_loss",
+                             "mode": "min", "max_concurrent_trials": 2}}],
+    })
+    seen: dict = {}
+
+    def after_two_epochs_of_a_trial():
+        wait_for(lambda: len(epochs_reported(tmp_path, "tuned")) >= 4, what="two epochs of each trial")
+        return remove_node_of(cluster, "ImplicitFunc")
+
+    thread = in_background(after_two_epochs_of_a_trial, seen)
+    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    (stage,) = summary["stages"]
+    assert summary["status"] == "complete"
+    trials = stage["trials"]
+    assert len(trials) == 2 and all(trial["status"] == "done" for trial in trials), trials
+    assert all(trial["metrics"]["epoch"] == 5 for trial in trials)
+    restarted = {label: froms for label, froms in starts(tmp_path, "tuned/").items() if len(froms) > 1}
+    assert len(restarted) == 1, starts(tmp_path, "tuned/")  # the trial on the removed node, once
+    ((first, again),) = restarted.values()
+    assert first == 0 and again >= 1  # from its last checkpoint, not from scratch
+
+
+def test_a_shard_no_node_can_take_again_ends_in_one_error(cluster, tmp_path):
+    slot_nodes(cluster, 2)  # 3 CPUs: two 1-CPU shards and a half-CPU worker, with no room for a third CPU
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.05}},
+        "parallel": {"strategy": "param_server", "num_servers": 2, "server_cpus": 1},
+        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2,
+                    "start_timeout_s": 5},
+        "stages": [{"name": "ps", "kind": "train", "epochs": 30}],
+    })
+    seen: dict = {}
+
+    def after_the_first_epoch():
+        wait_for(lambda: epochs_reported(tmp_path, "ps"), what="the first epoch")
+        return remove_node_of(cluster, "ServerShard", "-server-")
+
+    thread = in_background(after_the_first_epoch, seen)
+    with pytest.raises(UserError) as raised:
+        run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    ended = time.monotonic()
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    message = str(raised.value)
+    print(f"\n{message}\nnode removed -> error: {ended - seen['removed_at']:.1f} s")
+    assert "\n" not in message
+    assert message.startswith("stage ps: the cluster could not place the parameter server's server shard ")
+    assert "within scaling.start_timeout_s (5 s)" in message
+    assert ended - seen["removed_at"] < 60
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "error"
