@@ -148,8 +148,14 @@ class Progress:
         return [evals[step] for step in sorted(evals)]
 
     def close(self) -> None:
+        """Stop the printer thread; a Ray queue's actor is killed. The driver does not count on the
+        last handle going out of scope: Tune keeps what a tuned stage hands its trials (the
+        queue among it) for the life of the process (``stages/tune.py``), so a driver running
+        one recipe after another gained an actor process, and a socket to it, per run."""
         self._stop.set()
         self._thread.join(timeout=2)
+        if not isinstance(self.queue, std_queue.Queue):
+            self.queue.shutdown(force=True)  # nothing is put after the stages: no grace period to wait for
 
 
 def _ray_queue():
