@@ -169,7 +169,8 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0) -> None:
     rows = []
     for key, points in shown.items():
         times, rss, fds = [p[0] for p in points], [p[2] for p in points], [p[3] for p in points]
-        rows.append((points[0][1], key, len(points), rss, fds, slope_per_hour(times, rss), slope_per_hour(times, fds)))
+        rows.append((points[0][1], key, len(points), rss, fds,
+                     slope_per_hour(times, rss), slope_per_hour(times, fds)))
     for name, key, count, rss, fds, mib_h, fds_h in sorted(rows, key=lambda r: (r[0] != "driver", -r[3][-1])):
         mark = "" if key in lasting else "*"
         print(f"{(name + mark)[:30]:<30} {count:7d} {rss[0]:13.1f} {rss[-1]:7.1f} {mib_h:+8.1f} "
@@ -179,9 +180,9 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0) -> None:
     times = [moment for moment, _ in window]
     total_rss = [sum(found[key][1] for key in lasting) for _, found in window]
     total_fds = [sum(found[key][2] for key in lasting) for _, found in window]
-    figures = [(label, mib_h, fds_h) for label, _, _, _, _, mib_h, fds_h in
-               [("driver", *row[1:]) for row in rows if row[0] == "driver"]]
-    figures.append((f"all {len(lasting)} long-lived", slope_per_hour(times, total_rss), slope_per_hour(times, total_fds)))
+    driver = next(row for row in rows if row[0] == "driver")
+    figures = [("driver", driver[5], driver[6]),
+               (f"all {len(lasting)} long-lived", slope_per_hour(times, total_rss), slope_per_hour(times, total_fds))]
     workers = [row for row in rows if "TrainWorker" in row[0]]
     if workers:  # the longest-lived: the fewest samples give the noisiest slope
         longest = max(workers, key=lambda row: row[2])
@@ -228,7 +229,7 @@ def run(args) -> None:
             return summary
 
         moments: list[float] = []
-        one_run(warmup, echo=lambda line: moments.append(time.monotonic()) if line.startswith("[dense] epoch ") else None)
+        one_run(warmup, echo=lambda line: line.startswith("[dense] epoch ") and moments.append(time.monotonic()))
         if repeat:
             while time.monotonic() - started < 60 * minutes:
                 one_run(warmup)

@@ -46,12 +46,13 @@ WATCH_EVERY_S = 1.0
 
 
 class Placement:
-    """The driver's watch over a stage's actors: one that Ray has to place again (its node
-    left) and cannot, for ``scaling.start_timeout_s``, ends the stage with one error line.
-    Ray itself would keep it pending for ever, and every call to it with it."""
+    """The driver's watch over a stage's actors: one that Ray restarts (its node left) and that
+    is not up again after ``scaling.start_timeout_s`` ends the stage with one error line. Ray
+    itself would keep it pending for ever where no node can take it, and every call to it."""
 
     def __init__(self, stage: StageConfig, actors: dict[str, Any]):
         self.stage, self.timeout_s = stage.name, stage.scaling.start_timeout_s
+        self.resources = {"CPU", *stage.scaling.resources_per_worker}  # what the stage's actors ask for
         self.ids = {name: actor._actor_id.hex() for name, actor in actors.items()}
         self.unplaced_since: dict[str, float] = {}
 
@@ -59,19 +60,19 @@ class Placement:
         from ray._private.state import actors as actor_table
 
         now = time.monotonic()
-        alive_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         for name, actor_id in self.ids.items():
             info = actor_table(actor_id=actor_id) or {}
-            node = (info.get("Address") or {}).get("NodeID")
-            if info.get("State") == "ALIVE" or node in alive_nodes:  # up, or being built on a live node
+            # a first start is not watched (the driver's checks placed it); a restart that has not
+            # come up is: the GCS names no node it waits for (the address it shows is not one)
+            if info.get("State") in ("ALIVE", "DEAD") or not info.get("NumRestarts"):
                 self.unplaced_since.pop(name, None)
                 continue
             since = self.unplaced_since.setdefault(name, now)
             if now - since > self.timeout_s:
-                free = ", ".join(f"{k}: {v:g}" for k, v in sorted(ray.available_resources().items())
-                                 if k in ("CPU", "GPU") or not k.startswith(("node:", "memory", "object_store")))
+                available = ray.available_resources()
+                free = ", ".join(f"{k}: {available.get(k, 0):g}" for k in sorted(self.resources))
                 raise UserError(
-                    f"stage {self.stage}: the cluster could not place the parameter server's {name} again within "
+                    f"stage {self.stage}: the cluster could not start the parameter server's {name} again within "
                     f"scaling.start_timeout_s ({self.timeout_s:g} s) (a node may have left; free now: {free}); "
                     "add nodes, or lower scaling.num_workers, scaling.resources_per_worker or "
                     "parallel.server_cpus, or raise scaling.start_timeout_s to wait longer")
