@@ -62,8 +62,8 @@ class Placement:
         now = time.monotonic()
         for name, actor_id in self.ids.items():
             info = actor_table(actor_id=actor_id) or {}
-            # a first start is not watched (the driver's checks placed it); a restart that has not
-            # come up is: the GCS names no node it waits for (the address it shows is not one)
+            # a first start is not watched (the run's checks placed it), a restart is, by its state
+            # alone: while it waits for a node, the GCS shows an address where it does not run
             if info.get("State") in ("ALIVE", "DEAD") or not info.get("NumRestarts"):
                 self.unplaced_since.pop(name, None)
                 continue

@@ -99,17 +99,19 @@ def _trial(config: dict[str, Any], stage: StageConfig, context: StageContext) ->
     variant = stage_variant(stage, config)
     local_mode = variant.scaling.num_workers == 0
     # a trial Tune runs again (its process or node died) continues from its last checkpoint: in
-    # local mode Tune's; a Train run finds its own under the same run name
+    # local mode Tune's (a local copy, whatever the storage); a Train run finds its own under
+    # the same run name
     retried = tune.get_checkpoint() if local_mode else None
-    spec = worker_spec(
-        variant, context,
-        resume_checkpoint=retried.path if retried is not None else None,
-        local_mode=local_mode,
-        label=f"{stage.name}/{trial_id}",
-        report_to=_report_to_tune if local_mode else None,
-    )
-    callbacks = [] if local_mode else [TuneReportCallback()]
-    build_trainer(variant, context, spec, callbacks=callbacks, run_name=f"{stage.name}-{trial_id}").fit()
+    with retried.as_directory() if retried is not None else contextlib.nullcontext() as resume_from:
+        spec = worker_spec(
+            variant, context,
+            resume_checkpoint=resume_from,
+            local_mode=local_mode,
+            label=f"{stage.name}/{trial_id}",
+            report_to=_report_to_tune if local_mode else None,
+        )
+        callbacks = [] if local_mode else [TuneReportCallback()]
+        build_trainer(variant, context, spec, callbacks=callbacks, run_name=f"{stage.name}-{trial_id}").fit()
 
 
 def _report_to_tune(metrics: dict[str, Any], checkpoint_dir: str) -> None:
