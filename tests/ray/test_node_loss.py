@@ -1,8 +1,8 @@
 """A node leaves a loopback ``ray.cluster_utils.Cluster`` in the middle of a stage.
 
-The head holds the driver's side (1 CPU for Ray Data, the Tune trials' unit); every worker
-node holds one ``slot`` (and a trial's unit), which each worker (or local-mode trial) of the
-stage asks for, so removing a node takes exactly what ran on it:
+The head holds the driver's side (1 CPU for Ray Data, Tune trials' drivers); every worker
+node holds one ``slot`` (and one trial's unit), which each worker (or local-mode trial) of
+the stage asks for, so removing a node takes exactly what ran on it:
 
 1. a Train stage's worker node: the group restarts on the nodes left, from the last
    checkpoint, and runs every epoch once;
@@ -10,7 +10,8 @@ stage asks for, so removing a node takes exactly what ran on it:
    (``scaling.start_timeout_s`` each), not a wait for ever;
 3. a parameter-server shard's node: Ray restarts the shard elsewhere from its checkpoint
    and the stage finishes every epoch;
-4. a Tune trial's node: the trial runs again from its last checkpoint and the search goes on.
+4. a Tune trial's node: a local-mode trial runs again from its last checkpoint, a trial's
+   Ray Train run restarts its worker group, and the search goes on.
 
 Minutes in all (Ray declares the node dead, places the group again): the slow tier.
 """
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SLOT = "slot"
 SLOW_MODEL = {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.25}}  # ~2 s per epoch, sleeping
 ON_A_SLOT = {"CPU": 1, SLOT: 1}
+EPOCHS_PER_TRIAL = 8  # room to remove a node mid-trial on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,17 @@ def registered_epoch(storage: Path, stage: str) -> int:
     return epoch
 
 
+def registered_epochs(storage: Path, stage: str) -> int:
+    """How many of the stage's Ray Train runs have registered a checkpoint."""
+    count = 0
+    for snapshot in storage.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
+        try:
+            count += bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+        except (json.JSONDecodeError, OSError):  # being written
+            continue
+    return count
+
+
 def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> str:
     """Remove the (non-head) node running an alive actor of ``class_name``; its node id.
     The actor table comes from the GCS (the cluster has no dashboard)."""
@@ -106,8 +119,8 @@ def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> st
             table = actors(actor_state_name="ALIVE")
         except ray.exceptions.RaySystemError:  # joined, its state client not connected yet
             return None
-        found = [a for a in table.values()
-                 if a["ActorClassName"] == class_name and name_part in a["Name"]]
+        found = [a for a in table.values()  # Tune's trial class is at times named wrap_function.<locals>.ImplicitFunc
+                 if a["ActorClassName"].rsplit(".", 1)[-1] == class_name and name_part in a["Name"]]
         return [a["Address"]["NodeID"] for a in found if a["Address"]["NodeID"] != cluster.head_node.node_id]
 
     (node_id, *_) = wait_for(find, what=f"an alive {class_name} {name_part} off the head")
@@ -229,17 +242,17 @@ def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(clus
         "model": SLOW_MODEL,
         # local-mode trials: each trial trains in its own process, on a slot node
         "scaling": {"num_workers": 0, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
-        "stages": [{"name": "tuned", "kind": "train", "epochs": 5,
+        "stages": [{"name": "tuned", "kind": "train", "epochs": EPOCHS_PER_TRIAL,
                     "tune": {"search_space": {"optimizer.lr": {"grid": [0.01, 0.05]}}, "num_samples": 1,
                              "metric": "val_loss", "mode": "min", "max_concurrent_trials": 2}}],
     })
     seen: dict = {}
 
-    def after_two_epochs_of_a_trial():
+    def after_two_epochs_of_each_trial():
         wait_for(lambda: len(epochs_reported(tmp_path, "tuned")) >= 4, what="two epochs of each trial")
         return remove_node_of(cluster, "ImplicitFunc")
 
-    thread = in_background(after_two_epochs_of_a_trial, seen)
+    thread = in_background(after_two_epochs_of_each_trial, seen)
     summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
     thread.join(timeout=10)
     assert "error" not in seen, seen["error"]
@@ -247,7 +260,7 @@ def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(clus
     assert summary["status"] == "complete"
     trials = stage["trials"]
     assert len(trials) == 2 and all(trial["status"] == "done" for trial in trials), trials
-    assert all(trial["metrics"]["epoch"] == 5 for trial in trials)
+    assert all(trial["metrics"]["epoch"] == EPOCHS_PER_TRIAL for trial in trials)
     restarted = {label: froms for label, froms in starts(tmp_path, "tuned/").items() if len(froms) > 1}
     assert len(restarted) == 1, starts(tmp_path, "tuned/")  # the trial on the removed node, once
     ((first, again),) = restarted.values()
@@ -283,3 +296,34 @@ def test_a_shard_no_node_can_take_again_ends_in_one_error(cluster, tmp_path):
     assert "within scaling.start_timeout_s (5 s)" in message
     assert ended - seen["removed_at"] < 60
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "error"
+
+
+def test_a_tune_trials_train_run_restarts_on_the_nodes_left(cluster, tmp_path):
+    slot_nodes(cluster, 3)  # two trials' one-worker Train runs and a spare node
+    recipe = validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": SLOW_MODEL,
+        "scaling": {"num_workers": 1, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
+        "stages": [{"name": "tuned", "kind": "train", "epochs": 5,
+                    "tune": {"search_space": {"optimizer.lr": {"grid": [0.01, 0.05]}}, "num_samples": 1,
+                             "metric": "val_loss", "mode": "min", "max_concurrent_trials": 2}}],
+    })
+    seen: dict = {}
+
+    def after_a_registered_checkpoint_of_each_trial():
+        wait_for(lambda: registered_epochs(tmp_path / "ray", "tuned") >= 2, what="a checkpoint of each trial")
+        return remove_node_of(cluster, "RayTrainWorker")
+
+    thread = in_background(after_a_registered_checkpoint_of_each_trial, seen)
+    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    (stage,) = summary["stages"]
+    assert summary["status"] == "complete"
+    trials = stage["trials"]
+    assert len(trials) == 2 and all(trial["status"] == "done" for trial in trials), trials
+    assert all(trial["metrics"]["epoch"] == 5 for trial in trials)
+    restarted = {label: froms for label, froms in starts(tmp_path, "tuned/").items() if len(froms) > 1}
+    assert len(restarted) == 1, starts(tmp_path, "tuned/")
+    ((first, again),) = restarted.values()
+    assert first == 0 and again >= 1  # from the Train run's registered checkpoint
