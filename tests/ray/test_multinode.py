@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from helpers.cluster import registered_epoch, wait_for
 from helpers.ray_head import descendants, free_ports, helpers_importable_by_workers, kill_pids
 from rayeffi.cli import main
 from rayeffi.recipe import validate_recipe
@@ -50,29 +50,6 @@ def cluster(own_ray):
     if ray.is_initialized():
         ray.shutdown()
     cluster.shutdown()
-
-
-def registered_epoch(storage: Path, stage: str) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered for ``stage`` (0: none yet)."""
-    epoch = 0
-    for snapshot in storage.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-        except (json.JSONDecodeError, OSError):  # being written
-            continue
-        if latest:
-            epoch = max(epoch, int(latest["metrics"]["epoch"]))
-    return epoch
-
-
-def wait_for(condition, timeout_s: float = 600, what: str = "condition", every_s: float = 0.1):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(what)
 
 
 def epochs_after_each_start(progress_file: Path, stage: str) -> list[tuple[int, list[int]]]:

@@ -27,6 +27,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from helpers.cluster import registered_epoch, registered_epochs, wait_for
 from helpers.ray_head import helpers_importable_by_workers
 from rayeffi.checkpoint import load_checkpoint
 from rayeffi.driver.run import run_recipe
@@ -65,46 +66,12 @@ def slot_nodes(cluster: Cluster, count: int) -> None:
     cluster.wait_for_nodes()
 
 
-def wait_for(condition, timeout_s: float = 300, what: str = "condition", every_s: float = 0.2):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(what)
-
-
 def epochs_reported(out: Path, stage: str) -> list[int]:
     path = out / "progress.jsonl"
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [row["epoch"] for row in rows if row.get("stage", "").split("/")[0] == stage and "epoch" in row]
-
-
-def registered_epoch(storage: Path, stage: str) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered for ``stage`` (0: none yet)."""
-    epoch = 0
-    for snapshot in storage.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-        except (json.JSONDecodeError, OSError):  # being written
-            continue
-        if latest:
-            epoch = max(epoch, int(latest["metrics"]["epoch"]))
-    return epoch
-
-
-def registered_epochs(storage: Path, stage: str) -> int:
-    """How many of the stage's Ray Train runs have registered a checkpoint."""
-    count = 0
-    for snapshot in storage.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
-        try:
-            count += bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
-        except (json.JSONDecodeError, OSError):  # being written
-            continue
-    return count
 
 
 def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> str:
@@ -123,7 +90,7 @@ def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> st
                  if a["ActorClassName"].rsplit(".", 1)[-1] == class_name and name_part in a["Name"]]
         return [a["Address"]["NodeID"] for a in found if a["Address"]["NodeID"] != cluster.head_node.node_id]
 
-    (node_id, *_) = wait_for(find, what=f"an alive {class_name} {name_part} off the head")
+    (node_id, *_) = wait_for(find, timeout_s=300, what=f"an alive {class_name} {name_part} off the head", every_s=0.2)
     (node,) = [node for node in cluster.worker_nodes if node.node_id == node_id]
     cluster.remove_node(node)
     return node_id
@@ -235,36 +202,47 @@ def starts(out: Path, label_prefix: str) -> dict[str, list[int]]:
     return found
 
 
-def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(cluster, tmp_path):
-    slot_nodes(cluster, 3)  # two trials and a spare node
-    recipe = validate_recipe({
+def tuned_recipe(num_workers: int, epochs: int):
+    """Two trials at once (two learning rates), each on a slot: in its own process
+    (``num_workers: 0``) or driving a one-worker Train run."""
+    return validate_recipe({
         "data": {"max_samples": 512, "batch_size": 64},
         "model": SLOW_MODEL,
-        # local-mode trials: each trial trains in its own process, on a slot node
-        "scaling": {"num_workers": 0, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
-        "stages": [{"name": "tuned", "kind": "train", "epochs": EPOCHS_PER_TRIAL,
+        "scaling": {"num_workers": num_workers, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
+        "stages": [{"name": "tuned", "kind": "train", "epochs": epochs,
                     "tune": {"search_space": {"optimizer.lr": {"grid": [0.01, 0.05]}}, "num_samples": 1,
                              "metric": "val_loss", "mode": "min", "max_concurrent_trials": 2}}],
     })
-    seen: dict = {}
 
-    def after_two_epochs_of_each_trial():
-        wait_for(lambda: len(epochs_reported(tmp_path, "tuned")) >= 4, what="two epochs of each trial")
-        return remove_node_of(cluster, "ImplicitFunc")
 
-    thread = in_background(after_two_epochs_of_each_trial, seen)
-    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
-    thread.join(timeout=10)
-    assert "error" not in seen, seen["error"]
+def assert_the_search_went_on(summary: dict, out: Path, epochs: int) -> None:
+    """Both trials done at their last epoch; one of them (on the removed node) started again,
+    from a checkpoint (epoch 1 or later), not from scratch."""
     (stage,) = summary["stages"]
     assert summary["status"] == "complete"
     trials = stage["trials"]
     assert len(trials) == 2 and all(trial["status"] == "done" for trial in trials), trials
-    assert all(trial["metrics"]["epoch"] == EPOCHS_PER_TRIAL for trial in trials)
-    restarted = {label: froms for label, froms in starts(tmp_path, "tuned/").items() if len(froms) > 1}
-    assert len(restarted) == 1, starts(tmp_path, "tuned/")  # the trial on the removed node, once
+    assert all(trial["metrics"]["epoch"] == epochs for trial in trials)
+    restarted = {label: froms for label, froms in starts(out, "tuned/").items() if len(froms) > 1}
+    assert len(restarted) == 1, starts(out, "tuned/")
     ((first, again),) = restarted.values()
-    assert first == 0 and again >= 1  # from its last checkpoint, not from scratch
+    assert first == 0 and again >= 1
+
+
+def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(cluster, tmp_path):
+    slot_nodes(cluster, 3)  # two local-mode trials (each trains in its own process, on a slot) and a spare
+    seen: dict = {}
+
+    def after_two_epochs_of_each_trial():
+        wait_for(lambda: len(epochs_reported(tmp_path, "tuned")) >= 4, what="two epochs of each trial")
+        return remove_node_of(cluster, "ImplicitFunc")  # a trial's process: Tune runs it again
+
+    thread = in_background(after_two_epochs_of_each_trial, seen)
+    summary = run_recipe(tuned_recipe(0, EPOCHS_PER_TRIAL), tmp_path, address=cluster.address,
+                         echo=lambda line: None)
+    thread.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    assert_the_search_went_on(summary, tmp_path, EPOCHS_PER_TRIAL)
 
 
 def test_a_shard_no_node_can_take_again_ends_in_one_error(cluster, tmp_path):
@@ -300,30 +278,15 @@ def test_a_shard_no_node_can_take_again_ends_in_one_error(cluster, tmp_path):
 
 def test_a_tune_trials_train_run_restarts_on_the_nodes_left(cluster, tmp_path):
     slot_nodes(cluster, 3)  # two trials' one-worker Train runs and a spare node
-    recipe = validate_recipe({
-        "data": {"max_samples": 512, "batch_size": 64},
-        "model": SLOW_MODEL,
-        "scaling": {"num_workers": 1, "resources_per_worker": ON_A_SLOT, "max_failures": 1},
-        "stages": [{"name": "tuned", "kind": "train", "epochs": 5,
-                    "tune": {"search_space": {"optimizer.lr": {"grid": [0.01, 0.05]}}, "num_samples": 1,
-                             "metric": "val_loss", "mode": "min", "max_concurrent_trials": 2}}],
-    })
     seen: dict = {}
 
     def after_a_registered_checkpoint_of_each_trial():
-        wait_for(lambda: registered_epochs(tmp_path / "ray", "tuned") >= 2, what="a checkpoint of each trial")
-        return remove_node_of(cluster, "RayTrainWorker")
+        wait_for(lambda: len(registered_epochs(tmp_path / "ray", "tuned")) >= 2, what="a checkpoint of each trial",
+                 every_s=0.2)
+        return remove_node_of(cluster, "RayTrainWorker")  # the trial's Train run restarts its group
 
     thread = in_background(after_a_registered_checkpoint_of_each_trial, seen)
-    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    summary = run_recipe(tuned_recipe(1, 5), tmp_path, address=cluster.address, echo=lambda line: None)
     thread.join(timeout=10)
     assert "error" not in seen, seen["error"]
-    (stage,) = summary["stages"]
-    assert summary["status"] == "complete"
-    trials = stage["trials"]
-    assert len(trials) == 2 and all(trial["status"] == "done" for trial in trials), trials
-    assert all(trial["metrics"]["epoch"] == 5 for trial in trials)
-    restarted = {label: froms for label, froms in starts(tmp_path, "tuned/").items() if len(froms) > 1}
-    assert len(restarted) == 1, starts(tmp_path, "tuned/")
-    ((first, again),) = restarted.values()
-    assert first == 0 and again >= 1  # from the Train run's registered checkpoint
+    assert_the_search_went_on(summary, tmp_path, 5)
