@@ -74,7 +74,7 @@ def epochs_reported(out: Path, stage: str) -> list[int]:
     return [row["epoch"] for row in rows if row.get("stage", "").split("/")[0] == stage and "epoch" in row]
 
 
-def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> str:
+def remove_node_of(cluster: Cluster, class_name: str) -> str:
     """Remove the (non-head) node running an alive actor of ``class_name``; its node id.
     The actor table comes from the GCS (the cluster has no dashboard)."""
     from ray._private.state import actors
@@ -87,10 +87,10 @@ def remove_node_of(cluster: Cluster, class_name: str, name_part: str = "") -> st
         except ray.exceptions.RaySystemError:  # joined, its state client not connected yet
             return None
         found = [a for a in table.values()  # Tune's trial class is at times named wrap_function.<locals>.ImplicitFunc
-                 if a["ActorClassName"].rsplit(".", 1)[-1] == class_name and name_part in a["Name"]]
+                 if a["ActorClassName"].rsplit(".", 1)[-1] == class_name]
         return [a["Address"]["NodeID"] for a in found if a["Address"]["NodeID"] != cluster.head_node.node_id]
 
-    (node_id, *_) = wait_for(find, timeout_s=300, what=f"an alive {class_name} {name_part} off the head", every_s=0.2)
+    (node_id, *_) = wait_for(find, timeout_s=300, what=f"an alive {class_name} off the head", every_s=0.2)
     (node,) = [node for node in cluster.worker_nodes if node.node_id == node_id]
     cluster.remove_node(node)
     return node_id
@@ -107,6 +107,27 @@ def in_background(action, seen: dict) -> threading.Thread:
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread
+
+
+def remove_after_the_first_epoch(cluster: Cluster, out: Path, stage: str, class_name: str,
+                                 seen: dict) -> threading.Thread:
+    """In the background: once ``stage`` has logged an epoch, remove the node of a ``class_name`` actor."""
+    def action():
+        wait_for(lambda: epochs_reported(out, stage), what="the first epoch")
+        return remove_node_of(cluster, class_name)
+
+    return in_background(action, seen)
+
+
+def ps_recipe(epochs: int, **scaling):
+    """Two 1-CPU shards and one half-CPU gradient worker."""
+    return validate_recipe({
+        "data": {"max_samples": 512, "batch_size": 64},
+        "model": {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.05}},
+        "parallel": {"strategy": "param_server", "num_servers": 2, "server_cpus": 1},
+        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2, **scaling},
+        "stages": [{"name": "ps", "kind": "train", "epochs": epochs}],
+    })
 
 
 def test_a_train_stage_restarts_on_the_nodes_left(cluster, tmp_path):
@@ -145,12 +166,7 @@ def test_a_group_the_nodes_left_cannot_hold_ends_in_one_error(cluster, tmp_path)
         "stages": [{"name": "train", "kind": "train", "epochs": 20}],
     })
     seen: dict = {}
-
-    def after_the_first_epoch():
-        wait_for(lambda: epochs_reported(tmp_path, "train"), what="the first epoch")
-        return remove_node_of(cluster, "RayTrainWorker")
-
-    thread = in_background(after_the_first_epoch, seen)
+    thread = remove_after_the_first_epoch(cluster, tmp_path, "train", "RayTrainWorker", seen)
     with pytest.raises(UserError) as raised:
         run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
     ended = time.monotonic()
@@ -168,21 +184,9 @@ def test_a_group_the_nodes_left_cannot_hold_ends_in_one_error(cluster, tmp_path)
 
 def test_a_parameter_server_shard_moves_to_another_node(cluster, tmp_path):
     slot_nodes(cluster, 3)  # a shard moves to a node with a CPU free
-    recipe = validate_recipe({
-        "data": {"max_samples": 512, "batch_size": 64},
-        "model": {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.05}},
-        "parallel": {"strategy": "param_server", "num_servers": 2, "server_cpus": 1},
-        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2},
-        "stages": [{"name": "ps", "kind": "train", "epochs": 4}],
-    })
     seen: dict = {}
-
-    def after_the_first_epoch():
-        wait_for(lambda: epochs_reported(tmp_path, "ps"), what="the first epoch")
-        return remove_node_of(cluster, "ServerShard", "-server-")
-
-    thread = in_background(after_the_first_epoch, seen)
-    summary = run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+    thread = remove_after_the_first_epoch(cluster, tmp_path, "ps", "ServerShard", seen)
+    summary = run_recipe(ps_recipe(4), tmp_path, address=cluster.address, echo=lambda line: None)
     thread.join(timeout=10)
     assert "error" not in seen, seen["error"]
     (stage,) = summary["stages"]
@@ -247,23 +251,10 @@ def test_a_tune_trial_runs_again_from_its_checkpoint_and_the_search_goes_on(clus
 
 def test_a_shard_no_node_can_take_again_ends_in_one_error(cluster, tmp_path):
     slot_nodes(cluster, 2)  # 3 CPUs: two 1-CPU shards and a half-CPU worker, with no room for a third CPU
-    recipe = validate_recipe({
-        "data": {"max_samples": 512, "batch_size": 64},
-        "model": {"name": "helpers.user_models:slow", "kwargs": {"sleep_s": 0.05}},
-        "parallel": {"strategy": "param_server", "num_servers": 2, "server_cpus": 1},
-        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "max_failures": 2,
-                    "start_timeout_s": 5},
-        "stages": [{"name": "ps", "kind": "train", "epochs": 30}],
-    })
     seen: dict = {}
-
-    def after_the_first_epoch():
-        wait_for(lambda: epochs_reported(tmp_path, "ps"), what="the first epoch")
-        return remove_node_of(cluster, "ServerShard", "-server-")
-
-    thread = in_background(after_the_first_epoch, seen)
+    thread = remove_after_the_first_epoch(cluster, tmp_path, "ps", "ServerShard", seen)
     with pytest.raises(UserError) as raised:
-        run_recipe(recipe, tmp_path, address=cluster.address, echo=lambda line: None)
+        run_recipe(ps_recipe(30, start_timeout_s=5), tmp_path, address=cluster.address, echo=lambda line: None)
     ended = time.monotonic()
     thread.join(timeout=10)
     assert "error" not in seen, seen["error"]
