@@ -234,10 +234,11 @@ def run(args) -> None:
             while time.monotonic() - started < 60 * minutes:
                 one_run(warmup)
         else:
-            left = minutes - (time.monotonic() - started) / 60
-            long = long_recipe(max(left, 1.0), epoch_seconds(moments))
+            # --quick: the smallest run of each kind, whatever the warm-up took on a busy machine
+            left = 0.05 if quick else max(minutes - (time.monotonic() - started) / 60, 1.0)
+            long = long_recipe(left, epoch_seconds(moments))
             dense, dsd, tuned = long["stages"]
-            print(f"one run of about {left:.0f} min: {dense['epochs']} dense epochs, "
+            print(f"one run of about {left:.2g} min: {dense['epochs']} dense epochs, "
                   f"{len(dsd['techniques'][0]['rounds'])} DSD rounds, 2 tuned trials of {tuned['epochs']} epochs",
                   flush=True)
             one_run(validate_recipe(long))
