@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="soak: the short recipe again and again in one driver, instead of one long run")
     bench.add_argument("--budget-mib", type=float, default=256,
                        help="memory: the peak memory budget the largest batch must fit (default 256)")
-    bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME)")
+    bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME); "
+                                     "soak: where its samples go, as soak-samples.json (default: not kept)")
     return parser
 
 

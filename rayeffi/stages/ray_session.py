@@ -33,6 +33,15 @@ RAY_JOB_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
 
+PRIVATE_RAY_ENV = {
+    # The GCS keeps a record of every task for the dashboard and `ray list tasks`, up to
+    # this many (Ray's default: 100,000; ray_config_def.h, task_events_max_num_task_in_gcs).
+    # The Train controller's polls above make ~10 tasks a second, so a long run grew a
+    # private Ray's GCS by ~400 MiB an hour toward ~0.6 GiB; 10,000 holds the last ~15
+    # minutes of tasks in a few tens of MiB (docs/benchmarks.md, soak).
+    "RAY_task_events_max_num_task_in_gcs": "10000",
+}
+
 
 def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None = None,
               import_paths: tuple[str, ...] = ()) -> bool:
@@ -76,6 +85,8 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:  # gloo's pairs listen on loopback too
             common["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] = interface
         _ensure_watchdog()
+        for key, value in PRIVATE_RAY_ENV.items():
+            os.environ.setdefault(key, value)  # read by the GCS this call starts
         with loopback_only():
             ray.init(
                 address="local",

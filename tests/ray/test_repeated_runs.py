@@ -55,3 +55,18 @@ def test_tuned_runs_leave_no_queue_actor_and_no_descriptor_behind(tmp_path):
     # the first run opens what every later one reuses (the connections to the GCS, the raylet and
     # the Tune trial's worker process); a socket kept to each run's queue actor added one a run
     assert fds[2] == fds[0], f"the driver's open descriptors after each run: {fds}"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the GCS's environment in /proc")
+def test_the_private_rays_gcs_keeps_a_bounded_record_of_tasks():
+    """Ray's GCS keeps up to 100,000 tasks' records by default (~0.6 GiB at the Train controller's
+    rate): a private Ray's is started with the lower cap of ``stages/ray_session.py``."""
+    from rayeffi.driver.supervise import descendants
+    from rayeffi.stages.ray_session import PRIVATE_RAY_ENV
+
+    gcs = [pid for pid, _ in descendants(os.getpid())
+           if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].endswith(b"gcs_server")]
+    assert len(gcs) == 1
+    environ = open(f"/proc/{gcs[0]}/environ", "rb").read().split(b"\0")
+    cap = PRIVATE_RAY_ENV["RAY_task_events_max_num_task_in_gcs"]
+    assert f"RAY_task_events_max_num_task_in_gcs={cap}".encode() in environ

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -36,11 +37,12 @@ def _sampler(driver_mib_per_sample: float) -> Sampler:
 def test_the_report_says_whether_growth_is_within_the_bound(capsys):
     report(_sampler(0.0), runs=2, minutes=6)
     out = capsys.readouterr().out
-    assert "growth driver: +0.0 MiB/h, +0.0 fds/h (within the bound" in out
+    assert "growth driver: +0.0 MiB/h, +0.0 fds/h over the second half (whole window +0.0 MiB/h, +0.0 fds/h): " \
+           "within the bound" in out
     assert "growth all 2 long-lived: +0.0 MiB/h" in out  # the short-lived Train worker is left out
     assert "Train workers' peak RSS per run (MiB): first 302.0, last 302.0" in out
     report(_sampler(BOUND_MIB_PER_H), runs=2, minutes=6)  # the bound per minute: 60x over it
-    assert "(OVER the bound" in capsys.readouterr().out
+    assert "): OVER the bound" in capsys.readouterr().out
 
 
 def test_too_short_a_run_says_so(capsys):
@@ -72,5 +74,26 @@ def test_a_process_that_lived_through_part_of_the_run_is_measured_over_its_own_s
     report(sampler, runs=2, minutes=12)
     out = capsys.readouterr().out
     assert "ray::RayTrainWorker*" in out and "lived through part of the window only" in out
-    assert "growth longest-lived Train worker (8 samples): +60.0 MiB/h, +0.0 fds/h (OVER the bound" in out
+    assert "growth longest-lived Train worker (8 samples): +60.0 MiB/h, +0.0 fds/h over the second half " \
+           "(whole window +60.0 MiB/h, +0.0 fds/h): OVER the bound" in out
     assert "growth driver: +0.0 MiB/h" in out and "growth all 1 long-lived" in out
+
+
+def test_a_cache_that_fills_and_stops_counts_as_no_growth_in_the_second_half(capsys, tmp_path):
+    """Ray's bounded records (the GCS's tasks, Ray Data's datasets) grow for the first minutes,
+    then stop: the verdict reads the second half; the whole window's slope is printed beside it."""
+    from rayeffi.bench.soak import save_samples
+
+    sampler = Sampler(60.0)
+    sampler.run_marks = [0, 1]
+    for index in range(13):
+        found = {(1, 1): ("driver", 100.0, 20), (2, 2): ("gcs_server", 50.0 + 5 * min(index, 5), 30)}
+        sampler.samples.append((60.0 * index, found))
+    report(sampler, runs=1, minutes=13)
+    out = capsys.readouterr().out
+    assert "growth all 2 long-lived: +0.0 MiB/h, +0.0 fds/h over the second half (whole window +" in out
+    assert "within the bound" in out and "OVER" not in out
+    save_samples(sampler, tmp_path / "soak-samples.json")
+    saved = json.loads((tmp_path / "soak-samples.json").read_text())
+    assert saved["run_marks"] == [0, 1] and saved["samples"][12] == [720.0, [[1, 1, "driver", 100.0, 20],
+                                                                          [2, 2, "gcs_server", 75.0, 30]]]
