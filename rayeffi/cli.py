@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--minutes", type=float, default=30.0, help="soak: how long the run (or the runs) last")
     bench.add_argument("--repeat", action="store_true",
                        help="soak: the short recipe again and again in one driver, instead of one long run")
+    bench.add_argument("--only", choices=("dense", "dsd", "tuned"),
+                       help="soak: the long run holds this stage alone (default: all three)")
     bench.add_argument("--budget-mib", type=float, default=256,
                        help="memory: the peak memory budget the largest batch must fit (default 256)")
     bench.add_argument("--out", help="pipeline, scaling: where the JSON and the charts go (default: runs/bench-NAME); "

@@ -5,17 +5,20 @@ epochs on 2 Ray Train workers, a DSD stage of many rounds from its weights, and 
 stage (2 trials at once). Its length comes from a short warm-up run of the same stages,
 timed epoch by epoch. With ``--repeat``, the warm-up recipe runs again and again for N
 minutes in the same driver on the same private Ray (the notebook and Python API pattern).
+With ``--only STAGE``, the long run is that stage alone (which stage a growth comes with).
 
-A thread samples, every ``SAMPLE_S`` seconds, the resident memory (``/proc/PID/status``
-VmRSS) and the open file descriptors (``/proc/PID/fd``) of the driver and of every process
-below it: the private Ray's GCS, raylet, dashboard and agents, the progress queue's actor,
-the Train workers and Tune's trials, the watchdog.
+A thread samples, every ``SAMPLE_S`` seconds (a run of under 20 minutes: 20 samples at
+least), the resident memory (``/proc/PID/status`` VmRSS) and the open file descriptors
+(``/proc/PID/fd``) of the driver and of every process below it: the private Ray's GCS,
+raylet, dashboard and agents, the progress queue's actor, the Train workers and Tune's
+trials, the watchdog.
 
 Printed, from the samples after the warm-up (imports, Ray's pools, the first epochs), for
 every process seen in at least ``MIN_SAMPLES`` of them: RSS and descriptors at its first
-and last sample and the growth per hour of a least-squares line through its samples; then
-the growth of the driver, of the sum over the processes that lived through every sample,
-and of the fastest-growing Train worker, each against ``BOUND_MIB_PER_H`` /
+and last sample and the growth per hour of a least-squares line through its samples, and
+through the second half of them ("late"); then the growth of the driver, of the sum over
+the processes that lived through every sample, and of the longest-lived Train worker, the
+late figure against ``BOUND_MIB_PER_H`` /
 ``BOUND_FDS_PER_H`` (the bound docs/benchmarks.md states); with ``--repeat``, the peak RSS
 of each run's Train workers, first run to last. ``--quick`` (CI's slow tier): about 2
 minutes, samples every 5 s: a check that the sampling and the report work, not a figure.
@@ -65,15 +68,28 @@ def recipe(quick: bool) -> dict:
     }
 
 
-def long_recipe(minutes: float, epoch_s: float) -> dict:
+STAGE_SHARES = {"dense": 0.6, "dsd": 0.2, "tuned": 0.2}
+"""The share of the long run each stage gets (``--only``: one stage gets it all)."""
+
+
+def long_recipe(minutes: float, epoch_s: float, only: str | None = None) -> dict:
     """The warm-up's stages sized to last about ``minutes``: 60% dense epochs, 20% DSD rounds
-    (one sparse and one re-dense epoch each), 20% the tuned stage's epochs (2 trials at once)."""
+    (one sparse and one re-dense epoch each), 20% the tuned stage's epochs (2 trials at once).
+    ``only``: that stage alone, from fresh weights, for the whole time (to tell which stage
+    a growth comes with)."""
     epochs = 60 * minutes / max(epoch_s, 0.05)
+    shares = {only: 1.0} if only else STAGE_SHARES
     raw = recipe(quick=False)
     dense, dsd, tuned = raw["stages"]
-    dense["epochs"] = max(4, int(0.6 * epochs))
-    dsd["techniques"][0]["rounds"] = [0.5] * max(2, int(0.2 * epochs / 2))
-    tuned["epochs"] = max(2, int(0.2 * epochs))
+    dense["epochs"] = max(4, int(shares.get("dense", 0) * epochs))
+    dsd["techniques"][0]["rounds"] = [0.5] * max(2, int(shares.get("dsd", 0) * epochs / 2))
+    tuned["epochs"] = max(2, int(shares.get("tuned", 0) * epochs))
+    if only:
+        kept = next(stage for stage in raw["stages"] if stage["name"] == only)
+        kept.pop("init_from", None)
+        if only == "dsd":  # its dense weights: one epoch of its own
+            kept["techniques"][0]["dense_epochs"] = 1
+        raw["stages"] = [kept]
     return raw
 
 
@@ -163,10 +179,11 @@ def growth(times: list[float], rss: list[float], fds: list[float]) -> tuple[floa
             slope_per_hour(late_t, late_rss), slope_per_hour(late_t, late_fds))
 
 
-def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0) -> None:
-    """The growth table from the samples after the first run (and ``skip`` more)."""
+def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_last_run: bool = False) -> None:
+    """The growth table from the samples after the first run (and ``skip`` more);
+    ``during_last_run``: without the sample taken after the last run ended."""
     start = (sampler.run_marks[1] if len(sampler.run_marks) > 1 else 0) + skip  # after the warm-up
-    window = sampler.samples[start:]
+    window = sampler.samples[start:-1 if during_last_run else None]
     print(f"{runs} run(s) in {minutes:.1f} min; {len(window)} samples after the warm-up, every "
           f"{sampler.interval_s:g} s")
     if len(window) < 2:
@@ -243,7 +260,8 @@ def run(args) -> None:
     minutes = 2.0 if quick else args.minutes
     warmup = validate_recipe(recipe(quick))
     start_ray(None, 2)  # one private Ray for every run (run_recipe joins it; rayeffi bench stops it)
-    sampler = Sampler(QUICK_SAMPLE_S if quick else SAMPLE_S)
+    # a sample a minute; a run of under 20 minutes gets at least 20 samples (5 s at least)
+    sampler = Sampler(QUICK_SAMPLE_S if quick else max(QUICK_SAMPLE_S, min(SAMPLE_S, 3 * minutes)))
     started = time.monotonic()
     runs = 0
     with tempfile.TemporaryDirectory(prefix="rayeffi-soak-") as out, sampler:
@@ -265,14 +283,15 @@ def run(args) -> None:
         else:
             # --quick: the smallest run of each kind, whatever the warm-up took on a busy machine
             left = 0.05 if quick else max(minutes - (time.monotonic() - started) / 60, 1.0)
-            long = long_recipe(left, epoch_seconds(moments))
-            dense, dsd, tuned = long["stages"]
-            print(f"one run of about {left:.2g} min: {dense['epochs']} dense epochs, "
-                  f"{len(dsd['techniques'][0]['rounds'])} DSD rounds, 2 tuned trials of {tuned['epochs']} epochs",
-                  flush=True)
+            long = long_recipe(left, epoch_seconds(moments), only=args.only)
+            sizes = {"dense": lambda stage: f"{stage['epochs']} dense epochs",
+                     "dsd": lambda stage: f"{len(stage['techniques'][0]['rounds'])} DSD rounds",
+                     "tuned": lambda stage: f"2 tuned trials of {stage['epochs']} epochs"}
+            print(f"one run of about {left:.2g} min: "
+                  + ", ".join(sizes[stage["name"]](stage) for stage in long["stages"]), flush=True)
             one_run(validate_recipe(long))
-    skip = 0 if repeat or quick else 2  # one run: its first two minutes are its warm-up too
-    report(sampler, runs, (time.monotonic() - started) / 60, skip)
+    skip = 0 if repeat or quick else round(120 / sampler.interval_s)  # one run: its first two minutes warm up too
+    report(sampler, runs, (time.monotonic() - started) / 60, skip, during_last_run=not repeat)
     if args.out:
         save_samples(sampler, Path(args.out) / "soak-samples.json")
         print(f"samples: {Path(args.out) / 'soak-samples.json'}")

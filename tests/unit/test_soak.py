@@ -97,3 +97,24 @@ def test_a_cache_that_fills_and_stops_counts_as_no_growth_in_the_second_half(cap
     saved = json.loads((tmp_path / "soak-samples.json").read_text())
     assert saved["run_marks"] == [0, 1] and saved["samples"][12] == [720.0, [[1, 1, "driver", 100.0, 20],
                                                                           [2, 2, "gcs_server", 75.0, 30]]]
+
+
+@pytest.mark.parametrize("only", ["dense", "dsd", "tuned"])
+def test_one_stage_alone_gets_the_whole_run(only):
+    from rayeffi.bench.soak import long_recipe
+    from rayeffi.recipe import validate_recipe
+
+    (stage,) = validate_recipe(long_recipe(30, 0.5, only=only)).stages  # 3,600 epochs' worth
+    assert stage.name == only and stage.init_from is None
+    assert stage.total_epochs in (3600, 3601)  # DSD: 1,800 rounds of 2 epochs, after 1 dense epoch
+
+
+def test_one_long_run_is_judged_on_the_samples_taken_while_it_ran(capsys):
+    sampler = Sampler(60.0)
+    sampler.run_marks = [0, 1]
+    for index in range(8):  # the last sample: after the run, its workers gone, the summary written
+        sampler.samples.append((60.0 * index, {(1, 1): ("driver", 100.0 if index < 7 else 140.0, 20)}))
+    report(sampler, runs=2, minutes=8, during_last_run=True)
+    assert "growth driver: +0.0 MiB/h" in capsys.readouterr().out
+    report(sampler, runs=2, minutes=8)
+    assert "growth driver: +0.0 MiB/h" not in capsys.readouterr().out
