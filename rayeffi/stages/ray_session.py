@@ -36,9 +36,9 @@ RAY_JOB_ENV = {
 PRIVATE_RAY_ENV = {
     # The GCS keeps a record of every task for the dashboard and `ray list tasks`, up to
     # this many (Ray's default: 100,000; ray_config_def.h, task_events_max_num_task_in_gcs).
-    # The Train controller's polls above make ~10 tasks a second, so a long run grew a
-    # private Ray's GCS by ~400 MiB an hour toward ~0.6 GiB; 10,000 holds the last ~15
-    # minutes of tasks in a few tens of MiB (docs/benchmarks.md, soak).
+    # The Train controller's polls above are tasks: with the default, a long run grew a
+    # private Ray's GCS by ~400 MiB an hour; with 10,000, by 43 MiB over 30 minutes, and
+    # slowing (docs/benchmarks.md, soak).
     "RAY_task_events_max_num_task_in_gcs": "10000",
 }
 
