@@ -93,6 +93,13 @@ def long_recipe(minutes: float, epoch_s: float, only: str | None = None) -> dict
     return raw
 
 
+def stage_size(stage: dict) -> str:
+    """How much of a long run's stage there is, in its own unit."""
+    if stage["name"] == "dsd":
+        return f"{len(stage['techniques'][0]['rounds'])} DSD rounds"
+    return f"2 tuned trials of {stage['epochs']} epochs" if "tune" in stage else f"{stage['epochs']} dense epochs"
+
+
 def epoch_seconds(moments: list[float]) -> float:
     """The median time between consecutive epoch lines of one stage."""
     gaps = [b - a for a, b in zip(moments, moments[1:])]
@@ -284,11 +291,7 @@ def run(args) -> None:
             # --quick: the smallest run of each kind, whatever the warm-up took on a busy machine
             left = 0.05 if quick else max(minutes - (time.monotonic() - started) / 60, 1.0)
             long = long_recipe(left, epoch_seconds(moments), only=args.only)
-            sizes = {"dense": lambda stage: f"{stage['epochs']} dense epochs",
-                     "dsd": lambda stage: f"{len(stage['techniques'][0]['rounds'])} DSD rounds",
-                     "tuned": lambda stage: f"2 tuned trials of {stage['epochs']} epochs"}
-            print(f"one run of about {left:.2g} min: "
-                  + ", ".join(sizes[stage["name"]](stage) for stage in long["stages"]), flush=True)
+            print(f"one run of about {left:.2g} min: {', '.join(map(stage_size, long['stages']))}", flush=True)
             one_run(validate_recipe(long))
     skip = 0 if repeat or quick else round(120 / sampler.interval_s)  # one run: its first two minutes warm up too
     report(sampler, runs, (time.monotonic() - started) / 60, skip, during_last_run=not repeat)

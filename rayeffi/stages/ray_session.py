@@ -59,12 +59,10 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
     """
     import ray
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    _default_env(QUIET_ENV)
     if ray.is_initialized():
         return False
-    for key, value in RAY_JOB_ENV.items():
-        os.environ.setdefault(key, value)  # inherited by a private Ray's processes
+    _default_env(RAY_JOB_ENV)  # inherited by a private Ray's processes
     job_env = {key: os.environ[key] for key in RAY_JOB_ENV}
     if import_paths:
         job_env["PYTHONPATH"] = worker_python_path(import_paths)
@@ -85,8 +83,7 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:  # gloo's pairs listen on loopback too
             common["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] = interface
         _ensure_watchdog()
-        for key, value in PRIVATE_RAY_ENV.items():
-            os.environ.setdefault(key, value)  # read by the GCS this call starts
+        _default_env(PRIVATE_RAY_ENV)  # read by the GCS this call starts
         with loopback_only():
             ray.init(
                 address="local",
@@ -99,6 +96,12 @@ def start_ray(address: str | None, num_cpus_needed: float, num_gpus: int | None 
             )
     _quiet_ray_data()
     return True
+
+
+def _default_env(values: dict[str, str]) -> None:
+    """Set each variable that the environment does not already set (the user's value wins)."""
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
 
 
 def ray_is_initialized() -> bool:

@@ -10,6 +10,7 @@ process, so the queue actor outlived its run unless the driver killed it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
@@ -59,14 +60,14 @@ def test_tuned_runs_leave_no_queue_actor_and_no_descriptor_behind(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the GCS's environment in /proc")
 def test_the_private_rays_gcs_keeps_a_bounded_record_of_tasks():
-    """Ray's GCS keeps up to 100,000 tasks' records by default (~0.6 GiB at the Train controller's
-    rate): a private Ray's is started with the lower cap of ``stages/ray_session.py``."""
+    """Ray's GCS keeps up to 100,000 tasks' records by default (a long run grew it ~400 MiB an
+    hour: docs/benchmarks.md): a private Ray's is started with the lower cap of ``stages/ray_session.py``."""
     from rayeffi.driver.supervise import descendants
     from rayeffi.stages.ray_session import PRIVATE_RAY_ENV
 
     gcs = [pid for pid, _ in descendants(os.getpid())
-           if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].endswith(b"gcs_server")]
+           if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"gcs_server")]
     assert len(gcs) == 1
-    environ = open(f"/proc/{gcs[0]}/environ", "rb").read().split(b"\0")
+    environ = Path(f"/proc/{gcs[0]}/environ").read_bytes().split(b"\0")
     cap = PRIVATE_RAY_ENV["RAY_task_events_max_num_task_in_gcs"]
     assert f"RAY_task_events_max_num_task_in_gcs={cap}".encode() in environ
