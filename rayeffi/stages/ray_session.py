@@ -40,6 +40,11 @@ PRIVATE_RAY_ENV = {
     # private Ray's GCS by ~400 MiB an hour; with 10,000, by 43 MiB over 30 minutes, and
     # slowing (docs/benchmarks.md, soak).
     "RAY_task_events_max_num_task_in_gcs": "10000",
+    # Past that cap, the GCS remembers the id of every task record it dropped, for the
+    # count of dropped tasks, up to this many per job (Ray's default: 1,000,000;
+    # gcs_task_manager.cc, GcOldDroppedTaskAttempts, which keeps the count when it
+    # forgets the ids). With the default, the capped GCS still grew ~40 MiB an hour.
+    "RAY_task_events_max_dropped_task_attempts_tracked_per_job_in_gcs": "10000",
 }
 
 

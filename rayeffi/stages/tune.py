@@ -130,9 +130,38 @@ def trial_resources(stage: StageConfig) -> dict[str, float]:
     return resources
 
 
+def release_trial_results() -> None:
+    """Let the driver forget each trial result once Tune has handled it.
+
+    Ray Tune (2.60) keeps the future of every call it makes to a trial's actor, each
+    epoch's result among them, until the trial ends (``RayActorManager``: its
+    ``_schedule_tracked_actor_task`` adds to ``_tracked_actors_to_task_futures``, which
+    only a stopping actor clears), and with the future the result in the driver's object
+    store: 2-3 KB a trial epoch (docs/benchmarks.md, soak). A resolved future has left the
+    manager's event manager; after each result, this keeps in the trial's set the futures
+    still pending there. Applied once, in the driver; a Ray whose Tune lacks these parts
+    is left as it is.
+    """
+    from ray.air.execution._internal.actor_manager import RayActorManager
+
+    resolved = getattr(RayActorManager, "_actor_task_resolved", None)
+    if resolved is None or getattr(resolved, "releases_results", False):
+        return
+
+    def actor_task_resolved(self, tracked_actor_task, result):
+        futures = getattr(self, "_tracked_actors_to_task_futures", {}).get(tracked_actor_task._tracked_actor)
+        if futures:
+            futures.intersection_update(self._actor_task_events.get_futures())
+        return resolved(self, tracked_actor_task, result)
+
+    actor_task_resolved.releases_results = True
+    RayActorManager._actor_task_resolved = actor_task_resolved
+
+
 def run_tuned_stage(stage: StageConfig, context: StageContext) -> StageResult:
     """Run the stage's trials; the best one's checkpoint becomes the artifact."""
     settings = stage.tune
+    release_trial_results()
     if TRIAL_RESOURCE not in ray.cluster_resources():
         raise UserError(
             f"stages.{stage.name}.tune: the cluster has no '{TRIAL_RESOURCE}' resource; start its nodes with "

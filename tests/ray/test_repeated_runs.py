@@ -60,8 +60,9 @@ def test_tuned_runs_leave_no_queue_actor_and_no_descriptor_behind(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the GCS's environment in /proc")
 def test_the_private_rays_gcs_keeps_a_bounded_record_of_tasks():
-    """Ray's GCS keeps up to 100,000 tasks' records by default (a long run grew it ~400 MiB an
-    hour: docs/benchmarks.md): a private Ray's is started with the lower cap of ``stages/ray_session.py``."""
+    """Ray's GCS keeps up to 100,000 tasks' records by default, then the ids of up to 1,000,000
+    dropped ones (a long run grew it ~400 MiB an hour, then ~40: docs/benchmarks.md): a private
+    Ray's is started with the lower caps of ``stages/ray_session.py``."""
     from rayeffi.driver.supervise import descendants
     from rayeffi.stages.ray_session import PRIVATE_RAY_ENV
 
@@ -69,5 +70,36 @@ def test_the_private_rays_gcs_keeps_a_bounded_record_of_tasks():
            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"gcs_server")]
     assert len(gcs) == 1
     environ = Path(f"/proc/{gcs[0]}/environ").read_bytes().split(b"\0")
-    cap = PRIVATE_RAY_ENV["RAY_task_events_max_num_task_in_gcs"]
-    assert f"RAY_task_events_max_num_task_in_gcs={cap}".encode() in environ
+    for name, cap in PRIVATE_RAY_ENV.items():
+        assert f"{name}={cap}".encode() in environ, name
+
+
+def test_tune_forgets_each_trial_result_once_handled(tmp_path, monkeypatch):
+    """Ray Tune keeps the future of every result a trial reports until the trial ends, and the
+    result with it (~2-3 KB a trial epoch in the driver); ``release_trial_results`` keeps only
+    the pending ones: a trial of 30 results never holds more than a few."""
+    from ray import tune
+    from ray.air.execution._internal.actor_manager import RayActorManager
+
+    from rayeffi.stages.tune import release_trial_results
+
+    release_trial_results()
+    held = []
+    schedule = RayActorManager._schedule_tracked_actor_task
+
+    def counted(self, tracked_actor_task, *args, **kwargs):
+        scheduled = schedule(self, tracked_actor_task, *args, **kwargs)
+        held.append(len(self._tracked_actors_to_task_futures[tracked_actor_task._tracked_actor]))
+        return scheduled
+
+    monkeypatch.setattr(RayActorManager, "_schedule_tracked_actor_task", counted)
+
+    def trainable(config):
+        for step in range(30):
+            tune.report({"step": step})
+
+    tuner = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    (result,) = tuner.fit()
+    assert result.error is None and result.metrics["step"] == 29
+    assert len(held) >= 30, held  # one call a result
+    assert max(held) <= 3, f"futures a trial held after each call: {held}"
