@@ -7,7 +7,7 @@ timed epoch by epoch. With ``--repeat``, the warm-up recipe runs again and again
 minutes in the same driver on the same private Ray (the notebook and Python API pattern).
 With ``--only STAGE``, the long run is that stage alone (which stage a growth comes with).
 
-A thread samples, every ``SAMPLE_S`` seconds (a run of under 20 minutes: 20 samples at
+A thread samples, every ``SAMPLE_S`` seconds (a run of under 10 minutes: 20 samples at
 least), the resident memory (``/proc/PID/status`` VmRSS) and the open file descriptors
 (``/proc/PID/fd``) of the driver and of every process below it: the private Ray's GCS,
 raylet, dashboard and agents, the progress queue's actor, the Train workers and Tune's
@@ -20,8 +20,13 @@ through the second half of them ("late"); then the growth of the driver, of the 
 the processes that lived through every sample, and of the longest-lived Train worker, the
 late figure against ``BOUND_MIB_PER_H`` /
 ``BOUND_FDS_PER_H`` (the bound docs/benchmarks.md states); with ``--repeat``, the peak RSS
-of each run's Train workers, first run to last. ``--quick`` (CI's slow tier): about 2
-minutes, samples every 5 s: a check that the sampling and the report work, not a figure.
+of each run's Train workers, first run to last. Then, for the long run, the growth while
+each stage trains, from ``STAGE_SETTLE_S`` after its first epoch line to its last: the
+driver's, and the sum over the processes alive through that window, against the same
+bound; a step between stages (a stage's workers, actors and Tune's experiment starting or
+ending) is outside every window, and shows in the whole-run figures above.
+``--quick`` (CI's slow tier): about 2 minutes, samples every 5 s: a check that the sampling
+and the report work, not a figure.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from pathlib import Path
 from rayeffi.bench.cpu_share import process_name
 from rayeffi.driver.supervise import descendants, stat_fields
 
-SAMPLE_S = 60.0
+SAMPLE_S = 30.0
 QUICK_SAMPLE_S = 5.0
 MIN_SAMPLES = 5
+STAGE_SETTLE_S = 60.0
+"""A stage's first minute (its workers start, Ray Data and Tune set up) is not judged."""
 BOUND_MIB_PER_H = 20.0
 """Growth of the driver's RSS, and of the sum over the long-lived processes, that counts as a leak."""
 BOUND_FDS_PER_H = 10.0
@@ -244,6 +251,53 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_la
               f"max {max(peaks):.1f} over {len(peaks)} runs")
 
 
+def stage_of(line: str) -> str | None:
+    """The stage an epoch line is of (``[tuned/TRIAL] epoch 3: ...`` -> ``tuned``), or None."""
+    if not line.startswith("[") or "] epoch " not in line:
+        return None
+    return line[1:line.index("]")].split("/")[0]
+
+
+def stage_windows(epochs: dict[str, list[float]], settle_s: float = STAGE_SETTLE_S) -> list[tuple[str, float, float]]:
+    """``(stage, start, end)`` in run order: from ``settle_s`` after a stage's first epoch line
+    to its last one (a stage too short for that has none)."""
+    return [(stage, moments[0] + settle_s, moments[-1]) for stage, moments in epochs.items()
+            if moments[-1] > moments[0] + settle_s]
+
+
+def report_stages(sampler: Sampler, windows: list[tuple[str, float, float]]) -> None:
+    """Growth while each stage trains: the driver, and the sum over the processes that lived
+    through the stage's window; a step between stages (new workers, actors, Tune) is not in it."""
+    if not windows:
+        print(f"no stage trained for over {STAGE_SETTLE_S:g} s: no figure while the stages train")
+        return
+    print(f"while each stage trains (from {STAGE_SETTLE_S:g} s after its first epoch to its last; "
+          f"the sum is over the processes alive throughout):")
+    print(f"{'stage':<8} {'minutes':>7} {'samples':>7} {'driver MiB first':>16} {'last':>7} {'MiB/h':>7} "
+          f"{'fds/h':>6} {'processes':>9} {'sum MiB/h':>9} {'fds/h':>6}")
+    verdicts = []
+    for stage, start, end in windows:
+        window = [(moment, found) for moment, found in sampler.samples if start <= moment <= end]
+        if len(window) < MIN_SAMPLES:
+            print(f"{stage:<8} {(end - start) / 60:7.1f} {len(window):7d}   too few samples to judge")
+            continue
+        times = [moment for moment, _ in window]
+        lasting = set.intersection(*(set(found) for _, found in window))
+        driver = [next(value for key, value in found.items() if value[0] == "driver") for _, found in window]
+        total_rss = [sum(found[key][1] for key in lasting) for _, found in window]
+        total_fds = [sum(found[key][2] for key in lasting) for _, found in window]
+        figures = (slope_per_hour(times, [d[1] for d in driver]), slope_per_hour(times, [d[2] for d in driver]),
+                   slope_per_hour(times, total_rss), slope_per_hour(times, total_fds))
+        within = all(abs(f) <= bound for f, bound in zip(figures, (BOUND_MIB_PER_H, BOUND_FDS_PER_H) * 2))
+        verdicts.append(within)
+        print(f"{stage:<8} {(end - start) / 60:7.1f} {len(window):7d} {driver[0][1]:16.1f} {driver[-1][1]:7.1f} "
+              f"{figures[0]:+7.1f} {figures[1]:+6.1f} {len(lasting):9d} {figures[2]:+9.1f} {figures[3]:+6.1f}"
+              f"  {'within' if within else 'OVER'}")
+    if verdicts:
+        print(f"growth while the stages train: {'within' if all(verdicts) else 'OVER'} the bound of "
+              f"{BOUND_MIB_PER_H:g} MiB/h and {BOUND_FDS_PER_H:g} fds/h ({sum(verdicts)} of {len(verdicts)} stages within)")
+
+
 def save_samples(sampler: Sampler, path: Path) -> None:
     """Every sample as JSON (``--out``): ``{"interval_s", "run_marks", "samples": [[seconds,
     [[pid, start, name, rss_mib, fds], ...]], ...]}``, to plot or read again."""
@@ -267,7 +321,7 @@ def run(args) -> None:
     minutes = 2.0 if quick else args.minutes
     warmup = validate_recipe(recipe(quick))
     start_ray(None, 2)  # one private Ray for every run (run_recipe joins it; rayeffi bench stops it)
-    # a sample a minute; a run of under 20 minutes gets at least 20 samples (5 s at least)
+    # a sample every 30 s; a run of under 10 minutes gets at least 20 samples (5 s apart at least)
     sampler = Sampler(QUICK_SAMPLE_S if quick else max(QUICK_SAMPLE_S, min(SAMPLE_S, 3 * minutes)))
     started = time.monotonic()
     runs = 0
@@ -283,6 +337,12 @@ def run(args) -> None:
             return summary
 
         moments: list[float] = []
+        epochs: dict[str, list[float]] = {}  # the long run's epoch lines' moments, by stage
+
+        def note_epoch(line: str) -> None:
+            stage = stage_of(line)
+            if stage is not None:
+                epochs.setdefault(stage, []).append(time.monotonic())
         one_run(warmup, echo=lambda line: line.startswith("[dense] epoch ") and moments.append(time.monotonic()))
         if repeat:
             while time.monotonic() - started < 60 * minutes:
@@ -292,9 +352,11 @@ def run(args) -> None:
             left = 0.05 if quick else max(minutes - (time.monotonic() - started) / 60, 1.0)
             long = long_recipe(left, epoch_seconds(moments), only=args.only)
             print(f"one run of about {left:.2g} min: {', '.join(map(stage_size, long['stages']))}", flush=True)
-            one_run(validate_recipe(long))
+            one_run(validate_recipe(long), echo=note_epoch)
     skip = 0 if repeat or quick else round(120 / sampler.interval_s)  # one run: its first two minutes warm up too
     report(sampler, runs, (time.monotonic() - started) / 60, skip, during_last_run=not repeat)
+    if epochs:
+        report_stages(sampler, stage_windows(epochs))
     if args.out:
         save_samples(sampler, Path(args.out) / "soak-samples.json")
         print(f"samples: {Path(args.out) / 'soak-samples.json'}")

@@ -118,3 +118,48 @@ def test_one_long_run_is_judged_on_the_samples_taken_while_it_ran(capsys):
     assert "growth driver: +0.0 MiB/h" in capsys.readouterr().out
     report(sampler, runs=2, minutes=8)
     assert "growth driver: +0.0 MiB/h" not in capsys.readouterr().out
+
+
+def test_an_epoch_line_names_its_stage():
+    from rayeffi.bench.soak import stage_of
+
+    assert stage_of("[dense] epoch 3: train_loss 0.1000") == "dense"
+    assert stage_of("[tuned/a1b2c3] epoch 12: train_loss 0.1000") == "tuned"  # a trial's line: its stage
+    assert stage_of("[dense] worker group restarted from the checkpoint of epoch 2") is None
+    assert stage_of("next: rayeffi report out") is None
+
+
+def test_each_stage_is_judged_after_its_first_minute():
+    from rayeffi.bench.soak import stage_windows
+
+    epochs = {"dense": [0.0, 30.0, 600.0], "dsd": [610.0, 650.0], "tuned": [700.0, 1000.0]}
+    assert stage_windows(epochs, settle_s=60.0) == [("dense", 60.0, 600.0), ("tuned", 760.0, 1000.0)]
+
+
+def _staged_sampler(tuned_driver_mib_per_sample: float) -> Sampler:
+    """Ten samples a minute apart in each of two stages; the driver steps up 50 MiB between
+    them; the tuned stage's trial lives through its window only."""
+    sampler = Sampler(60.0)
+    for index in range(20):
+        tuned = index >= 10
+        driver = 100.0 + (50.0 + tuned_driver_mib_per_sample * (index - 10) if tuned else 0.0)
+        found = {(1, 1): ("driver", driver, 20), (2, 2): ("gcs_server", 50.0, 30)}
+        found[(4, 4) if tuned else (3, 3)] = ("ray::ImplicitFunc" if tuned else "ray::RayTrainWorker", 300.0, 40)
+        sampler.samples.append((60.0 * index, found))
+    return sampler
+
+
+def test_growth_within_a_stage_is_judged_and_a_step_between_stages_is_not(capsys):
+    from rayeffi.bench.soak import report_stages
+
+    windows = [("dense", 0.0, 540.0), ("tuned", 600.0, 1140.0), ("dsd", 1200.0, 1300.0)]
+    report_stages(_staged_sampler(0.0), windows)
+    out = capsys.readouterr().out
+    assert "dense        9.0      10            100.0   100.0    +0.0   +0.0         3      +0.0   +0.0  within" in out
+    assert "tuned        9.0      10            150.0   150.0" in out  # the 50 MiB step is between the windows
+    assert "dsd          1.7       0   too few samples to judge" in out
+    assert "growth while the stages train: within the bound of 20 MiB/h and 10 fds/h (2 of 2 stages within)" in out
+    report_stages(_staged_sampler(1.0), windows)  # 1 MiB a minute while the tuned stage trains
+    out = capsys.readouterr().out
+    assert "tuned        9.0      10            150.0   159.0   +60.0   +0.0         3     +60.0   +0.0  OVER" in out
+    assert "growth while the stages train: OVER the bound of 20 MiB/h and 10 fds/h (1 of 2 stages within)" in out
