@@ -36,10 +36,11 @@ RAY_JOB_ENV = {
 PRIVATE_RAY_ENV = {
     # The GCS keeps a record of every task for the dashboard and `ray list tasks`, up to
     # this many (Ray's default: 100,000; ray_config_def.h, task_events_max_num_task_in_gcs).
-    # The Train controller's polls above are tasks: with the default, a long run grew a
-    # private Ray's GCS by ~400 MiB an hour; with 10,000, by 43 MiB over 30 minutes, and
-    # slowing (docs/benchmarks.md, soak).
-    "RAY_task_events_max_num_task_in_gcs": "10000",
+    # The Train controller's polls above are tasks (eight a second for two workers), and
+    # so is each wait of the progress queue: with the default, a long run grew
+    # a private Ray's GCS by ~400 MiB an hour; 2,000 is reached in a run's first minutes
+    # and keeps the last few minutes' tasks (docs/benchmarks.md, soak).
+    "RAY_task_events_max_num_task_in_gcs": "2000",
     # Past that cap, the GCS remembers the id of every task record it dropped, for the
     # count of dropped tasks, up to this many per job (Ray's default: 1,000,000;
     # gcs_task_manager.cc, GcOldDroppedTaskAttempts, which keeps the count when it
