@@ -142,16 +142,22 @@ def release_trial_results() -> None:
     still pending there. Applied once, in the driver; a Ray whose Tune lacks these parts
     is left as it is.
     """
-    from ray.air.execution._internal.actor_manager import RayActorManager
-
+    try:
+        from ray.air.execution._internal.actor_manager import RayActorManager
+    except ImportError:
+        return
     resolved = getattr(RayActorManager, "_actor_task_resolved", None)
     if resolved is None or getattr(resolved, "releases_results", False):
         return
 
     def actor_task_resolved(self, tracked_actor_task, result):
-        futures = getattr(self, "_tracked_actors_to_task_futures", {}).get(tracked_actor_task._tracked_actor)
+        try:
+            futures = self._tracked_actors_to_task_futures.get(tracked_actor_task._tracked_actor)
+            pending = self._actor_task_events.get_futures()
+        except AttributeError:  # a Tune built otherwise: left as it is
+            futures = None
         if futures:
-            futures.intersection_update(self._actor_task_events.get_futures())
+            futures.intersection_update(pending)
         return resolved(self, tracked_actor_task, result)
 
     actor_task_resolved.releases_results = True
