@@ -115,7 +115,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stop = stopper is not None and stopper.update(metrics)  # all-reduced metrics: every rank agrees
             if stop:
                 metrics["stopped_early"] = True
-            history.append(metrics)  # every epoch's metrics ride in its checkpoint (driver/resume.py)
+            if parts.strategy.is_rank_zero:  # every epoch's metrics ride in its checkpoint (driver/resume.py),
+                history.append(metrics)  # which rank 0 writes: the other ranks would only hold a growing copy
             state = collect_state(parts, scheduler, epoch + 1, metrics, global_step=(epoch + 1) * steps,
                                   history=history)
             reporter.report(metrics, state, epoch_line=True)
