@@ -193,6 +193,18 @@ def growth(times: list[float], rss: list[float], fds: list[float]) -> tuple[floa
             slope_per_hour(late_t, late_rss), slope_per_hour(late_t, late_fds))
 
 
+def lasting_totals(window: list) -> tuple[set[Key], list[float], list[int]]:
+    """The processes seen in every sample of ``window``, and their summed RSS and descriptors
+    sample by sample."""
+    lasting = set.intersection(*(set(found) for _, found in window))
+    return (lasting, [sum(found[key][1] for key in lasting) for _, found in window],
+            [sum(found[key][2] for key in lasting) for _, found in window])
+
+
+def within_bound(mib_per_h: float, fds_per_h: float) -> bool:
+    return abs(mib_per_h) <= BOUND_MIB_PER_H and abs(fds_per_h) <= BOUND_FDS_PER_H
+
+
 def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_last_run: bool = False) -> None:
     """The growth table from the samples after the first run (and ``skip`` more);
     ``during_last_run``: without the sample taken after the last run ended."""
@@ -207,7 +219,7 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_la
     for moment, found in window:
         for key, (name, rss, fds) in found.items():
             series.setdefault(key, []).append((moment, name, rss, fds))
-    lasting = {key for key, points in series.items() if len(points) == len(window)}
+    lasting, total_rss, total_fds = lasting_totals(window)
     shown = {key: points for key, points in series.items() if len(points) >= min(MIN_SAMPLES, len(window))}
     print(f"{'process':<30} {'samples':>7} {'RSS MiB first':>13} {'last':>7} {'MiB/h':>8} {'late':>7} "
           f"{'fds first':>9} {'last':>5} {'fds/h':>7} {'late':>6}")
@@ -224,8 +236,6 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_la
     if len(lasting) < len(shown):
         print(f"* lived through part of the window only (at least {MIN_SAMPLES} samples): growth over its own samples")
     times = [moment for moment, _ in window]
-    total_rss = [sum(found[key][1] for key in lasting) for _, found in window]
-    total_fds = [sum(found[key][2] for key in lasting) for _, found in window]
     driver = next(row for row in rows if row[0] == "driver")
     figures = [("driver", driver[5]), (f"all {len(lasting)} long-lived", growth(times, total_rss, total_fds))]
     workers = [row for row in rows if "TrainWorker" in row[0]]
@@ -233,7 +243,7 @@ def report(sampler: Sampler, runs: int, minutes: float, skip: int = 0, during_la
         longest = max(workers, key=lambda row: row[2])
         figures.append((f"longest-lived Train worker ({longest[2]} samples)", longest[5]))
     for label, (mib_h, fds_h, late_mib_h, late_fds_h) in figures:
-        within = abs(late_mib_h) <= BOUND_MIB_PER_H and abs(late_fds_h) <= BOUND_FDS_PER_H
+        within = within_bound(late_mib_h, late_fds_h)
         print(f"growth {label}: {late_mib_h:+.1f} MiB/h, {late_fds_h:+.1f} fds/h over the second half "
               f"(whole window {mib_h:+.1f} MiB/h, {fds_h:+.1f} fds/h): {'within' if within else 'OVER'} the bound of "
               f"{BOUND_MIB_PER_H:g} MiB/h and {BOUND_FDS_PER_H:g} fds/h")
@@ -256,6 +266,15 @@ def stage_of(line: str) -> str | None:
     if not line.startswith("[") or "] epoch " not in line:
         return None
     return line[1:line.index("]")].split("/")[0]
+
+
+def epoch_recorder(epochs: dict[str, list[float]]):
+    """An ``echo`` for ``run_recipe`` that notes when each epoch line arrives, by stage."""
+    def note(line: str) -> None:
+        stage = stage_of(line)
+        if stage is not None:
+            epochs.setdefault(stage, []).append(time.monotonic())
+    return note
 
 
 def stage_windows(epochs: dict[str, list[float]], settle_s: float = STAGE_SETTLE_S) -> list[tuple[str, float, float]]:
@@ -282,13 +301,11 @@ def report_stages(sampler: Sampler, windows: list[tuple[str, float, float]]) -> 
             print(f"{stage:<8} {(end - start) / 60:7.1f} {len(window):7d}   too few samples to judge")
             continue
         times = [moment for moment, _ in window]
-        lasting = set.intersection(*(set(found) for _, found in window))
-        driver = [next(value for key, value in found.items() if value[0] == "driver") for _, found in window]
-        total_rss = [sum(found[key][1] for key in lasting) for _, found in window]
-        total_fds = [sum(found[key][2] for key in lasting) for _, found in window]
+        lasting, total_rss, total_fds = lasting_totals(window)
+        driver = [next(value for value in found.values() if value[0] == "driver") for _, found in window]
         figures = (slope_per_hour(times, [d[1] for d in driver]), slope_per_hour(times, [d[2] for d in driver]),
                    slope_per_hour(times, total_rss), slope_per_hour(times, total_fds))
-        within = all(abs(f) <= bound for f, bound in zip(figures, (BOUND_MIB_PER_H, BOUND_FDS_PER_H) * 2))
+        within = within_bound(*figures[:2]) and within_bound(*figures[2:])
         verdicts.append(within)
         print(f"{stage:<8} {(end - start) / 60:7.1f} {len(window):7d} {driver[0][1]:16.1f} {driver[-1][1]:7.1f} "
               f"{figures[0]:+7.1f} {figures[1]:+6.1f} {len(lasting):9d} {figures[2]:+9.1f} {figures[3]:+6.1f}"
@@ -336,23 +353,18 @@ def run(args) -> None:
             print(f"run {runs}: {summary['wall_s']:.1f} s, {len(sampler.samples)} samples so far", flush=True)
             return summary
 
-        moments: list[float] = []
+        warmup_epochs: dict[str, list[float]] = {}
         epochs: dict[str, list[float]] = {}  # the long run's epoch lines' moments, by stage
-
-        def note_epoch(line: str) -> None:
-            stage = stage_of(line)
-            if stage is not None:
-                epochs.setdefault(stage, []).append(time.monotonic())
-        one_run(warmup, echo=lambda line: line.startswith("[dense] epoch ") and moments.append(time.monotonic()))
+        one_run(warmup, echo=epoch_recorder(warmup_epochs))
         if repeat:
             while time.monotonic() - started < 60 * minutes:
                 one_run(warmup)
         else:
             # --quick: the smallest run of each kind, whatever the warm-up took on a busy machine
             left = 0.05 if quick else max(minutes - (time.monotonic() - started) / 60, 1.0)
-            long = long_recipe(left, epoch_seconds(moments), only=args.only)
+            long = long_recipe(left, epoch_seconds(warmup_epochs.get("dense", [])), only=args.only)
             print(f"one run of about {left:.2g} min: {', '.join(map(stage_size, long['stages']))}", flush=True)
-            one_run(validate_recipe(long), echo=note_epoch)
+            one_run(validate_recipe(long), echo=epoch_recorder(epochs))
     skip = 0 if repeat or quick else round(120 / sampler.interval_s)  # one run: its first two minutes warm up too
     report(sampler, runs, (time.monotonic() - started) / 60, skip, during_last_run=not repeat)
     if epochs:
